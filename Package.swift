@@ -1,0 +1,104 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let strict: [SwiftSetting] = [.enableUpcomingFeature("ExistentialAny")]
+
+let package = Package(
+    name: "swift-serve",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "serve-head", targets: ["serve-head"]),
+        .executable(name: "serve-worker", targets: ["serve-worker"]),
+        .executable(name: "serve", targets: ["serve"]),
+        .executable(name: "serve-wire-echo", targets: ["serve-wire-echo"]),
+        .library(name: "Serve", targets: ["Serve"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CNghttp2",
+            pkgConfig: "libnghttp2",
+            providers: [.apt(["libnghttp2-dev"])]
+        ),
+        .systemLibrary(
+            name: "CZlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
+        .target(
+            name: "ServeWire",
+            dependencies: [
+                "CNghttp2", "CZlib",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "ServeProto",
+            dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            exclude: ["README.md"]
+        ),
+        .target(name: "ServeCore", swiftSettings: strict),
+        .target(
+            name: "Serve",
+            dependencies: ["ServeCore", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "ServeProxy",
+            dependencies: ["ServeCore", "ServeWire"],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "ServeHead",
+            dependencies: ["ServeCore", "ServeWire", "ServeProto", "ServeProxy"],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "ServeWorker",
+            dependencies: ["ServeCore", "ServeWire", "ServeProto", "Serve"],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "serve-head",
+            dependencies: ["ServeHead", "ServeCore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "serve-worker",
+            dependencies: ["ServeWorker", "ServeCore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "serve",
+            dependencies: ["ServeCore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "serve-wire-echo",
+            dependencies: [
+                "ServeWire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "ServeWireTests",
+            dependencies: ["ServeWire", "ServeProto", .product(name: "NIOPosix", package: "swift-nio")],
+            swiftSettings: strict
+        ),
+        .testTarget(name: "ServeProtoTests", dependencies: ["ServeProto"], swiftSettings: strict),
+    ]
+)

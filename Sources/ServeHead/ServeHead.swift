@@ -1,0 +1,1 @@
+// ServeHead module.

@@ -1,0 +1,1 @@
+// Placeholder until scripts/gen-protos.sh generates the control-plane messages.

@@ -1,0 +1,329 @@
+import HTTPTypes
+import Logging
+import NIOCore
+
+/// Stream operations: opening streams, sending heads, body chunks and trailers. All run on the
+/// connection's event loop; the public handles hop there.
+extension HTTP2Connection {
+    private func makeInbound(_ streamID: Int32) -> InboundBodySource {
+        guard let context else { return .empty() }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        return InboundBodySource { count in
+            eventLoop.execute { loopBound.value.consume(streamID: streamID, count: count) }
+        }
+    }
+
+    /// Server: a peer opened a stream with a request HEADERS frame.
+    func openServerStream(_ streamID: Int32) {
+        self.streams[streamID] = HTTP2StreamState(id: streamID, inbound: self.makeInbound(streamID))
+        self.cancelIdleTimer()
+    }
+
+    // MARK: server side
+
+    func requestHeadReceived(_ stream: HTTP2StreamState, handler: @escaping HTTP2Server.Handler) {
+        guard let context else { return }
+        var head: HTTPRequest
+        do {
+            head = try HTTPRequest(parsed: stream.headerFields)
+        } catch {
+            self.logger.debug("refusing a malformed request head", metadata: ["error": "\(error)"])
+            self.resetStream(stream.id, code: HTTP2ErrorCode.protocolError)
+            return
+        }
+        stream.headerFields = []
+        var decoding: ContentCoding?
+        if let encoding = head.headerFields[.contentEncoding], encoding.lowercased() != "identity" {
+            guard let coding = ContentCoding(contentEncodingHeader: encoding) else {
+                self.respondNow(stream, status: .unsupportedMediaType, message: "unsupported content-encoding '\(encoding)'; send gzip, deflate or identity\n")
+                return
+            }
+            decoding = coding
+            head.headerFields[.contentEncoding] = nil
+            head.headerFields[.contentLength] = nil
+        }
+        if self.configuration.compression.enabled {
+            stream.acceptedCoding = ContentCoding.negotiate(acceptEncoding: head.headerFields[.acceptEncoding])
+        }
+        let request = HTTP2Request(
+            head: head,
+            body: HTTP2Body(source: stream.inbound, decoding: decoding, decodeLimit: self.configuration.maxDecompressedBodySize),
+            remoteAddress: self.remoteAddress
+        )
+        let writer = HTTP2ResponseWriter(
+            connection: NIOLoopBound(self, eventLoop: context.eventLoop),
+            streamID: stream.id
+        )
+        let logger = self.logger
+        Task {
+            do {
+                try await handler(request, writer)
+                try await writer.finishIfNeeded()
+            } catch {
+                logger.debug("HTTP/2 request handler failed", metadata: ["error": "\(error)"])
+                writer.abort(error)
+            }
+        }
+    }
+
+    /// Answers a request at once from the event loop (refusals decided by the connection).
+    func respondNow(_ stream: HTTP2StreamState, status: HTTPResponse.Status, message: String) {
+        var fields = HTTPFields()
+        fields[.contentType] = "text/plain; charset=utf-8"
+        self.respond(
+            streamID: stream.id,
+            head: HTTPResponse(status: status, headerFields: fields),
+            body: ByteBuffer(string: message),
+            trailers: nil
+        )
+    }
+
+    /// Server: the response head alone; body chunks follow with `write`.
+    func writeHead(streamID: Int32, head: HTTPResponse) throws {
+        let stream = try self.writableStream(streamID)
+        guard !stream.headSubmitted else { throw HTTP2Error.protocolError("the response head was already sent") }
+        var head = head
+        let length = head.headerFields[.contentLength].flatMap { Int($0) }
+        self.chooseResponseCoding(stream, head: &head, knownLength: length)
+        try self.submitResponseHead(stream, head: head, withBody: true)
+    }
+
+    /// Server: a whole response in one step (head, body, trailers): the common case, one hop.
+    func respond(streamID: Int32, head: HTTPResponse, body: ByteBuffer?, trailers: HTTPFields?) {
+        guard let stream = try? self.writableStream(streamID), !stream.headSubmitted else { return }
+        var head = head
+        var body = body ?? ByteBuffer()
+        self.chooseResponseCoding(stream, head: &head, knownLength: body.readableBytes)
+        if let compressor = stream.compressor {
+            var compressed = ByteBuffer()
+            do {
+                try compressor.compress(body, into: &compressed)
+                try compressor.finish(into: &compressed)
+            } catch {
+                self.resetStream(streamID, code: HTTP2ErrorCode.internalError)
+                return
+            }
+            stream.compressor = nil
+            body = compressed
+        }
+        if head.status.code != 204 && head.status.code != 304 && head.status.kind != .informational {
+            head.headerFields[.contentLength] = String(body.readableBytes)
+        }
+        let hasBody = body.readableBytes > 0 || (trailers.map { !$0.isEmpty } ?? false)
+        if body.readableBytes > 0 {
+            stream.pendingBytes = body.readableBytes
+            stream.pending.append(body)
+        }
+        stream.outboundEnded = true
+        stream.outboundTrailers = trailers
+        try? self.submitResponseHead(stream, head: head, withBody: hasBody)
+    }
+
+    /// Decides whether to compress a response: the client must accept a coding, the body must be
+    /// large enough to pay for it (when its length is known), and it must not be encoded already.
+    private func chooseResponseCoding(_ stream: HTTP2StreamState, head: inout HTTPResponse, knownLength: Int?) {
+        let compression = self.configuration.compression
+        guard compression.enabled, let coding = stream.acceptedCoding,
+            let length = knownLength, length >= compression.minimumSize,
+            head.headerFields[.contentEncoding] == nil,
+            head.status.code != 204, head.status.code != 304
+        else { return }
+        stream.compressor = StreamingCompressor(coding: coding, level: compression.level)
+        head.headerFields[.contentEncoding] = coding.rawValue
+        head.headerFields[.contentLength] = nil
+        head.headerFields.append(HTTPField(name: .vary, value: "accept-encoding"))
+    }
+
+    private func submitResponseHead(_ stream: HTTP2StreamState, head: HTTPResponse, withBody: Bool) throws {
+        stream.headSubmitted = true
+        let status = String(head.status.code)
+        let rv = self.submitHeaders(stream, pseudo: [":status": status], fields: head.headerFields, withBody: withBody, request: false)
+        guard rv >= 0 else {
+            throw HTTP2Error.protocolError("could not send the response head: \(Self.errorString(rv))")
+        }
+        self.scheduleFlush()
+    }
+
+    // MARK: client side
+
+    /// Client: opens a stream with a request head. With `body`, the whole body is queued at once
+    /// (and compressed when worth it); with `endStream`, the request has no body at all.
+    func openClientStream(
+        head: HTTPRequest,
+        body: ByteBuffer?,
+        endStream: Bool,
+        timeout: TimeAmount?
+    ) throws -> (streamID: Int32, response: EventLoopFuture<HTTP2Response>) {
+        guard let context, self.session != nil else { throw HTTP2Error.connectionClosed }
+        if let terminalError = self.terminalError { throw terminalError }
+        var head = head
+        let compression = self.configuration.compression
+        if compression.enabled, head.headerFields[.acceptEncoding] == nil {
+            head.headerFields[.acceptEncoding] = "gzip, deflate"
+        }
+        var body = body
+        var compressor: StreamingCompressor?
+        if compression.enabled, compression.compressRequests, head.headerFields[.contentEncoding] == nil,
+            body.map({ $0.readableBytes >= compression.minimumSize }) ?? !endStream
+        {
+            let streaming = StreamingCompressor(coding: .gzip, level: compression.level)
+            head.headerFields[.contentEncoding] = ContentCoding.gzip.rawValue
+            head.headerFields[.contentLength] = nil
+            if let whole = body {
+                var compressed = ByteBuffer()
+                try streaming.compress(whole, into: &compressed)
+                try streaming.finish(into: &compressed)
+                body = compressed
+            } else {
+                compressor = streaming
+            }
+        }
+        let withBody = !endStream || (body.map { $0.readableBytes > 0 } ?? false)
+        let placeholder = HTTP2StreamState(id: 0, inbound: .empty())
+        let rv = self.submitHeaders(
+            placeholder,
+            pseudo: [
+                ":method": head.method.rawValue,
+                ":scheme": head.scheme ?? "http",
+                ":authority": head.authority ?? "localhost",
+                ":path": head.path ?? "/",
+            ],
+            fields: head.headerFields,
+            withBody: withBody,
+            request: true
+        )
+        guard rv > 0 else {
+            throw HTTP2Error.protocolError("could not start a stream: \(Self.errorString(rv))")
+        }
+        let stream = HTTP2StreamState(id: rv, inbound: self.makeInbound(rv))
+        stream.headSubmitted = true
+        stream.compressor = compressor
+        if let body, body.readableBytes > 0 {
+            stream.pending.append(body)
+            stream.pendingBytes = body.readableBytes
+        }
+        stream.outboundEnded = endStream || body != nil
+        let promise = context.eventLoop.makePromise(of: HTTP2Response.self)
+        stream.responsePromise = promise
+        self.streams[rv] = stream
+        self.cancelIdleTimer()
+        if let timeout {
+            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            stream.timeout = context.eventLoop.scheduleTask(in: timeout) {
+                loopBound.value.cancelStream(rv, error: .timeout)
+            }
+        }
+        self.scheduleFlush()
+        return (rv, promise.futureResult)
+    }
+
+    func responseHeadReceived(_ stream: HTTP2StreamState) {
+        guard var head = try? HTTPResponse(parsed: stream.headerFields) else {
+            self.cancelStream(stream.id, error: .protocolError("the response head is malformed"), code: HTTP2ErrorCode.protocolError)
+            return
+        }
+        stream.headerFields = []
+        var decoding: ContentCoding?
+        if let encoding = head.headerFields[.contentEncoding], let coding = ContentCoding(contentEncodingHeader: encoding) {
+            decoding = coding
+            head.headerFields[.contentEncoding] = nil
+            head.headerFields[.contentLength] = nil
+        }
+        stream.timeout?.cancel()
+        stream.timeout = nil
+        let body = HTTP2Body(source: stream.inbound, decoding: decoding, decodeLimit: self.configuration.maxDecompressedBodySize)
+        stream.responsePromise?.succeed(HTTP2Response(head: head, body: body))
+        stream.responsePromise = nil
+    }
+
+    /// Ends a stream from this side: resets it and fails whoever waits on it with `error`.
+    func cancelStream(_ streamID: Int32, error: HTTP2Error, code: UInt32 = HTTP2ErrorCode.cancel) {
+        guard let stream = self.streams[streamID] else { return }
+        stream.fail(error)
+        self.resetStream(streamID, code: code)
+    }
+
+    // MARK: both sides: the body
+
+    private func writableStream(_ streamID: Int32) throws -> HTTP2StreamState {
+        guard let stream = self.streams[streamID] else { throw self.terminalError ?? HTTP2Error.streamClosed }
+        if let failure = stream.failure { throw failure }
+        guard !stream.outboundEnded else { throw HTTP2Error.streamClosed }
+        return stream
+    }
+
+    /// Queues a body chunk. The returned future completes once the stream's queue is below its
+    /// high watermark again, which is how a writer feels the peer's flow control.
+    func write(streamID: Int32, chunk: ByteBuffer, promise: EventLoopPromise<Void>) {
+        do {
+            let stream = try self.writableStream(streamID)
+            if !stream.headSubmitted {
+                try self.writeHead(streamID: streamID, head: HTTPResponse(status: .ok))
+            }
+            var chunk = chunk
+            if let compressor = stream.compressor {
+                var compressed = ByteBuffer()
+                try compressor.compress(chunk, into: &compressed)
+                chunk = compressed
+            }
+            if chunk.readableBytes > 0 {
+                stream.pendingBytes += chunk.readableBytes
+                stream.pending.append(chunk)
+                self.resumeData(stream)
+                self.scheduleFlush()
+            }
+            if stream.pendingBytes > self.configuration.outboundBufferHighWatermark {
+                stream.writeWaiters.append(promise)
+            } else {
+                promise.succeed()
+            }
+        } catch {
+            promise.fail(error)
+        }
+    }
+
+    /// Ends the body, with trailers if given.
+    func finish(streamID: Int32, trailers: HTTPFields?) throws {
+        let stream = try self.writableStream(streamID)
+        if !stream.headSubmitted {
+            self.respond(streamID: streamID, head: HTTPResponse(status: .ok), body: nil, trailers: trailers)
+            return
+        }
+        if let compressor = stream.compressor {
+            var tail = ByteBuffer()
+            try compressor.finish(into: &tail)
+            stream.compressor = nil
+            if tail.readableBytes > 0 {
+                stream.pendingBytes += tail.readableBytes
+                stream.pending.append(tail)
+            }
+        }
+        stream.outboundEnded = true
+        stream.outboundTrailers = trailers
+        self.resumeData(stream)
+        self.scheduleFlush()
+    }
+
+    /// Server: called when a handler returns. An unanswered request gets a 500; an unfinished
+    /// body is ended.
+    func finishIfNeeded(streamID: Int32) {
+        guard let stream = self.streams[streamID], stream.failure == nil, !stream.outboundEnded else { return }
+        if !stream.headSubmitted {
+            self.respondNow(stream, status: .internalServerError, message: "the handler returned without a response\n")
+        } else {
+            try? self.finish(streamID: streamID, trailers: nil)
+        }
+    }
+
+    /// Server: a handler threw. Before the head went out the client gets a 500 saying so; after
+    /// it, the stream is reset, since a truncated body must not look complete.
+    func abort(streamID: Int32, error: any Error) {
+        guard let stream = self.streams[streamID], stream.failure == nil else { return }
+        if !stream.headSubmitted {
+            self.respondNow(stream, status: .internalServerError, message: "internal error: \(error)\n")
+        } else {
+            self.cancelStream(streamID, error: .streamReset(code: HTTP2ErrorCode.internalError), code: HTTP2ErrorCode.internalError)
+        }
+    }
+}

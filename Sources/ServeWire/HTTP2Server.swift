@@ -1,0 +1,165 @@
+import HTTPTypes
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// Writes the response to one request. Every call hops to the connection's event loop; `write`
+/// returns once the stream's send queue has room, so a slow client slows its handler down.
+public struct HTTP2ResponseWriter: Sendable {
+    let connection: NIOLoopBound<HTTP2Connection>
+    let streamID: Int32
+
+    private var eventLoop: any EventLoop { self.connection.eventLoop }
+
+    /// Sends the whole response at once: head, body and optional trailers. The body is
+    /// compressed when the client accepts it and it is at least `compression.minimumSize`.
+    public func respond(_ head: HTTPResponse, body: ByteBuffer? = nil, trailers: HTTPFields? = nil) async throws {
+        let connection = self.connection
+        let streamID = self.streamID
+        try await self.eventLoop.submit {
+            connection.value.respond(streamID: streamID, head: head, body: body, trailers: trailers)
+        }.get()
+    }
+
+    /// Sends the response head; the body follows with `write` and `finish`. Compression applies
+    /// when the head carries a `content-length` of at least `compression.minimumSize`.
+    public func writeHead(_ head: HTTPResponse) async throws {
+        let connection = self.connection
+        let streamID = self.streamID
+        try await self.eventLoop.submit {
+            try connection.value.writeHead(streamID: streamID, head: head)
+        }.get()
+    }
+
+    /// Sends one body chunk (a 200 head first, if none was sent).
+    public func write(_ chunk: ByteBuffer) async throws {
+        let connection = self.connection
+        let streamID = self.streamID
+        let promise = self.eventLoop.makePromise(of: Void.self)
+        self.eventLoop.execute {
+            connection.value.write(streamID: streamID, chunk: chunk, promise: promise)
+        }
+        try await promise.futureResult.get()
+    }
+
+    /// Ends the body, with trailers if given.
+    public func finish(trailers: HTTPFields? = nil) async throws {
+        let connection = self.connection
+        let streamID = self.streamID
+        try await self.eventLoop.submit {
+            try connection.value.finish(streamID: streamID, trailers: trailers)
+        }.get()
+    }
+
+    /// Resets the stream (RST_STREAM with `code`): the client sees the response fail.
+    public func reset(code: UInt32 = HTTP2ErrorCode.cancel) {
+        let connection = self.connection
+        let streamID = self.streamID
+        self.eventLoop.execute {
+            connection.value.cancelStream(streamID, error: .streamReset(code: code), code: code)
+        }
+    }
+
+    func finishIfNeeded() async throws {
+        let connection = self.connection
+        let streamID = self.streamID
+        try await self.eventLoop.submit { connection.value.finishIfNeeded(streamID: streamID) }.get()
+    }
+
+    func abort(_ error: any Error) {
+        let connection = self.connection
+        let streamID = self.streamID
+        self.eventLoop.execute { connection.value.abort(streamID: streamID, error: error) }
+    }
+}
+
+/// An HTTP/2 server (cleartext, prior knowledge: RFC 9113 §3.3) on SwiftNIO and libnghttp2.
+/// Each request runs its handler in its own task; many streams share a connection.
+public final class HTTP2Server: Sendable {
+    public typealias Handler = @Sendable (HTTP2Request, HTTP2ResponseWriter) async throws -> Void
+
+    let serverChannel: any Channel
+    private let connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>
+    private let logger: Logger
+
+    /// The address the server listens on (with the real port when bound to port 0).
+    public var localAddress: SocketAddress { self.serverChannel.localAddress! }
+    public var port: Int { self.localAddress.port! }
+
+    private init(serverChannel: any Channel, connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>, logger: Logger) {
+        self.serverChannel = serverChannel
+        self.connections = connections
+        self.logger = logger
+    }
+
+    /// Binds and starts serving. Port 0 picks a free port (read it back from `port`).
+    public static func bind(
+        host: String,
+        port: Int,
+        configuration: HTTP2Configuration = .init(),
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "serve.wire.server"),
+        handler: @escaping Handler
+    ) async throws -> HTTP2Server {
+        let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+        let channel = try await ServerBootstrap(group: eventLoopGroup)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                let key = ObjectIdentifier(channel)
+                connections.withLockedValue { $0[key] = channel }
+                channel.closeFuture.whenComplete { _ in
+                    _ = connections.withLockedValue { $0.removeValue(forKey: key) }
+                }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        HTTP2Connection(role: .server(handler), configuration: configuration, logger: logger)
+                    )
+                }
+            }
+            .bind(host: host, port: port)
+            .get()
+        return HTTP2Server(serverChannel: channel, connections: connections, logger: logger)
+    }
+
+    /// Stops accepting, sends GOAWAY on every connection so clients start nothing new, lets open
+    /// streams finish for up to `gracePeriod`, then closes whatever is left.
+    public func shutdown(gracePeriod: TimeAmount = .seconds(10)) async {
+        try? await self.serverChannel.close()
+        let channels = self.connections.withLockedValue { Array($0.values) }
+        for channel in channels {
+            channel.eventLoop.execute {
+                guard let connection = try? channel.pipeline.syncOperations.handler(type: HTTP2Connection.self) else {
+                    return
+                }
+                connection.closeGracefully()
+            }
+        }
+        let deadline = NIODeadline.now() + gracePeriod
+        for channel in channels {
+            let force = channel.eventLoop.scheduleTask(deadline: deadline) { channel.close(promise: nil) }
+            try? await channel.closeFuture.get()
+            force.cancel()
+        }
+    }
+
+    /// Closes the listener and every connection at once.
+    public func close() async {
+        try? await self.serverChannel.close()
+        let channels = self.connections.withLockedValue { Array($0.values) }
+        for channel in channels { try? await channel.close() }
+    }
+
+    /// Number of open client connections.
+    public var connectionCount: Int { self.connections.withLockedValue { $0.count } }
+}
+
+extension HTTP2Server {
+    /// Waits until the listener closes (for programs whose whole job is serving).
+    public func closeFutureForever() async throws {
+        try await self.serverChannel.closeFuture.get()
+    }
+}

@@ -1,0 +1,61 @@
+import HTTPTypes
+import NIOCore
+
+/// One open stream, as its connection tracks it on the event loop.
+final class HTTP2StreamState {
+    let id: Int32
+    let inbound: InboundBodySource
+
+    // Receiving headers (and trailers).
+    var headerFields: [HTTPField] = []
+    var headerBytes = 0
+    var continuationFrames = 0
+    var headReceived = false
+
+    // Sending the body: chunks waiting for nghttp2 to take them as flow control allows.
+    var pending = CircularBuffer<ByteBuffer>(initialCapacity: 2)
+    var pendingBytes = 0
+    var headSubmitted = false
+    var outboundEnded = false
+    var outboundTrailers: HTTPFields?
+    /// nghttp2 found no bytes to send and parked the stream until `resumeData`.
+    var deferred = false
+    var writeWaiters: [EventLoopPromise<Void>] = []
+    var compressor: StreamingCompressor?
+
+    /// Server: the coding the client accepts for the response, if any.
+    var acceptedCoding: ContentCoding?
+    /// Client: fulfilled with the response head.
+    var responsePromise: EventLoopPromise<HTTP2Response>?
+    var timeout: Scheduled<Void>?
+    var failure: HTTP2Error?
+
+    init(id: Int32, inbound: InboundBodySource) {
+        self.id = id
+        self.inbound = inbound
+    }
+
+    /// Ends the stream with an error for everyone still waiting on it. The first error wins.
+    func fail(_ error: HTTP2Error) {
+        if self.failure == nil { self.failure = error }
+        self.inbound.fail(error)
+        self.responsePromise?.fail(error)
+        self.responsePromise = nil
+        let waiters = self.writeWaiters
+        self.writeWaiters.removeAll()
+        for waiter in waiters { waiter.fail(error) }
+        self.timeout?.cancel()
+        self.timeout = nil
+        self.pending.removeAll()
+        self.pendingBytes = 0
+    }
+
+    /// Wakes writers once the queue has drained to half the high watermark (hysteresis, so a
+    /// writer is not woken for every frame).
+    func releaseWriters(highWatermark: Int) {
+        guard self.pendingBytes <= highWatermark / 2 else { return }
+        let waiters = self.writeWaiters
+        self.writeWaiters.removeAll()
+        for waiter in waiters { waiter.succeed() }
+    }
+}
