@@ -96,9 +96,19 @@ let package = Package(
         ),
         .testTarget(
             name: "ServeWireTests",
-            dependencies: ["ServeWire", "ServeProto", .product(name: "NIOPosix", package: "swift-nio")],
+            dependencies: [
+                "ServeWire", "ServeProto",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
             swiftSettings: strict
         ),
-        .testTarget(name: "ServeProtoTests", dependencies: ["ServeProto"], swiftSettings: strict),
+        .testTarget(
+            name: "ServeProtoTests",
+            dependencies: ["ServeProto", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            swiftSettings: strict
+        ),
     ]
 )

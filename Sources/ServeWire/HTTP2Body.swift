@@ -44,6 +44,9 @@ final class InboundBodySource: Sendable {
         return source
     }
 
+    /// One shared, already ended source: an ended source never changes again.
+    static let ended = InboundBodySource.empty()
+
     // MARK: producer side (the connection's event loop)
 
     func append(_ chunk: ByteBuffer) {
@@ -171,6 +174,9 @@ public struct HTTP2Body: AsyncSequence, Sendable {
     /// An empty body.
     public static var empty: HTTP2Body { HTTP2Body(source: .empty()) }
 
+    /// The content-coding the body was sent with and is decoded from as it is read (nil: none).
+    public var contentCoding: ContentCoding? { self.decoding }
+
     /// Trailers that ended the body, once it has been read to its end.
     public var trailers: HTTPFields? { self.source.trailers }
 
@@ -192,8 +198,9 @@ public struct HTTP2Body: AsyncSequence, Sendable {
                     return nil
                 }
                 var output = ByteBuffer()
-                do { try decompressor.decompress(chunk, into: &output) } catch {
+                do { try decompressor.decompress(chunk, into: &output) } catch let error as CompressionError {
                     self.ended = true
+                    if case .outputLimitExceeded(let limit) = error.kind { throw HTTP2Error.bodyTooLarge(limit: limit) }
                     throw HTTP2Error.badBody("\(error)")
                 }
                 if output.readableBytes > 0 { return output }
@@ -213,7 +220,7 @@ public struct HTTP2Body: AsyncSequence, Sendable {
         var result = ByteBuffer()
         for try await var chunk in self {
             guard result.readableBytes + chunk.readableBytes <= maxBytes else {
-                throw HTTP2Error.badBody("the body is larger than \(maxBytes) bytes")
+                throw HTTP2Error.bodyTooLarge(limit: maxBytes)
             }
             result.writeBuffer(&chunk)
         }

@@ -11,26 +11,18 @@ public struct HTTP2ClientStream: Sendable {
     public let streamID: Int32
     let responseFuture: EventLoopFuture<HTTP2Response>
 
-    private var eventLoop: any EventLoop { self.connection.eventLoop }
-
     /// Sends one request body chunk; returns once the stream's send queue has room.
     public func write(_ chunk: ByteBuffer) async throws {
-        let connection = self.connection
         let streamID = self.streamID
-        let promise = self.eventLoop.makePromise(of: Void.self)
-        self.eventLoop.execute {
-            connection.value.write(streamID: streamID, chunk: chunk, promise: promise)
+        if let roomAgain = try await self.connection.perform({ try $0.write(streamID: streamID, chunk: chunk) }) {
+            try await roomAgain.get()
         }
-        try await promise.futureResult.get()
     }
 
     /// Ends the request body, with trailers if given.
     public func finish(trailers: HTTPFields? = nil) async throws {
-        let connection = self.connection
         let streamID = self.streamID
-        try await self.eventLoop.submit {
-            try connection.value.finish(streamID: streamID, trailers: trailers)
-        }.get()
+        try await self.connection.perform { try $0.finish(streamID: streamID, trailers: trailers) }
     }
 
     /// The response head, once it arrives; its body streams on.
@@ -40,11 +32,13 @@ public struct HTTP2ClientStream: Sendable {
 
     /// Abandons the request: RST_STREAM(CANCEL), and everything waiting on it fails.
     public func cancel() {
-        let connection = self.connection
+        self.cancel(error: .streamReset(code: HTTP2ErrorCode.cancel))
+    }
+
+    /// Abandons the request, failing whoever waits on it with `error`.
+    func cancel(error: HTTP2Error) {
         let streamID = self.streamID
-        self.eventLoop.execute {
-            connection.value.cancelStream(streamID, error: .streamReset(code: HTTP2ErrorCode.cancel))
-        }
+        self.connection.performLater { $0.cancelStream(streamID, error: error) }
     }
 }
 
@@ -112,6 +106,12 @@ public final class HTTP2ClientConnection: Sendable {
         try await self.open(head, body: nil, endStream: endStream, timeout: timeout)
     }
 
+    /// Opens a stream whose whole body is `body` (compressed when `compressRequests` is set and
+    /// it is large enough); await its response with the stream's `response()`.
+    public func openStream(_ head: HTTPRequest, body: ByteBuffer, timeout: TimeAmount? = nil) async throws -> HTTP2ClientStream {
+        try await self.open(head, body: body, endStream: false, timeout: timeout)
+    }
+
     /// Sends a request with its whole body (or none) and returns the response, whose body
     /// streams on. `timeout` bounds the wait for the response head.
     public func send(_ head: HTTPRequest, body: ByteBuffer? = nil, timeout: TimeAmount? = nil) async throws -> HTTP2Response {
@@ -120,17 +120,15 @@ public final class HTTP2ClientConnection: Sendable {
     }
 
     private func open(_ head: HTTPRequest, body: ByteBuffer?, endStream: Bool, timeout: TimeAmount?) async throws -> HTTP2ClientStream {
-        let connection = self.connection
-        let (streamID, response) = try await connection.eventLoop.submit {
-            try connection.value.openClientStream(head: head, body: body, endStream: endStream, timeout: timeout)
-        }.get()
-        return HTTP2ClientStream(connection: connection, streamID: streamID, responseFuture: response)
+        let (streamID, response) = try await self.connection.perform {
+            try $0.openClientStream(head: head, body: body, endStream: endStream, timeout: timeout)
+        }
+        return HTTP2ClientStream(connection: self.connection, streamID: streamID, responseFuture: response)
     }
 
     /// Sends GOAWAY, lets open streams finish, then closes.
     public func close() async {
-        let connection = self.connection
-        connection.eventLoop.execute { connection.value.closeGracefully() }
+        self.connection.performLater { $0.closeGracefully() }
         try? await self.channel.closeFuture.get()
     }
 

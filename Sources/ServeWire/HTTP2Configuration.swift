@@ -20,6 +20,10 @@ public struct HTTP2Configuration: Sendable, Hashable {
     public var outboundBufferHighWatermark: Int = 256 << 10
     /// A connection with no open stream for this long is closed gracefully; nil keeps it open.
     public var idleTimeout: TimeAmount? = .seconds(300)
+    /// Servers: a request whose header block has not completed this long after it began ends
+    /// the connection (an unfinished header block stalls every stream: RFC 9113 §6.10), which
+    /// stops slow-header attacks. nil waits forever.
+    public var requestHeadTimeout: TimeAmount? = .seconds(10)
     /// Compression of bodies (gzip or deflate) when the peer accepts it.
     public var compression: Compression = .init()
     /// The largest decompressed body accepted; a compressed body that would decode to more is

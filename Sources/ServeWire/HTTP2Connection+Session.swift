@@ -22,7 +22,6 @@ extension HTTP2Connection {
             throw SessionSetupError(description: "nghttp2 could not allocate its callbacks")
         }
         defer { nghttp2_session_callbacks_del(callbacks) }
-        nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks, onBeginFrame)
         nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, onBeginHeaders)
         nghttp2_session_callbacks_set_on_header_callback(callbacks, onHeader)
         nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, onFrameReceived)
@@ -73,6 +72,27 @@ extension HTTP2Connection {
         self.scheduleFlush()
     }
 
+    /// After nghttp2 gave up on the input (a fatal error from mem_recv), queue a GOAWAY telling
+    /// the peer why, unless the peer never spoke HTTP/2 at all (a bad preface).
+    func goAwayAfterFatalError(_ error: Int) {
+        guard let session else { return }
+        switch Int32(truncatingIfNeeded: error) {
+        case NGHTTP2_ERR_BAD_CLIENT_MAGIC.rawValue:
+            return
+        case NGHTTP2_ERR_TOO_MANY_CONTINUATIONS.rawValue, NGHTTP2_ERR_FLOODED.rawValue:
+            nghttp2_session_terminate_session(session, HTTP2ErrorCode.enhanceYourCalm)
+        default:
+            nghttp2_session_terminate_session(session, HTTP2ErrorCode.protocolError)
+        }
+    }
+
+    /// Ends the whole connection with GOAWAY(code) (a connection error, RFC 9113 §5.4.1).
+    func terminate(code: UInt32) {
+        guard let session else { return }
+        nghttp2_session_terminate_session(session, code)
+        self.flush()
+    }
+
     /// The application has read `count` body bytes of a stream: let the peer send that many more.
     func consume(streamID: Int32, count: Int) {
         guard let session, self.terminalError == nil || !self.streams.isEmpty else { return }
@@ -88,7 +108,7 @@ extension HTTP2Connection {
     }
 
     func submitHeaders(
-        _ stream: HTTP2StreamState,
+        streamID: Int32,
         pseudo: KeyValuePairs<String, String>,
         fields: HTTPFields,
         withBody: Bool,
@@ -102,7 +122,7 @@ extension HTTP2Connection {
                 if request {
                     return nghttp2_submit_request(session, nil, nva, count, withBody ? providerPointer : nil, nil)
                 }
-                return nghttp2_submit_response(session, stream.id, nva, count, withBody ? providerPointer : nil)
+                return nghttp2_submit_response(session, streamID, nva, count, withBody ? providerPointer : nil)
             }
         }
     }
@@ -142,33 +162,31 @@ enum HeaderBlock {
             total += field.name.canonicalName.utf8.count + field.value.utf8.count
             count += 1
         }
-        let storage = UnsafeMutablePointer<UInt8>.allocate(capacity: max(total, 1))
-        defer { storage.deallocate() }
-        let nva = UnsafeMutablePointer<nghttp2_nv>.allocate(capacity: max(count, 1))
-        defer { nva.deallocate() }
-        var offset = 0
-        var index = 0
-        func add(_ name: String, _ value: String) {
-            let namePointer = storage + offset
-            offset += copy(name, to: namePointer)
-            let valuePointer = storage + offset
-            offset += copy(value, to: valuePointer)
-            (nva + index).initialize(
-                to: nghttp2_nv(
-                    name: namePointer,
-                    value: valuePointer,
-                    namelen: name.utf8.count,
-                    valuelen: value.utf8.count,
-                    flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)
-                )
-            )
-            index += 1
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(total, 1)) { storage in
+            withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: max(count, 1)) { nva in
+                var offset = 0
+                var index = 0
+                func add(_ name: String, _ value: String) {
+                    let namePointer = storage.baseAddress! + offset
+                    offset += copy(name, to: namePointer)
+                    let valuePointer = storage.baseAddress! + offset
+                    offset += copy(value, to: valuePointer)
+                    nva[index] = nghttp2_nv(
+                        name: namePointer,
+                        value: valuePointer,
+                        namelen: name.utf8.count,
+                        valuelen: value.utf8.count,
+                        flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)
+                    )
+                    index += 1
+                }
+                for (name, value) in pseudo { add(name, value) }
+                for field in fields where !connectionSpecific.contains(field.name.canonicalName) {
+                    add(field.name.canonicalName, field.value)
+                }
+                return body(UnsafePointer(nva.baseAddress!), count)
+            }
         }
-        for (name, value) in pseudo { add(name, value) }
-        for field in fields where !connectionSpecific.contains(field.name.canonicalName) {
-            add(field.name.canonicalName, field.value)
-        }
-        return body(nva, count)
     }
 
     private static func copy(_ string: String, to pointer: UnsafeMutablePointer<UInt8>) -> Int {
@@ -191,27 +209,7 @@ private func connection(_ userData: UnsafeMutableRawPointer?) -> HTTP2Connection
 private let frameTypeHeaders = UInt8(NGHTTP2_HEADERS.rawValue)
 private let frameTypeData = UInt8(NGHTTP2_DATA.rawValue)
 private let frameTypeGoAway = UInt8(NGHTTP2_GOAWAY.rawValue)
-private let frameTypeContinuation = UInt8(NGHTTP2_CONTINUATION.rawValue)
 private let flagEndStream = UInt8(NGHTTP2_FLAG_END_STREAM.rawValue)
-
-private func onBeginFrame(
-    _ session: OpaquePointer?,
-    _ header: UnsafePointer<nghttp2_frame_hd>?,
-    _ userData: UnsafeMutableRawPointer?
-) -> Int32 {
-    guard let header, header.pointee.type == frameTypeContinuation else { return 0 }
-    // A header block split into endless CONTINUATION frames is a known flood (CVE-2024-27316);
-    // counting the bytes of each field (onHeader) misses empty frames, so count frames too.
-    let connection = connection(userData)
-    if let stream = connection.streams[header.pointee.stream_id] {
-        stream.continuationFrames += 1
-        if stream.continuationFrames > 64 {
-            nghttp2_session_terminate_session(session, HTTP2ErrorCode.enhanceYourCalm)
-            return NGHTTP2_ERR_CALLBACK_FAILURE.rawValue
-        }
-    }
-    return 0
-}
 
 private func onBeginHeaders(
     _ session: OpaquePointer?,
@@ -221,12 +219,12 @@ private func onBeginHeaders(
     guard let frame else { return 0 }
     let connection = connection(userData)
     let streamID = frame.pointee.hd.stream_id
+    connection.openHeaderBlock = streamID
     if frame.pointee.headers.cat == NGHTTP2_HCAT_REQUEST, connection.isServer {
         connection.openServerStream(streamID)
     } else if let stream = connection.streams[streamID] {
         stream.headerFields.removeAll(keepingCapacity: true)
         stream.headerBytes = 0
-        stream.continuationFrames = 0
     }
     return 0
 }
@@ -247,9 +245,10 @@ private func onHeader(
     // RFC 9113 §6.5.2 counts each field as name + value + 32 octets.
     stream.headerBytes += nameLength + valueLength + 32
     if stream.headerBytes > connection.configuration.maxHeaderListSize {
+        // Refuse the stream, and end the connection with a GOAWAY saying why.
         connection.logger.debug("peer sent an oversized header block; closing the connection")
         nghttp2_session_terminate_session(session, HTTP2ErrorCode.enhanceYourCalm)
-        return NGHTTP2_ERR_CALLBACK_FAILURE.rawValue
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue
     }
     let nameString = String(decoding: UnsafeBufferPointer(start: name, count: nameLength), as: UTF8.self)
     guard let fieldName = HTTPField.Name(parsed: nameString) else {
@@ -270,6 +269,7 @@ private func onFrameReceived(
     let header = frame.pointee.hd
     switch header.type {
     case frameTypeHeaders:
+        connection.openHeaderBlock = nil
         guard let stream = connection.streams[header.stream_id] else { return 0 }
         let endStream = header.flags & flagEndStream != 0
         if !stream.headReceived {
@@ -281,8 +281,9 @@ private func onFrameReceived(
                 return 0
             }
             stream.headReceived = true
+            swap(&stream.headFields, &stream.headerFields)
             connection.events.append(.headersComplete(streamID: header.stream_id))
-            if endStream { stream.inbound.finish(trailers: nil) }
+            if endStream { stream.endInboundWithHeaders() }
         } else if endStream {
             let trailers = HTTPFields(stream.headerFields.filter { !$0.name.canonicalName.hasPrefix(":") })
             stream.headerFields.removeAll()
@@ -328,7 +329,9 @@ private func onStreamClose(
     _ errorCode: UInt32,
     _ userData: UnsafeMutableRawPointer?
 ) -> Int32 {
-    connection(userData).events.append(.streamClosed(streamID: streamID, errorCode: errorCode))
+    let connection = connection(userData)
+    if connection.openHeaderBlock == streamID { connection.openHeaderBlock = nil }
+    connection.events.append(.streamClosed(streamID: streamID, errorCode: errorCode))
     return 0
 }
 

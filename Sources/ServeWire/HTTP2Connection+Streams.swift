@@ -5,18 +5,17 @@ import NIOCore
 /// Stream operations: opening streams, sending heads, body chunks and trailers. All run on the
 /// connection's event loop; the public handles hop there.
 extension HTTP2Connection {
-    private func makeInbound(_ streamID: Int32) -> InboundBodySource {
+    func makeInbound(_ streamID: Int32) -> InboundBodySource {
         guard let context else { return .empty() }
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let eventLoop = context.eventLoop
         return InboundBodySource { count in
-            eventLoop.execute { loopBound.value.consume(streamID: streamID, count: count) }
+            loopBound.performLater { $0.consume(streamID: streamID, count: count) }
         }
     }
 
     /// Server: a peer opened a stream with a request HEADERS frame.
     func openServerStream(_ streamID: Int32) {
-        self.streams[streamID] = HTTP2StreamState(id: streamID, inbound: self.makeInbound(streamID))
+        self.streams[streamID] = HTTP2StreamState(id: streamID, connection: self)
         self.cancelIdleTimer()
     }
 
@@ -26,13 +25,13 @@ extension HTTP2Connection {
         guard let context else { return }
         var head: HTTPRequest
         do {
-            head = try HTTPRequest(parsed: stream.headerFields)
+            head = try HTTPRequest(parsed: stream.headFields)
         } catch {
             self.logger.debug("refusing a malformed request head", metadata: ["error": "\(error)"])
             self.resetStream(stream.id, code: HTTP2ErrorCode.protocolError)
             return
         }
-        stream.headerFields = []
+        stream.headFields = []
         var decoding: ContentCoding?
         if let encoding = head.headerFields[.contentEncoding], encoding.lowercased() != "identity" {
             guard let coding = ContentCoding(contentEncodingHeader: encoding) else {
@@ -56,7 +55,7 @@ extension HTTP2Connection {
             streamID: stream.id
         )
         let logger = self.logger
-        Task {
+        Task(executorPreference: self.taskExecutor) {
             do {
                 try await handler(request, writer)
                 try await writer.finishIfNeeded()
@@ -138,7 +137,7 @@ extension HTTP2Connection {
     private func submitResponseHead(_ stream: HTTP2StreamState, head: HTTPResponse, withBody: Bool) throws {
         stream.headSubmitted = true
         let status = String(head.status.code)
-        let rv = self.submitHeaders(stream, pseudo: [":status": status], fields: head.headerFields, withBody: withBody, request: false)
+        let rv = self.submitHeaders(streamID: stream.id, pseudo: [":status": status], fields: head.headerFields, withBody: withBody, request: false)
         guard rv >= 0 else {
             throw HTTP2Error.protocolError("could not send the response head: \(Self.errorString(rv))")
         }
@@ -180,9 +179,8 @@ extension HTTP2Connection {
             }
         }
         let withBody = !endStream || (body.map { $0.readableBytes > 0 } ?? false)
-        let placeholder = HTTP2StreamState(id: 0, inbound: .empty())
         let rv = self.submitHeaders(
-            placeholder,
+            streamID: 0,
             pseudo: [
                 ":method": head.method.rawValue,
                 ":scheme": head.scheme ?? "http",
@@ -196,7 +194,7 @@ extension HTTP2Connection {
         guard rv > 0 else {
             throw HTTP2Error.protocolError("could not start a stream: \(Self.errorString(rv))")
         }
-        let stream = HTTP2StreamState(id: rv, inbound: self.makeInbound(rv))
+        let stream = HTTP2StreamState(id: rv, connection: self)
         stream.headSubmitted = true
         stream.compressor = compressor
         if let body, body.readableBytes > 0 {
@@ -219,11 +217,11 @@ extension HTTP2Connection {
     }
 
     func responseHeadReceived(_ stream: HTTP2StreamState) {
-        guard var head = try? HTTPResponse(parsed: stream.headerFields) else {
+        guard var head = try? HTTPResponse(parsed: stream.headFields) else {
             self.cancelStream(stream.id, error: .protocolError("the response head is malformed"), code: HTTP2ErrorCode.protocolError)
             return
         }
-        stream.headerFields = []
+        stream.headFields = []
         var decoding: ContentCoding?
         if let encoding = head.headerFields[.contentEncoding], let coding = ContentCoding(contentEncodingHeader: encoding) {
             decoding = coding
@@ -253,34 +251,30 @@ extension HTTP2Connection {
         return stream
     }
 
-    /// Queues a body chunk. The returned future completes once the stream's queue is below its
-    /// high watermark again, which is how a writer feels the peer's flow control.
-    func write(streamID: Int32, chunk: ByteBuffer, promise: EventLoopPromise<Void>) {
-        do {
-            let stream = try self.writableStream(streamID)
-            if !stream.headSubmitted {
-                try self.writeHead(streamID: streamID, head: HTTPResponse(status: .ok))
-            }
-            var chunk = chunk
-            if let compressor = stream.compressor {
-                var compressed = ByteBuffer()
-                try compressor.compress(chunk, into: &compressed)
-                chunk = compressed
-            }
-            if chunk.readableBytes > 0 {
-                stream.pendingBytes += chunk.readableBytes
-                stream.pending.append(chunk)
-                self.resumeData(stream)
-                self.scheduleFlush()
-            }
-            if stream.pendingBytes > self.configuration.outboundBufferHighWatermark {
-                stream.writeWaiters.append(promise)
-            } else {
-                promise.succeed()
-            }
-        } catch {
-            promise.fail(error)
+    /// Queues a body chunk. Returns nil when the stream's queue has room for more, else a future
+    /// that completes once it is below its high watermark again: that is how a writer feels the
+    /// peer's flow control.
+    func write(streamID: Int32, chunk: ByteBuffer) throws -> EventLoopFuture<Void>? {
+        let stream = try self.writableStream(streamID)
+        if !stream.headSubmitted {
+            try self.writeHead(streamID: streamID, head: HTTPResponse(status: .ok))
         }
+        var chunk = chunk
+        if let compressor = stream.compressor {
+            var compressed = ByteBuffer()
+            try compressor.compress(chunk, into: &compressed)
+            chunk = compressed
+        }
+        if chunk.readableBytes > 0 {
+            stream.pendingBytes += chunk.readableBytes
+            stream.pending.append(chunk)
+            self.resumeData(stream)
+            self.scheduleFlush()
+        }
+        guard stream.pendingBytes > self.configuration.outboundBufferHighWatermark, let context else { return nil }
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        stream.writeWaiters.append(promise)
+        return promise.futureResult
     }
 
     /// Ends the body, with trailers if given.
@@ -321,7 +315,14 @@ extension HTTP2Connection {
     func abort(streamID: Int32, error: any Error) {
         guard let stream = self.streams[streamID], stream.failure == nil else { return }
         if !stream.headSubmitted {
-            self.respondNow(stream, status: .internalServerError, message: "internal error: \(error)\n")
+            switch error {
+            case HTTP2Error.badBody(let reason):
+                self.respondNow(stream, status: .badRequest, message: "bad request body: \(reason)\n")
+            case HTTP2Error.bodyTooLarge(let limit):
+                self.respondNow(stream, status: .contentTooLarge, message: "the request body is over the \(limit)-byte limit\n")
+            default:
+                self.respondNow(stream, status: .internalServerError, message: "internal error: \(error)\n")
+            }
         } else {
             self.cancelStream(streamID, error: .streamReset(code: HTTP2ErrorCode.internalError), code: HTTP2ErrorCode.internalError)
         }

@@ -48,8 +48,15 @@ final class HTTP2Connection: ChannelInboundHandler {
     /// Set once the connection can carry no more streams; the error every new call gets.
     var terminalError: HTTP2Error?
     private var idleTimer: Scheduled<Void>?
+    /// The stream whose header block has begun and not yet ended, if any (servers).
+    var openHeaderBlock: Int32?
+    /// Armed only while a read ends inside a header block: complete blocks, the usual case, cost
+    /// no timer at all.
+    private var headerBlockTimer: Scheduled<Void>?
     var remoteAddress: SocketAddress?
     let allocator = ByteBufferAllocator()
+    /// Where request handlers run (servers): this connection's event loop.
+    private(set) var taskExecutor: EventLoopTaskExecutor?
 
     init(role: Role, configuration: HTTP2Configuration, logger: Logger) {
         self.role = role
@@ -72,6 +79,7 @@ final class HTTP2Connection: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.taskExecutor = EventLoopTaskExecutor(context.eventLoop)
         if context.channel.isActive { self.start(context: context) }
     }
 
@@ -117,7 +125,7 @@ final class HTTP2Connection: ChannelInboundHandler {
         }
         self.processEvents()
         if result < 0 {
-            // nghttp2 may have queued a GOAWAY explaining the error: send it, then close.
+            self.goAwayAfterFatalError(result)
             self.flush()
             context.close(promise: nil)
         }
@@ -125,6 +133,7 @@ final class HTTP2Connection: ChannelInboundHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         self.flush()
+        self.watchHeaderBlock(context: context)
         context.fireChannelReadComplete()
     }
 
@@ -146,6 +155,31 @@ final class HTTP2Connection: ChannelInboundHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         self.connectionClosed(error: self.terminalError ?? .connectionClosed)
         self.context = nil
+    }
+
+    /// An unfinished header block stalls the whole connection (HPACK state is shared, RFC 9113
+    /// §4.3), so a peer that leaves one open past `requestHeadTimeout` loses the connection.
+    private func watchHeaderBlock(context: ChannelHandlerContext) {
+        guard let timeout = self.configuration.requestHeadTimeout else { return }
+        if self.openHeaderBlock == nil {
+            self.headerBlockTimer?.cancel()
+            self.headerBlockTimer = nil
+        } else if self.headerBlockTimer == nil {
+            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let stream = self.openHeaderBlock
+            self.headerBlockTimer = context.eventLoop.scheduleTask(in: timeout) {
+                let connection = loopBound.value
+                connection.headerBlockTimer = nil
+                guard connection.openHeaderBlock != nil else { return }
+                guard connection.openHeaderBlock == stream else {
+                    // Another block began since: give it its own full timeout.
+                    if let context = connection.context { connection.watchHeaderBlock(context: context) }
+                    return
+                }
+                connection.logger.debug("a header block did not complete in time; closing the connection")
+                connection.terminate(code: HTTP2ErrorCode.enhanceYourCalm)
+            }
+        }
     }
 
     // MARK: the send side

@@ -21,6 +21,8 @@ public enum HTTP2Error: Error, Sendable, Hashable, CustomStringConvertible {
     case protocolError(String)
     /// A body could not be decoded (corrupt, truncated or over its size limit).
     case badBody(String)
+    /// A body was larger than the limit set for it (decoded size for compressed bodies).
+    case bodyTooLarge(limit: Int)
     /// The stream is no longer open for writing (finished, reset or closed).
     case streamClosed
     /// The peer did not accept the connection (refused, unreachable).
@@ -42,6 +44,8 @@ public enum HTTP2Error: Error, Sendable, Hashable, CustomStringConvertible {
             return "HTTP/2 protocol error: \(message)"
         case .badBody(let message):
             return "the body could not be decoded: \(message)"
+        case .bodyTooLarge(let limit):
+            return "the body is larger than the \(limit)-byte limit"
         case .streamClosed:
             return "the stream is no longer open for writing"
         case .connectFailed(let message):

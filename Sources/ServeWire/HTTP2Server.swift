@@ -4,73 +4,72 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-/// Writes the response to one request. Every call hops to the connection's event loop; `write`
-/// returns once the stream's send queue has room, so a slow client slows its handler down.
+/// Writes the response to one request. Handlers run on their connection's event loop, so these
+/// calls reach the connection directly; from elsewhere they hop there. `write` returns once the
+/// stream's send queue has room, so a slow client slows its handler down.
 public struct HTTP2ResponseWriter: Sendable {
     let connection: NIOLoopBound<HTTP2Connection>
     let streamID: Int32
 
-    private var eventLoop: any EventLoop { self.connection.eventLoop }
-
     /// Sends the whole response at once: head, body and optional trailers. The body is
     /// compressed when the client accepts it and it is at least `compression.minimumSize`.
     public func respond(_ head: HTTPResponse, body: ByteBuffer? = nil, trailers: HTTPFields? = nil) async throws {
-        let connection = self.connection
         let streamID = self.streamID
-        try await self.eventLoop.submit {
-            connection.value.respond(streamID: streamID, head: head, body: body, trailers: trailers)
-        }.get()
+        try await self.connection.perform { $0.respond(streamID: streamID, head: head, body: body, trailers: trailers) }
     }
 
     /// Sends the response head; the body follows with `write` and `finish`. Compression applies
     /// when the head carries a `content-length` of at least `compression.minimumSize`.
     public func writeHead(_ head: HTTPResponse) async throws {
-        let connection = self.connection
         let streamID = self.streamID
-        try await self.eventLoop.submit {
-            try connection.value.writeHead(streamID: streamID, head: head)
-        }.get()
+        try await self.connection.perform { try $0.writeHead(streamID: streamID, head: head) }
     }
 
     /// Sends one body chunk (a 200 head first, if none was sent).
     public func write(_ chunk: ByteBuffer) async throws {
-        let connection = self.connection
         let streamID = self.streamID
-        let promise = self.eventLoop.makePromise(of: Void.self)
-        self.eventLoop.execute {
-            connection.value.write(streamID: streamID, chunk: chunk, promise: promise)
+        if let roomAgain = try await self.connection.perform({ try $0.write(streamID: streamID, chunk: chunk) }) {
+            try await roomAgain.get()
         }
-        try await promise.futureResult.get()
     }
 
     /// Ends the body, with trailers if given.
     public func finish(trailers: HTTPFields? = nil) async throws {
-        let connection = self.connection
         let streamID = self.streamID
-        try await self.eventLoop.submit {
-            try connection.value.finish(streamID: streamID, trailers: trailers)
-        }.get()
+        try await self.connection.perform { try $0.finish(streamID: streamID, trailers: trailers) }
     }
 
     /// Resets the stream (RST_STREAM with `code`): the client sees the response fail.
     public func reset(code: UInt32 = HTTP2ErrorCode.cancel) {
-        let connection = self.connection
         let streamID = self.streamID
-        self.eventLoop.execute {
-            connection.value.cancelStream(streamID, error: .streamReset(code: code), code: code)
-        }
+        self.connection.performLater { $0.cancelStream(streamID, error: .streamReset(code: code), code: code) }
     }
 
     func finishIfNeeded() async throws {
-        let connection = self.connection
         let streamID = self.streamID
-        try await self.eventLoop.submit { connection.value.finishIfNeeded(streamID: streamID) }.get()
+        try await self.connection.perform { $0.finishIfNeeded(streamID: streamID) }
     }
 
     func abort(_ error: any Error) {
-        let connection = self.connection
         let streamID = self.streamID
-        self.eventLoop.execute { connection.value.abort(streamID: streamID, error: error) }
+        self.connection.performLater { $0.abort(streamID: streamID, error: error) }
+    }
+}
+
+extension NIOLoopBound where Value == HTTP2Connection {
+    /// Runs `body` with the connection on its event loop: at once when already there (handlers
+    /// are), else after a hop.
+    func perform<T: Sendable>(_ body: @escaping @Sendable (HTTP2Connection) throws -> T) async throws -> T {
+        if self.eventLoop.inEventLoop { return try body(self.value) }
+        let bound = self
+        return try await self.eventLoop.submit { try body(bound.value) }.get()
+    }
+
+    /// Runs `body` with the connection on its event loop, without waiting for it.
+    func performLater(_ body: @escaping @Sendable (HTTP2Connection) -> Void) {
+        if self.eventLoop.inEventLoop { return body(self.value) }
+        let bound = self
+        self.eventLoop.execute { body(bound.value) }
     }
 }
 

@@ -4,13 +4,36 @@ import NIOCore
 /// One open stream, as its connection tracks it on the event loop.
 final class HTTP2StreamState {
     let id: Int32
-    let inbound: InboundBodySource
+    /// The connection owns its streams and outlives them.
+    unowned(unsafe) let connection: HTTP2Connection
+    /// Made on first use: a request that ends with its headers (most GETs) never needs one.
+    private var inboundStorage: InboundBodySource?
+
+    /// The receiving half of the body.
+    var inbound: InboundBodySource {
+        if let source = self.inboundStorage { return source }
+        let source = self.connection.makeInbound(self.id)
+        if let failure = self.failure { source.fail(failure) }
+        self.inboundStorage = source
+        return source
+    }
+
+    /// The body ended with the headers (END_STREAM on HEADERS).
+    func endInboundWithHeaders() {
+        if let source = self.inboundStorage {
+            source.finish(trailers: nil)
+        } else {
+            self.inboundStorage = InboundBodySource.ended
+        }
+    }
 
     // Receiving headers (and trailers).
     var headerFields: [HTTPField] = []
     var headerBytes = 0
-    var continuationFrames = 0
     var headReceived = false
+    /// The complete head's fields, set aside when its HEADERS frame ends (trailers may arrive in
+    /// the same read, before the head is acted on).
+    var headFields: [HTTPField] = []
 
     // Sending the body: chunks waiting for nghttp2 to take them as flow control allows.
     var pending = CircularBuffer<ByteBuffer>(initialCapacity: 2)
@@ -30,15 +53,15 @@ final class HTTP2StreamState {
     var timeout: Scheduled<Void>?
     var failure: HTTP2Error?
 
-    init(id: Int32, inbound: InboundBodySource) {
+    init(id: Int32, connection: HTTP2Connection) {
         self.id = id
-        self.inbound = inbound
+        self.connection = connection
     }
 
     /// Ends the stream with an error for everyone still waiting on it. The first error wins.
     func fail(_ error: HTTP2Error) {
         if self.failure == nil { self.failure = error }
-        self.inbound.fail(error)
+        self.inboundStorage?.fail(error)
         self.responsePromise?.fail(error)
         self.responsePromise = nil
         let waiters = self.writeWaiters

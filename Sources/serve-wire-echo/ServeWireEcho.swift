@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import HTTPTypes
 import NIOCore
 import NIOPosix
@@ -37,7 +38,8 @@ struct ServeWireEcho: AsyncParsableCommand {
             }
             try await writer.finish(trailers: request.body.trailers)
         }
-        print("serve-wire-echo listening on \(self.host):\(server.port)")
+        // Written unbuffered: scripts and tests wait for this line to know the port.
+        FileHandle.standardOutput.write(Data("serve-wire-echo listening on \(self.host):\(server.port)\n".utf8))
         try await server.closeFutureForever()
     }
 }

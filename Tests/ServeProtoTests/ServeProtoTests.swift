@@ -38,7 +38,7 @@ private func registerNode() -> PBRegisterNode {
     running.replicaID = "app#llm#abc123"
     running.appName = "app"
     running.deploymentName = "llm"
-    running.specHash = "v7-3f2a"
+    running.specVersion = "v7-3f2a"
     running.state = .running
     running.grant = grant()
 

@@ -1,0 +1,44 @@
+# swift-serve: the two set-up commands are `make run` and `make test` (see README.md).
+# Each installs the Debian packages it needs when they are missing, then builds.
+
+SWIFT ?= swift
+# Debian packages: build (libnghttp2-dev, zlib1g-dev, pkg-config), tests and benchmarks
+# (nghttp2-client: nghttp and h2load; nghttp2-server: nghttpd; gzip and python3 for zlib interop).
+APT_PACKAGES := libnghttp2-dev zlib1g-dev pkg-config nghttp2-client nghttp2-server gzip python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps build release run test bench-wire protos clean
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+# Until the working-cluster issue lands, `make run` serves the ServeWire HTTP/2 echo server.
+run: build
+	.build/debug/serve-wire-echo --host 127.0.0.1 --port 8080
+
+# The tests start the built binaries (serve-wire-echo) and nghttp2's tools as real peers.
+# --no-parallel: the memory assertions read this process's peak RSS, which other tests would raise.
+test: build
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --no-parallel
+
+bench-wire: deps
+	benchmarks/wire
+
+protos:
+	scripts/gen-protos.sh
+
+clean:
+	rm -rf .build

@@ -1,1 +1,0 @@
-// Placeholder until scripts/gen-protos.sh generates the control-plane messages.
