@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         .systemLibrary(
@@ -48,7 +49,11 @@ let package = Package(
             dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
             exclude: ["README.md"]
         ),
-        .target(name: "ServeCore", swiftSettings: strict),
+        .target(
+            name: "ServeCore",
+            dependencies: [.product(name: "Yams", package: "Yams")],
+            swiftSettings: strict
+        ),
         .target(
             name: "Serve",
             dependencies: ["ServeCore", .product(name: "NIOCore", package: "swift-nio")],
@@ -105,6 +110,7 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .testTarget(name: "ServeCoreTests", dependencies: ["ServeCore"], swiftSettings: strict),
         .testTarget(
             name: "ServeProtoTests",
             dependencies: ["ServeProto", .product(name: "SwiftProtobuf", package: "swift-protobuf")],

@@ -45,9 +45,9 @@ extension HTTP2Connection {
         if self.configuration.compression.enabled {
             stream.acceptedCoding = ContentCoding.negotiate(acceptEncoding: head.headerFields[.acceptEncoding])
         }
-        let request = HTTP2Request(
+        let request = HTTPServerRequest(
             head: head,
-            body: HTTP2Body(source: stream.inbound, decoding: decoding, decodeLimit: self.configuration.maxDecompressedBodySize),
+            body: HTTPBody(source: stream.inbound, decoding: decoding, decodeLimit: self.configuration.maxDecompressedBodySize),
             remoteAddress: self.remoteAddress
         )
         let writer = HTTP2ResponseWriter(
@@ -230,7 +230,7 @@ extension HTTP2Connection {
         }
         stream.timeout?.cancel()
         stream.timeout = nil
-        let body = HTTP2Body(source: stream.inbound, decoding: decoding, decodeLimit: self.configuration.maxDecompressedBodySize)
+        let body = HTTPBody(source: stream.inbound, decoding: decoding, decodeLimit: self.configuration.maxDecompressedBodySize)
         stream.responsePromise?.succeed(HTTP2Response(head: head, body: body))
         stream.responsePromise = nil
     }

@@ -7,7 +7,7 @@ import NIOPosix
 /// Writes the response to one request. Handlers run on their connection's event loop, so these
 /// calls reach the connection directly; from elsewhere they hop there. `write` returns once the
 /// stream's send queue has room, so a slow client slows its handler down.
-public struct HTTP2ResponseWriter: Sendable {
+public struct HTTP2ResponseWriter: HTTPResponseWriter {
     let connection: NIOLoopBound<HTTP2Connection>
     let streamID: Int32
 
@@ -76,7 +76,7 @@ extension NIOLoopBound where Value == HTTP2Connection {
 /// An HTTP/2 server (cleartext, prior knowledge: RFC 9113 §3.3) on SwiftNIO and libnghttp2.
 /// Each request runs its handler in its own task; many streams share a connection.
 public final class HTTP2Server: Sendable {
-    public typealias Handler = @Sendable (HTTP2Request, HTTP2ResponseWriter) async throws -> Void
+    public typealias Handler = @Sendable (HTTPServerRequest, HTTP2ResponseWriter) async throws -> Void
 
     let serverChannel: any Channel
     private let connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>

@@ -186,14 +186,14 @@ public struct RPCMessageDecoder: Sendable {
 /// The messages of one direction of a call, decoded as they arrive.
 public struct RPCInbound<Message: SwiftProtobuf.Message & Sendable>: AsyncSequence, Sendable {
     public typealias Element = Message
-    let body: HTTP2Body
+    let body: HTTPBody
     let maxMessageSize: Int
     /// Client side: the call's outcome is read from the trailers at the end.
     let checkTrailers: Bool
 
     public struct AsyncIterator: AsyncIteratorProtocol {
-        var body: HTTP2Body.AsyncIterator
-        let trailersOf: HTTP2Body
+        var body: HTTPBody.AsyncIterator
+        let trailersOf: HTTPBody
         var decoder: RPCMessageDecoder
         let checkTrailers: Bool
         var done = false
@@ -251,7 +251,7 @@ public struct RPCContext: Sendable {
 
 /// Routes RPC paths to handlers; mount it in an `HTTP2Server` handler with `handle`.
 public struct RPCRouter: Sendable {
-    typealias Route = @Sendable (HTTP2Request, HTTP2ResponseWriter, RPCContext) async throws -> Void
+    typealias Route = @Sendable (HTTPServerRequest, HTTP2ResponseWriter, RPCContext) async throws -> Void
     private var routes: [String: Route] = [:]
     public var maxMessageSize: Int
 
@@ -312,7 +312,7 @@ public struct RPCRouter: Sendable {
     }
 
     /// Serves `request` if its path is an RPC route; returns false (having done nothing) if not.
-    public func handle(_ request: HTTP2Request, _ writer: HTTP2ResponseWriter) async throws -> Bool {
+    public func handle(_ request: HTTPServerRequest, _ writer: HTTP2ResponseWriter) async throws -> Bool {
         guard let path = request.head.path, let route = self.routes[path] else { return false }
         guard request.head.method == .post else {
             try await writer.respond(HTTPResponse(status: .methodNotAllowed), body: ByteBuffer(string: "RPCs are POST requests\n"))
@@ -327,7 +327,7 @@ public struct RPCRouter: Sendable {
     }
 
     /// Answers an RPC path that has no route (so callers get `unimplemented`, not a 404).
-    public static func unimplemented(_ request: HTTP2Request, _ writer: HTTP2ResponseWriter) async throws {
+    public static func unimplemented(_ request: HTTPServerRequest, _ writer: HTTP2ResponseWriter) async throws {
         let error = RPCError(.unimplemented, "no RPC method \(request.head.path ?? "?")")
         try await writer.respond(Self.responseHead, body: nil, trailers: error.trailers)
     }

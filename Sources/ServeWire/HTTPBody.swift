@@ -158,7 +158,7 @@ final class InboundBodySource: Sendable {
 ///
 /// A body sent with `content-encoding: gzip` or `deflate` is decoded as it is read, and refused
 /// past the connection's `maxDecompressedBodySize`.
-public struct HTTP2Body: AsyncSequence, Sendable {
+public struct HTTPBody: AsyncSequence, Sendable {
     public typealias Element = ByteBuffer
 
     let source: InboundBodySource
@@ -172,7 +172,7 @@ public struct HTTP2Body: AsyncSequence, Sendable {
     }
 
     /// An empty body.
-    public static var empty: HTTP2Body { HTTP2Body(source: .empty()) }
+    public static var empty: HTTPBody { HTTPBody(source: .empty()) }
 
     /// The content-coding the body was sent with and is decoded from as it is read (nil: none).
     public var contentCoding: ContentCoding? { self.decoding }

@@ -1,0 +1,49 @@
+import HTTPTypes
+import NIOCore
+
+/// A request received by a server (HTTP/2 or HTTP/1.1): its head and its body, streamed.
+public struct HTTPServerRequest: Sendable {
+    public var head: HTTPRequest
+    public var body: HTTPBody
+    /// The peer's address, when known.
+    public var remoteAddress: SocketAddress?
+
+    public init(head: HTTPRequest, body: HTTPBody, remoteAddress: SocketAddress? = nil) {
+        self.head = head
+        self.body = body
+        self.remoteAddress = remoteAddress
+    }
+}
+
+/// A response received by an `HTTP2ClientConnection`: its head and its body, streamed.
+public struct HTTP2Response: Sendable {
+    public var head: HTTPResponse
+    public var body: HTTPBody
+
+    public init(head: HTTPResponse, body: HTTPBody) {
+        self.head = head
+        self.body = body
+    }
+}
+
+/// Writes the response to one request, whichever protocol carried it.
+public protocol HTTPResponseWriter: Sendable {
+    /// Sends the whole response at once: head, body and optional trailers.
+    func respond(_ head: HTTPResponse, body: ByteBuffer?, trailers: HTTPFields?) async throws
+    /// Sends the response head; the body follows with `write` and `finish`.
+    func writeHead(_ head: HTTPResponse) async throws
+    /// Sends one body chunk; returns once there is room for more.
+    func write(_ chunk: ByteBuffer) async throws
+    /// Ends the body, with trailers where the protocol carries them.
+    func finish(trailers: HTTPFields?) async throws
+}
+
+extension HTTPResponseWriter {
+    public func respond(_ head: HTTPResponse, body: ByteBuffer? = nil) async throws {
+        try await self.respond(head, body: body, trailers: nil)
+    }
+
+    public func finish() async throws {
+        try await self.finish(trailers: nil)
+    }
+}
