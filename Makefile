@@ -24,9 +24,10 @@ build: deps
 release: deps
 	$(SWIFT) build -c release
 
-# Until the working-cluster issue lands, `make run` serves the ServeWire HTTP/2 echo server.
+# The main job: an embedded head (controller, ingress on :8000, admin API on :8265, replicas on
+# this machine) serving examples/hello.yaml in the foreground; Ctrl-C stops everything.
 run: build
-	.build/debug/serve-wire-echo --host 127.0.0.1 --port 8080
+	.build/debug/serve run examples/hello.yaml
 
 # The tests start the built binaries (serve-wire-echo) and nghttp2's tools as real peers.
 # --no-parallel: the memory assertions read this process's peak RSS, which other tests would raise.

@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "serve", targets: ["serve"]),
         .executable(name: "serve-wire-echo", targets: ["serve-wire-echo"]),
         .library(name: "Serve", targets: ["Serve"]),
+        .library(name: "ServeWorker", targets: ["ServeWorker"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -37,6 +38,7 @@ let package = Package(
                 "CNghttp2", "CZlib",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -56,7 +58,11 @@ let package = Package(
         ),
         .target(
             name: "Serve",
-            dependencies: ["ServeCore", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: [
+                "ServeCore", "ServeWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
             swiftSettings: strict
         ),
         .target(
@@ -66,27 +72,45 @@ let package = Package(
         ),
         .target(
             name: "ServeHead",
-            dependencies: ["ServeCore", "ServeWire", "ServeProto", "ServeProxy"],
+            dependencies: ["ServeCore", "ServeWire", "ServeProto", "ServeProxy", "Serve"],
             swiftSettings: strict
         ),
         .target(
             name: "ServeWorker",
-            dependencies: ["ServeCore", "ServeWire", "ServeProto", "Serve"],
+            dependencies: [
+                "ServeCore", "ServeWire", "ServeProto", "Serve",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "ServeEmbedded",
+            dependencies: ["ServeHead", "ServeWorker", "ServeCore"],
             swiftSettings: strict
         ),
         .executableTarget(
             name: "serve-head",
-            dependencies: ["ServeHead", "ServeCore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "ServeEmbedded", "ServeHead", "ServeWorker", "ServeCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: strict
         ),
         .executableTarget(
             name: "serve-worker",
-            dependencies: ["ServeWorker", "ServeCore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "ServeWorker", "ServeCore", "Serve",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             swiftSettings: strict
         ),
         .executableTarget(
             name: "serve",
-            dependencies: ["ServeCore", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: [
+                "ServeEmbedded", "ServeHead", "ServeCore", "ServeWire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
             swiftSettings: strict
         ),
         .executableTarget(
@@ -111,6 +135,16 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "ServeCoreTests", dependencies: ["ServeCore"], swiftSettings: strict),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: [
+                "ServeWire", "ServeCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "ServeProtoTests",
             dependencies: ["ServeProto", .product(name: "SwiftProtobuf", package: "swift-protobuf")],

@@ -185,6 +185,10 @@ public nonisolated struct PBRegisterNode: Sendable {
   /// Version string of the worker software, for logs and diagnostics.
   public var workerVersion: String = String()
 
+  /// Names of the Swift deployment handlers this worker binary can run (the built-in ones and
+  /// any a custom worker registered), so the head accepts configs that name them.
+  public var handlerNames: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -384,7 +388,7 @@ nonisolated extension PBRunningReplica: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension PBRegisterNode: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterNode"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}protocol_version\0\u{1}address\0\u{1}port\0\u{3}total_resources\0\u{1}labels\0\u{3}node_type\0\u{3}accelerator_type\0\u{3}num_gpus\0\u{3}gpu_ids\0\u{3}running_replicas\0\u{3}started_at_unix_ms\0\u{3}worker_version\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}protocol_version\0\u{1}address\0\u{1}port\0\u{3}total_resources\0\u{1}labels\0\u{3}node_type\0\u{3}accelerator_type\0\u{3}num_gpus\0\u{3}gpu_ids\0\u{3}running_replicas\0\u{3}started_at_unix_ms\0\u{3}worker_version\0\u{3}handler_names\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -405,6 +409,7 @@ nonisolated extension PBRegisterNode: SwiftProtobuf.Message, SwiftProtobuf._Mess
       case 11: try { try decoder.decodeRepeatedMessageField(value: &self.runningReplicas) }()
       case 12: try { try decoder.decodeSingularInt64Field(value: &self.startedAtUnixMs) }()
       case 13: try { try decoder.decodeSingularStringField(value: &self.workerVersion) }()
+      case 14: try { try decoder.decodeRepeatedStringField(value: &self.handlerNames) }()
       default: break
       }
     }
@@ -454,6 +459,9 @@ nonisolated extension PBRegisterNode: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if !self.workerVersion.isEmpty {
       try visitor.visitSingularStringField(value: self.workerVersion, fieldNumber: 13)
     }
+    if !self.handlerNames.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.handlerNames, fieldNumber: 14)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -471,6 +479,7 @@ nonisolated extension PBRegisterNode: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if lhs.runningReplicas != rhs.runningReplicas {return false}
     if lhs.startedAtUnixMs != rhs.startedAtUnixMs {return false}
     if lhs.workerVersion != rhs.workerVersion {return false}
+    if lhs.handlerNames != rhs.handlerNames {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -88,6 +88,9 @@ public final class HTTP2ClientConnection: Sendable {
         return HTTP2ClientConnection(channel: channel, connection: handler, availability: availability)
     }
 
+    /// This side's address of the connection (what a peer would see as our address).
+    public var localAddress: SocketAddress? { self.channel.localAddress }
+
     /// Whether new requests may start (false after GOAWAY, an error or a close).
     public var isAvailable: Bool {
         self.channel.isActive && self.availability.withLockedValue { $0 }

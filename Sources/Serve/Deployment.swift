@@ -1,0 +1,198 @@
+import HTTPTypes
+import NIOCore
+import ServeCore
+import ServeWire
+
+/// A request as a deployment sees it: the route prefix already stripped from the path.
+public struct ServeRequest: Sendable {
+    public var method: HTTPRequest.Method
+    /// The path after the application's route prefix, with its query string (always starts with "/").
+    public var path: String
+    /// The route prefix that was stripped (also sent to command deployments as X-Forwarded-Prefix).
+    public var routePrefix: String
+    public var headers: HTTPFields
+    /// The body, streamed as it arrives.
+    public var body: HTTPBody
+
+    public init(method: HTTPRequest.Method, path: String, routePrefix: String, headers: HTTPFields, body: HTTPBody) {
+        self.method = method
+        self.path = path
+        self.routePrefix = routePrefix
+        self.headers = headers
+        self.body = body
+    }
+
+    /// The path without its query string.
+    public var pathWithoutQuery: String {
+        String(self.path.prefix(while: { $0 != "?" }))
+    }
+
+    /// The value of one query parameter (`?ms=10` → `query("ms") == "10"`), not percent-decoded.
+    public func query(_ name: String) -> String? {
+        guard let mark = self.path.firstIndex(of: "?") else { return nil }
+        for pair in self.path[self.path.index(after: mark)...].split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            if parts.first.map(String.init) == name { return parts.count > 1 ? String(parts[1]) : "" }
+        }
+        return nil
+    }
+}
+
+/// A deployment's answer.
+public struct ServeResponse: Sendable {
+    public var status: HTTPResponse.Status
+    public var headers: HTTPFields
+    public var body: ByteBuffer
+
+    public init(status: HTTPResponse.Status = .ok, headers: HTTPFields = [:], body: ByteBuffer = ByteBuffer()) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
+    public static func text(_ text: String, status: HTTPResponse.Status = .ok) -> ServeResponse {
+        ServeResponse(status: status, headers: [.contentType: "text/plain; charset=utf-8"], body: ByteBuffer(string: text))
+    }
+
+    public static func json(_ value: JSONValue, status: HTTPResponse.Status = .ok) -> ServeResponse {
+        ServeResponse(status: status, headers: [.contentType: "application/json"], body: ByteBuffer(string: value.jsonString()))
+    }
+}
+
+/// What a replica knows about itself: identity, the resources it was granted, and the
+/// environment it runs with (`OMP_NUM_THREADS` from its `num_cpus`, `CUDA_VISIBLE_DEVICES` from
+/// its GPU grant, and `runtime_env.env_vars`).
+public struct ReplicaContext: Sendable {
+    public var replicaID: String
+    public var app: String
+    public var deployment: String
+    public var nodeID: String
+    /// The resources reserved for this replica.
+    public var grant: ResourceSet
+    public var gpuIDs: [String]
+    /// The environment the replica runs with: the worker's own, then its grant, then runtime_env.
+    public var environment: [String: String]
+    public var userConfig: JSONValue?
+    /// Lets CPU-bound work run on at most `num_cpus` threads at once (at least one).
+    public var threads: ThreadBudget
+
+    public init(
+        replicaID: String,
+        app: String,
+        deployment: String,
+        nodeID: String,
+        grant: ResourceSet,
+        gpuIDs: [String],
+        environment: [String: String],
+        userConfig: JSONValue?
+    ) {
+        self.replicaID = replicaID
+        self.app = app
+        self.deployment = deployment
+        self.nodeID = nodeID
+        self.grant = grant
+        self.gpuIDs = gpuIDs
+        self.environment = environment
+        self.userConfig = userConfig
+        self.threads = ThreadBudget(threads: max(1, Int(grant[ResourceSet.cpu].doubleValue)))
+    }
+}
+
+/// A deployment written in Swift: one instance per replica.
+///
+/// Replicas are actors on their worker, so an instance's `handle` may be called for several
+/// requests at once (up to `max_ongoing_requests`); keep shared state in an actor, or make the
+/// type itself one.
+public protocol Deployment: Sendable {
+    /// Answers one request.
+    func handle(_ request: ServeRequest) async throws -> ServeResponse
+    /// Called with a new `user_config` when only it changed (no restart), as Ray's `reconfigure`.
+    func reconfigure(userConfig: JSONValue?) async throws
+    /// Throws when the replica is unhealthy; called every `health_check_period_s`.
+    func checkHealth() async throws
+}
+
+extension Deployment {
+    public func reconfigure(userConfig: JSONValue?) async throws {}
+    public func checkHealth() async throws {}
+}
+
+/// Makes deployment instances by name: the built-in handlers, and any a custom worker binary
+/// registers before it starts (`examples/custom-worker`).
+public struct DeploymentRegistry: Sendable {
+    public typealias Factory = @Sendable (ReplicaContext) async throws -> any Deployment
+    private var factories: [String: Factory] = [:]
+
+    public init() {}
+
+    /// The handlers every stock binary has: `echo`, `sleep`, `cpu`, `env`.
+    public static var builtIn: DeploymentRegistry {
+        var registry = DeploymentRegistry()
+        registry.register("echo") { _ in EchoDeployment() }
+        registry.register("sleep") { context in SleepDeployment(context: context) }
+        registry.register("cpu") { context in CPUDeployment(context: context) }
+        registry.register("env") { context in EnvDeployment(context: context) }
+        return registry
+    }
+
+    public mutating func register(_ name: String, _ factory: @escaping Factory) {
+        self.factories[name] = factory
+    }
+
+    public var names: Set<String> { Set(self.factories.keys) }
+
+    public func make(_ name: String, context: ReplicaContext) async throws -> any Deployment {
+        guard let factory = self.factories[name] else {
+            throw DeploymentError("no deployment handler named '\(name)' in this worker; known: \(self.names.sorted().joined(separator: ", "))")
+        }
+        return try await factory(context)
+    }
+}
+
+public struct DeploymentError: Error, Sendable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Holds CPU-bound work to a number of threads (a replica's `num_cpus`), the way
+/// OMP_NUM_THREADS holds a process replica: callers beyond the budget wait their turn.
+public actor ThreadBudget {
+    public nonisolated let limit: Int
+    private var inUse = 0
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    public init(threads: Int) {
+        self.limit = max(1, threads)
+    }
+
+    /// Runs `work` once a thread of the budget is free (off the actor, so budgeted work runs in
+    /// parallel up to the limit).
+    public nonisolated func run<T: Sendable>(_ work: @Sendable () throws -> T) async throws -> T {
+        await self.acquire()
+        do {
+            let result = try work()
+            await self.release()
+            return result
+        } catch {
+            await self.release()
+            throw error
+        }
+    }
+
+    private func acquire() async {
+        if self.inUse < self.limit {
+            self.inUse += 1
+            return
+        }
+        await withCheckedContinuation { self.waiters.append($0) }
+    }
+
+    private func release() {
+        if self.waiters.isEmpty {
+            self.inUse -= 1
+        } else {
+            // The slot passes straight to the next waiter.
+            self.waiters.removeFirst().resume()
+        }
+    }
+}

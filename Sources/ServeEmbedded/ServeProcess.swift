@@ -1,0 +1,57 @@
+import Foundation
+import ServeCore
+import ServeHead
+import ServeWorker
+
+/// The foreground life of a head process (`serve-head`, `serve run`): start, say where
+/// everything is, deploy a config if given, then stop cleanly on SIGINT/SIGTERM or
+/// `POST /api/serve/shutdown`.
+public enum ServeProcess {
+    public static func runHead(
+        options: HeadOptions,
+        resources: EmbeddedCluster.LocalResources,
+        configPath: String?,
+        banner: String
+    ) async throws {
+        // Parse the config before starting anything: a bad one is refused whole.
+        var config: ServeConfig?
+        if let configPath {
+            let text = try String(contentsOfFile: configPath, encoding: .utf8)
+            do {
+                config = try ConfigParser.parse(text, knownHandlers: options.registry.names)
+            } catch {
+                throw ServeProcessError(description: "\(configPath) was refused:\n\(error)")
+            }
+        }
+        let cluster = try await EmbeddedCluster.start(head: options, resources: resources)
+        let head = cluster.head
+        let out = FileHandle.standardOutput
+        func say(_ line: String) { out.write(Data((line + "\n").utf8)) }
+        say("\(banner) running")
+        say("  cluster port  \(options.clusterHost):\(head.clusterPort)   (serve-worker --address HOST:\(head.clusterPort))")
+        say("  HTTP ingress  http://\(displayHost(options.httpHost)):\(head.httpPort)")
+        say("  admin API     http://\(displayHost(options.adminHost)):\(head.adminPort)")
+        say("  token         \(head.tokenWasGiven ? "(given)" : head.token)")
+        if let config {
+            await head.controller.deploy(config)
+            for app in config.applications {
+                say("  deployed \(app.name): curl http://\(displayHost(options.httpHost)):\(head.httpPort)\(app.routePrefix)")
+            }
+        }
+        let signals = SignalWatcher(signals: [SIGINT, SIGTERM]) { head.requestShutdown() }
+        await head.waitUntilShutdownRequested()
+        say("\(banner): shutting down (draining replicas)")
+        await cluster.shutdown()
+        withExtendedLifetime(signals) {}
+        say("\(banner): stopped")
+    }
+
+    static func displayHost(_ host: String) -> String {
+        host == "0.0.0.0" || host == "::" ? "127.0.0.1" : host
+    }
+}
+
+public struct ServeProcessError: Error, CustomStringConvertible {
+    public var description: String
+}
+

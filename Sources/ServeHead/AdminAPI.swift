@@ -1,0 +1,142 @@
+import HTTPTypes
+import Logging
+import NIOCore
+import ServeCore
+import ServeProxy
+import ServeWire
+
+/// The head's REST API (Ray's dashboard endpoints for Serve): deploy, status, delete, nodes,
+/// events and Prometheus metrics.
+struct AdminAPI: Sendable {
+    let controller: Controller
+    let ingress: Ingress
+    /// When set, mutating calls need `Authorization: Bearer <token>`.
+    let requiredToken: String?
+    let knownHandlers: Set<String>
+    let logger: Logger
+    let onShutdown: @Sendable () -> Void
+
+    func handle(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws {
+        let path = String((request.head.path ?? "/").prefix(while: { $0 != "?" }))
+        let method = request.head.method
+        let mutating = method != .get && method != .head
+        if mutating, let token = self.requiredToken, request.head.headerFields[.authorization] != "Bearer \(token)" {
+            return try await self.json(writer, .unauthorized, ["error": "this call needs Authorization: Bearer <cluster token> (the serve CLI sends SERVE_TOKEN)"])
+        }
+        let trimmed = path.hasSuffix("/") && path.count > 1 ? String(path.dropLast()) : path
+        switch (method, trimmed) {
+        case (.get, "/api/serve/applications"):
+            try await self.json(writer, .ok, await self.controller.statusJSON())
+        case (.put, "/api/serve/applications"):
+            let body = try await request.body.collect(upTo: 16 << 20)
+            let text = String(buffer: body)
+            let config: ServeConfig
+            do {
+                let known = self.knownHandlers.union(await self.controller.knownHandlerNames())
+                config = try ConfigParser.parse(text, knownHandlers: known)
+            } catch {
+                self.logger.info("refused a config", metadata: ["problems": "\(error.problems.count)"])
+                return try await self.json(writer, .badRequest, [
+                    "error": .string("the config was refused; nothing changed"),
+                    "problems": .array(error.problems.map { .object(["path": .string($0.path), "message": .string($0.message)]) }),
+                ])
+            }
+            await self.controller.deploy(config)
+            try await self.json(writer, .ok, ["result": "deployed", "applications": .array(config.applications.map { .string($0.name) })])
+        case (.delete, "/api/serve/applications"):
+            await self.controller.deploy(ServeConfig(httpOptions: await self.controller.config.httpOptions, applications: []))
+            try await self.json(writer, .ok, ["result": "deleted all applications"])
+        case (.delete, _) where trimmed.hasPrefix("/api/serve/applications/"):
+            let name = String(trimmed.dropFirst("/api/serve/applications/".count))
+            var config = await self.controller.config
+            guard config.applications.contains(where: { $0.name == name }) else {
+                return try await self.json(writer, .notFound, ["error": .string("no application named '\(name)'")])
+            }
+            config.applications.removeAll { $0.name == name }
+            await self.controller.deploy(config)
+            try await self.json(writer, .ok, ["result": .string("deleted \(name)")])
+        case (.get, "/api/cluster/nodes"):
+            try await self.json(writer, .ok, await self.controller.nodesJSON())
+        case (.get, "/api/serve/events"):
+            try await self.json(writer, .ok, await self.controller.eventsJSON())
+        case (.get, "/metrics"):
+            let text = await Metrics.prometheusText(controller: self.controller, ingress: self.ingress)
+            try await writer.respond(
+                HTTPResponse(status: .ok, headerFields: [.contentType: "text/plain; version=0.0.4"]),
+                body: ByteBuffer(string: text)
+            )
+        case (.post, "/api/serve/shutdown"):
+            try await self.json(writer, .ok, ["result": "shutting down"])
+            self.onShutdown()
+        case (.get, "/-/healthz"):
+            try await self.json(writer, .ok, ["result": "ok"])
+        default:
+            try await self.json(writer, .notFound, ["error": .string("no endpoint \(method) \(path)")])
+        }
+    }
+
+    private func json(_ writer: any HTTPResponseWriter, _ status: HTTPResponse.Status, _ value: JSONValue) async throws {
+        try await writer.respond(
+            HTTPResponse(status: status, headerFields: [.contentType: "application/json"]),
+            body: ByteBuffer(string: value.jsonString() + "\n")
+        )
+    }
+}
+
+/// Prometheus text exposition of the head's view.
+enum Metrics {
+    static func prometheusText(controller: Controller, ingress: Ingress) async -> String {
+        var lines: [String] = []
+        let ingressSeries = ingress.metrics.snapshot
+        lines.append("# HELP serve_requests_total Requests answered by the ingress, by deployment and status code.")
+        lines.append("# TYPE serve_requests_total counter")
+        for (id, series) in ingressSeries.sorted(by: { "\($0.key)" < "\($1.key)" }) {
+            for (status, count) in series.requestsByStatus.sorted(by: { $0.key < $1.key }) {
+                lines.append("serve_requests_total{\(labels(id)),code=\"\(status)\"} \(count)")
+            }
+        }
+        lines.append("# HELP serve_request_errors_total Requests answered with a 5xx status.")
+        lines.append("# TYPE serve_request_errors_total counter")
+        for (id, series) in ingressSeries.sorted(by: { "\($0.key)" < "\($1.key)" }) {
+            let errors = series.requestsByStatus.filter { $0.key >= 500 }.values.reduce(0, +)
+            lines.append("serve_request_errors_total{\(labels(id))} \(errors)")
+        }
+        lines.append("# HELP serve_request_latency_seconds Ingress latency per request.")
+        lines.append("# TYPE serve_request_latency_seconds histogram")
+        for (id, series) in ingressSeries.sorted(by: { "\($0.key)" < "\($1.key)" }) {
+            for (index, bound) in IngressMetrics.buckets.enumerated() {
+                lines.append("serve_request_latency_seconds_bucket{\(labels(id)),le=\"\(bound)\"} \(series.bucketCounts[index])")
+            }
+            lines.append("serve_request_latency_seconds_bucket{\(labels(id)),le=\"+Inf\"} \(series.count)")
+            lines.append("serve_request_latency_seconds_sum{\(labels(id))} \(series.latencySum)")
+            lines.append("serve_request_latency_seconds_count{\(labels(id))} \(series.count)")
+        }
+        lines.append("# HELP serve_replicas Replicas per deployment and state.")
+        lines.append("# TYPE serve_replicas gauge")
+        for (id, states) in await controller.replicaStates().sorted(by: { "\($0.key)" < "\($1.key)" }) {
+            for (state, count) in states.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
+                lines.append("serve_replicas{\(labels(id)),state=\"\(state.rawValue)\"} \(count)")
+            }
+        }
+        lines.append("# HELP serve_ongoing_requests Requests running or queued at replicas, as they report.")
+        lines.append("# TYPE serve_ongoing_requests gauge")
+        for (id, count) in await controller.ongoingRequests().sorted(by: { "\($0.key)" < "\($1.key)" }) {
+            lines.append("serve_ongoing_requests{\(labels(id))} \(count)")
+        }
+        lines.append("# HELP serve_router_queued_requests Requests waiting at the ingress for a replica.")
+        lines.append("# TYPE serve_router_queued_requests gauge")
+        for (id, count) in await ingress.waitingRequests().sorted(by: { "\($0.key)" < "\($1.key)" }) {
+            lines.append("serve_router_queued_requests{\(labels(id))} \(count)")
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    private static func labels(_ id: DeploymentID) -> String {
+        "application=\"\(escape(id.app))\",deployment=\"\(escape(id.name))\""
+    }
+
+    private static func escape(_ value: String) -> String {
+        value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+            .replacingOccurrences(of: "\n", with: "\\n")
+    }
+}

@@ -1,0 +1,583 @@
+import Foundation
+import Logging
+import ServeCore
+import ServeProto
+import ServeProxy
+
+/// The Serve controller: holds the deployed config and every node and replica it knows of, and
+/// converges actual to desired state. Its decisions are `ServeCore.Reconciler.plan`; this actor
+/// only feeds it facts (registrations, heartbeats, state reports, a 1 s tick) and carries out
+/// the actions it returns (commands on the nodes' control streams, routes for the ingress).
+public actor Controller {
+    struct NodeEntry {
+        var id: String
+        var address: String
+        var port: Int
+        var total: ResourceSet
+        var gpuIDs: [String]
+        var nodeType: String
+        var labels: [String: String]
+        var handlerNames: Set<String>
+        var state: NodeState
+        var outbox: AsyncStream<PBHeadMessage>.Continuation?
+        var connection: Int
+        var lastHeartbeat: ContinuousClock.Instant
+        var loads: [String: (running: Int, queued: Int)] = [:]
+    }
+
+    struct ReplicaEntry {
+        var record: ReplicaRecord
+        var grant: ResourceSet
+        var gpuIDs: [String]
+        var createdAt: Date
+    }
+
+    struct DeploymentRuntime {
+        var config: DeploymentConfig
+        var app: String
+        var target: Int
+        var consecutiveFailures = 0
+        var retryAfter: ContinuousClock.Instant?
+        var lastFailure = ""
+        var everRunning = false
+    }
+
+    private let logger: Logger
+    private let ingress: Ingress
+    private(set) var config = ServeConfig()
+    private var nodes: [String: NodeEntry] = [:]
+    private var replicas: [String: ReplicaEntry] = [:]
+    private var deployments: [DeploymentID: DeploymentRuntime] = [:]
+    /// Apps removed from the config whose replicas are still stopping.
+    private var deletingApps: Set<String> = []
+    private var events: [ServeEvent] = []
+    private var sequence: UInt64 = 0
+    private var connectionCounter = 0
+    private var lastRoutes: RouteTable?
+
+    public init(ingress: Ingress, logger: Logger = Logger(label: "serve.controller")) {
+        self.ingress = ingress
+        self.logger = logger
+    }
+
+    // MARK: config
+
+    /// Replaces the whole config (apps left out are deleted), as Ray's PUT does. The config was
+    /// validated already: nothing here can refuse it.
+    public func deploy(_ config: ServeConfig) async {
+        self.config = config
+        var seen = Set<DeploymentID>()
+        for app in config.applications {
+            self.deletingApps.remove(app.name)
+            for deployment in app.deployments {
+                let id = DeploymentID(app: app.name, name: deployment.name)
+                seen.insert(id)
+                if var runtime = self.deployments[id] {
+                    let before = runtime.target
+                    let oldConfig = runtime.config
+                    runtime.config = deployment
+                    runtime.target = self.target(for: deployment, previous: oldConfig, current: before)
+                    if oldConfig.specVersion != deployment.specVersion {
+                        runtime.consecutiveFailures = 0
+                        runtime.retryAfter = nil
+                    }
+                    self.deployments[id] = runtime
+                    if before != runtime.target {
+                        self.record(.scale, id, before: before, after: runtime.target, reason: "config changed num_replicas")
+                    }
+                    if oldConfig.specVersion == deployment.specVersion {
+                        self.reconfigureLightweight(id, from: oldConfig, to: deployment)
+                    } else {
+                        self.record(.deploy, id, before: before, after: runtime.target, reason: "code or resources changed: rolling update")
+                    }
+                } else {
+                    let target = deployment.initialReplicaCount
+                    self.deployments[id] = DeploymentRuntime(config: deployment, app: app.name, target: target)
+                    self.record(.deploy, id, before: 0, after: target, reason: "deployed")
+                }
+            }
+        }
+        for id in self.deployments.keys where !seen.contains(id) {
+            let before = self.deployments[id]?.target ?? 0
+            self.deployments[id] = nil
+            self.deletingApps.insert(id.app)
+            self.record(.scale, id, before: before, after: 0, reason: "deleted")
+        }
+        await self.reconcile()
+    }
+
+    /// The target for a deployment whose config changed: a new fixed count applies at once; an
+    /// autoscaled one keeps its current size within its new bounds.
+    private func target(for deployment: DeploymentConfig, previous: DeploymentConfig, current: Int) -> Int {
+        if let autoscaling = deployment.autoscaling {
+            if previous.autoscaling == nil { return deployment.initialReplicaCount }
+            return min(max(current, autoscaling.minReplicas), autoscaling.maxReplicas)
+        }
+        return deployment.initialReplicaCount
+    }
+
+    /// `user_config` and `max_ongoing_requests` change in place on running replicas.
+    private func reconfigureLightweight(_ id: DeploymentID, from old: DeploymentConfig, to new: DeploymentConfig) {
+        guard old.userConfig != new.userConfig || old.maxOngoingRequests != new.maxOngoingRequests else { return }
+        var change = PBReconfigureReplica()
+        if old.userConfig != new.userConfig {
+            change.userConfigJson = Data((new.userConfig ?? .null).jsonString().utf8)
+        }
+        if old.maxOngoingRequests != new.maxOngoingRequests {
+            change.maxOngoingRequests = UInt32(new.maxOngoingRequests)
+        }
+        for entry in self.replicas.values where entry.record.deployment == id && entry.record.state != .stopping {
+            change.replicaID = entry.record.id
+            change.specVersion = entry.record.specVersion
+            self.send(to: entry.record.nodeID, .reconfigureReplica(change))
+        }
+    }
+
+    /// Sets a deployment's replica target (the application autoscaler's entry point).
+    public func setTarget(_ id: DeploymentID, _ target: Int, reason: String) async {
+        guard var runtime = self.deployments[id], runtime.target != target else { return }
+        self.record(.scale, id, before: runtime.target, after: target, reason: reason)
+        runtime.target = target
+        self.deployments[id] = runtime
+        await self.reconcile()
+    }
+
+    // MARK: nodes
+
+    /// A worker registered on its control stream. Returns the answer and the connection number
+    /// that later calls from the same stream carry (a newer stream for the same node wins).
+    func registerNode(_ register: PBRegisterNode, outbox: AsyncStream<PBHeadMessage>.Continuation) async -> (PBRegisterAnswer, Int) {
+        self.connectionCounter += 1
+        let connection = self.connectionCounter
+        let id = register.nodeID
+        let gpuCount = Int(ResourceSet(quantitiesE4: register.totalResources.quantitiesE4)[ResourceSet.gpu].doubleValue.rounded(.down))
+        let gpuIDs = register.gpuIds.isEmpty ? (0..<gpuCount).map(String.init) : register.gpuIds
+        let rejoin = self.nodes[id] != nil
+        self.nodes[id]?.outbox?.finish()
+        self.nodes[id] = NodeEntry(
+            id: id,
+            address: register.address,
+            port: Int(register.port),
+            total: ResourceSet(quantitiesE4: register.totalResources.quantitiesE4),
+            gpuIDs: gpuIDs,
+            nodeType: register.nodeType,
+            labels: register.labels,
+            handlerNames: Set(register.handlerNames),
+            state: .alive,
+            outbox: outbox,
+            connection: connection,
+            lastHeartbeat: .now
+        )
+        self.record(.node, nil, before: 0, after: 1, reason: "\(rejoin ? "node rejoined" : "node joined"): \(id) at \(register.address):\(register.port) with \(ResourceSet(quantitiesE4: register.totalResources.quantitiesE4))")
+        // Replicas the worker still runs: adopt those of a current spec, stop the rest.
+        for running in register.runningReplicas {
+            let deployment = DeploymentID(app: running.appName, name: running.deploymentName)
+            if let runtime = self.deployments[deployment], runtime.config.specVersion == running.specVersion, running.state == .running {
+                if self.replicas[running.replicaID] == nil {
+                    self.replicas[running.replicaID] = ReplicaEntry(
+                        record: ReplicaRecord(id: running.replicaID, deployment: deployment, nodeID: id, state: .running, specVersion: running.specVersion, message: ""),
+                        grant: ResourceSet(quantitiesE4: running.grant.resources.quantitiesE4),
+                        gpuIDs: running.grant.gpuIds,
+                        createdAt: Date()
+                    )
+                }
+            } else if self.replicas[running.replicaID] == nil {
+                self.send(to: id, .stopReplica(PBStopReplica.with {
+                    $0.replicaID = running.replicaID
+                    $0.reason = "not part of the current config"
+                }))
+            }
+        }
+        var answer = PBRegisterAnswer()
+        answer.accepted = true
+        answer.nodeID = id
+        answer.heartbeatIntervalMs = 1000
+        answer.protocolVersion = 1
+        await self.reconcile()
+        return (answer, connection)
+    }
+
+    /// The node's control stream ended. Its replicas are gone with it; requests on them fail
+    /// at the ingress with 502, and the reconciler starts replacements elsewhere.
+    func nodeDisconnected(_ id: String, connection: Int) async {
+        guard var node = self.nodes[id], node.connection == connection else { return }
+        node.state = .dead
+        node.outbox = nil
+        self.nodes[id] = node
+        let lost = self.replicas.values.filter { $0.record.nodeID == id }
+        for entry in lost {
+            self.replicas[entry.record.id] = nil
+        }
+        self.record(.node, nil, before: 1, after: 0, reason: "node \(id) disconnected; \(lost.count) replica(s) lost")
+        await self.reconcile()
+    }
+
+    func heartbeat(_ heartbeat: PBHeartbeat, from id: String) {
+        guard var node = self.nodes[id] else { return }
+        node.lastHeartbeat = .now
+        node.loads = Dictionary(heartbeat.replicas.map { ($0.replicaID, (Int($0.runningRequests), Int($0.queuedRequests))) }, uniquingKeysWith: { a, _ in a })
+        self.nodes[id] = node
+    }
+
+    func replicaReport(_ report: PBReplicaStateReport, from nodeID: String) async {
+        guard var entry = self.replicas[report.replicaID] else { return }
+        let id = entry.record.deployment
+        switch report.state {
+        case .running:
+            guard entry.record.state.canMove(to: .running) else { return }
+            entry.record.state = .running
+            entry.record.message = ""
+            self.replicas[report.replicaID] = entry
+            if var runtime = self.deployments[id] {
+                runtime.consecutiveFailures = 0
+                runtime.retryAfter = nil
+                runtime.everRunning = true
+                self.deployments[id] = runtime
+            }
+        case .failed:
+            self.replicas[report.replicaID] = nil
+            if var runtime = self.deployments[id] {
+                runtime.consecutiveFailures += 1
+                runtime.lastFailure = report.message
+                let delay = min(30.0, pow(2.0, Double(runtime.consecutiveFailures - 1)) * 0.5)
+                runtime.retryAfter = .now + .milliseconds(Int(delay * 1000))
+                self.deployments[id] = runtime
+            }
+            self.record(.replica, id, before: 1, after: 0, reason: "replica \(report.replicaID) failed: \(report.message)")
+        case .stopped:
+            self.replicas[report.replicaID] = nil
+        case .stopping, .starting, .pending, .unspecified, .UNRECOGNIZED:
+            return
+        }
+        await self.reconcile()
+    }
+
+    // MARK: reconcile
+
+    /// One pass: plan, act, publish routes.
+    public func reconcile() async {
+        let views = self.nodeViews()
+        let targets = self.deployments.map { id, runtime in
+            DeploymentTarget(id: id, replicas: runtime.target, specVersion: runtime.config.specVersion, demand: runtime.config.resourceDemand)
+        }
+        let records = self.replicas.values.map(\.record)
+        let actions = Reconciler.plan(targets: targets, replicas: records, nodes: views) { id in
+            "\(id.name)#\(String(UInt32.random(in: 0...0xFFFF_FFFF), radix: 16).suffix(6))"
+        }
+        let now = ContinuousClock.now
+        for action in actions {
+            switch action {
+            case .start(let replicaID, let deployment, let nodeID):
+                guard let runtime = self.deployments[deployment] else { continue }
+                if let retryAfter = runtime.retryAfter, retryAfter > now { continue }
+                self.start(replicaID, deployment, runtime, on: nodeID)
+            case .place(let replicaID, let nodeID):
+                guard var entry = self.replicas[replicaID], let runtime = self.deployments[entry.record.deployment] else { continue }
+                if let retryAfter = runtime.retryAfter, retryAfter > now { continue }
+                entry.record.state = .starting
+                entry.record.nodeID = nodeID
+                entry.record.message = ""
+                self.replicas[replicaID] = entry
+                self.sendStart(entry, runtime)
+            case .pend(let replicaID, let deployment, let reason):
+                guard let runtime = self.deployments[deployment] else { continue }
+                if var entry = self.replicas[replicaID] {
+                    entry.record.message = reason
+                    self.replicas[replicaID] = entry
+                } else {
+                    self.replicas[replicaID] = ReplicaEntry(
+                        record: ReplicaRecord(id: replicaID, deployment: deployment, nodeID: nil, state: .pending, specVersion: runtime.config.specVersion, message: reason),
+                        grant: runtime.config.resourceDemand,
+                        gpuIDs: [],
+                        createdAt: Date()
+                    )
+                }
+            case .stop(let replicaID):
+                self.stop(replicaID, reason: "scaled down or replaced")
+            }
+        }
+        self.deletingApps = self.deletingApps.filter { app in self.replicas.values.contains { $0.record.deployment.app == app } }
+        await self.publishRoutes()
+    }
+
+    private func nodeViews() -> [NodeView] {
+        self.nodes.values.map { node in
+            var used = ResourceSet()
+            var count = 0
+            for entry in self.replicas.values where entry.record.nodeID == node.id {
+                used = used.adding(entry.grant)
+                count += 1
+            }
+            return NodeView(id: node.id, state: node.state, total: node.total, available: node.total.subtracting(used), replicaCount: count)
+        }
+    }
+
+    private func start(_ replicaID: String, _ deployment: DeploymentID, _ runtime: DeploymentRuntime, on nodeID: String) {
+        let entry = ReplicaEntry(
+            record: ReplicaRecord(id: replicaID, deployment: deployment, nodeID: nodeID, state: .starting, specVersion: runtime.config.specVersion, message: ""),
+            grant: runtime.config.resourceDemand,
+            gpuIDs: self.assignGPUs(runtime.config.resourceDemand[ResourceSet.gpu], on: nodeID),
+            createdAt: Date()
+        )
+        self.replicas[replicaID] = entry
+        self.sendStart(entry, runtime)
+    }
+
+    /// GPU ids for a grant: whole GPUs that no replica uses for whole counts; for a fraction,
+    /// the GPU with the most use that still has room (fractions pack onto shared GPUs).
+    private func assignGPUs(_ amount: ResourceQuantity, on nodeID: String) -> [String] {
+        guard amount > .zero, let node = self.nodes[nodeID], !node.gpuIDs.isEmpty else { return [] }
+        var used: [String: ResourceQuantity] = [:]
+        for entry in self.replicas.values where entry.record.nodeID == nodeID {
+            let share = entry.grant[ResourceSet.gpu]
+            guard !entry.gpuIDs.isEmpty else { continue }
+            let perGPU = ResourceQuantity(units: share.units / Int64(entry.gpuIDs.count))
+            for gpu in entry.gpuIDs { used[gpu, default: .zero] = used[gpu, default: .zero] + perGPU }
+        }
+        let one = ResourceQuantity(integer: 1)
+        if amount.units >= ResourceQuantity.scale {
+            let count = Int(amount.units / ResourceQuantity.scale)
+            return Array(node.gpuIDs.filter { (used[$0] ?? .zero) == .zero }.prefix(count))
+        }
+        let fitting = node.gpuIDs.filter { (used[$0] ?? .zero) + amount <= one }
+        let best = fitting.max { (used[$0] ?? .zero) < (used[$1] ?? .zero) }
+        return best.map { [$0] } ?? []
+    }
+
+    private func sendStart(_ entry: ReplicaEntry, _ runtime: DeploymentRuntime) {
+        let config = runtime.config
+        var start = PBStartReplica()
+        start.replicaID = entry.record.id
+        start.appName = entry.record.deployment.app
+        start.deploymentName = entry.record.deployment.name
+        var spec = PBReplicaSpec()
+        if let handler = config.handler {
+            spec.handlerName = handler
+        } else if let command = config.command {
+            spec.command = PBProcessCommand.with { $0.argv = command }
+        }
+        if let userConfig = config.userConfig { spec.userConfigJson = Data(userConfig.jsonString().utf8) }
+        spec.env = config.actorOptions.runtimeEnv.envVars
+        spec.env["OMP_NUM_THREADS"] = config.ompNumThreads
+        spec.workingDir = config.actorOptions.runtimeEnv.workingDir ?? ""
+        spec.maxOngoingRequests = UInt32(config.maxOngoingRequests)
+        spec.maxQueuedRequests = Int32(config.maxQueuedRequests)
+        spec.gracefulShutdownTimeoutMs = UInt32(config.gracefulShutdownTimeoutS * 1000)
+        spec.healthCheckPeriodMs = UInt32(config.healthCheckPeriodS * 1000)
+        spec.healthCheckTimeoutMs = UInt32(config.healthCheckTimeoutS * 1000)
+        spec.healthPath = config.healthPath ?? ""
+        spec.version = config.specVersion
+        start.spec = spec
+        start.grant = PBResourceGrant.with {
+            $0.resources = PBResourceSet.with { $0.quantitiesE4 = entry.grant.quantitiesE4 }
+            $0.gpuIds = entry.gpuIDs
+            $0.ompNumThreads = UInt32(config.ompNumThreads) ?? 1
+        }
+        self.send(to: entry.record.nodeID, .startReplica(start))
+    }
+
+    private func stop(_ replicaID: String, reason: String) {
+        guard var entry = self.replicas[replicaID] else { return }
+        guard entry.record.state != .stopping else { return }
+        if entry.record.state == .pending || entry.record.nodeID == nil {
+            self.replicas[replicaID] = nil
+            return
+        }
+        entry.record.state = .stopping
+        self.replicas[replicaID] = entry
+        let timeout = self.deployments[entry.record.deployment]?.config.gracefulShutdownTimeoutS ?? 20
+        self.send(to: entry.record.nodeID, .stopReplica(PBStopReplica.with {
+            $0.replicaID = replicaID
+            $0.gracefulTimeoutMs = UInt32(timeout * 1000)
+            $0.reason = reason
+        }))
+    }
+
+    private func send(to nodeID: String?, _ kind: PBHeadMessage.OneOf_Kind) {
+        guard let nodeID, let outbox = self.nodes[nodeID]?.outbox else { return }
+        self.sequence += 1
+        var message = PBHeadMessage()
+        message.sequence = self.sequence
+        message.kind = kind
+        outbox.yield(message)
+    }
+
+    /// Gives the ingress the RUNNING replicas of every application's ingress deployment.
+    private func publishRoutes() async {
+        var applications: [ApplicationRoute] = []
+        for app in self.config.applications {
+            let deployment = app.ingress
+            let id = DeploymentID(app: app.name, name: deployment.name)
+            let replicas = self.replicas.values
+                .filter { $0.record.deployment == id && $0.record.state == .running }
+                .compactMap { entry -> ReplicaRoute? in
+                    guard let nodeID = entry.record.nodeID, let node = self.nodes[nodeID], node.state == .alive else { return nil }
+                    let load = node.loads[entry.record.id]
+                    return ReplicaRoute(id: entry.record.id, nodeID: nodeID, host: node.address, port: node.port, reportedQueueLength: (load?.running ?? 0) + (load?.queued ?? 0))
+                }
+                .sorted { $0.id < $1.id }
+            applications.append(ApplicationRoute(
+                name: app.name,
+                routePrefix: app.routePrefix,
+                ingress: DeploymentRoute(id: id, maxOngoingRequests: deployment.maxOngoingRequests, maxQueuedRequests: deployment.maxQueuedRequests, replicas: replicas)
+            ))
+        }
+        let table = RouteTable(
+            applications: applications,
+            requestTimeout: self.config.httpOptions.requestTimeoutS.map { .milliseconds(Int($0 * 1000)) },
+            maxBodyBytes: self.config.httpOptions.maxBodyBytes
+        )
+        guard table != self.lastRoutes else { return }
+        self.lastRoutes = table
+        await self.ingress.update(table)
+    }
+
+    // MARK: events and status
+
+    private func record(_ kind: ServeEvent.Kind, _ deployment: DeploymentID?, before: Int, after: Int, reason: String) {
+        let event = ServeEvent(time: Date(), kind: kind, deployment: deployment, before: before, after: after, reason: reason)
+        self.events.append(event)
+        if self.events.count > 1000 { self.events.removeFirst(self.events.count - 1000) }
+        self.logger.info("\(reason)", metadata: ["serve.deployment": "\(deployment.map { "\($0)" } ?? "-")", "before": "\(before)", "after": "\(after)"])
+    }
+
+    public func eventsJSON() -> JSONValue {
+        .object(["events": .array(self.events.map(\.json))])
+    }
+
+    /// Replica counts per state and queue lengths, for metrics and the autoscaler.
+    public func replicaStates() -> [DeploymentID: [ReplicaState: Int]] {
+        var result: [DeploymentID: [ReplicaState: Int]] = [:]
+        for entry in self.replicas.values {
+            result[entry.record.deployment, default: [:]][entry.record.state, default: 0] += 1
+        }
+        return result
+    }
+
+    public func ongoingRequests() -> [DeploymentID: Int] {
+        var result: [DeploymentID: Int] = [:]
+        for entry in self.replicas.values {
+            guard let nodeID = entry.record.nodeID, let load = self.nodes[nodeID]?.loads[entry.record.id] else { continue }
+            result[entry.record.deployment, default: 0] += load.running + load.queued
+        }
+        return result
+    }
+
+    public func statusJSON() -> JSONValue {
+        var apps: [String: JSONValue] = [:]
+        for app in self.config.applications {
+            var deployments: [String: JSONValue] = [:]
+            var statuses: [String] = []
+            for deployment in app.deployments {
+                let id = DeploymentID(app: app.name, name: deployment.name)
+                guard let runtime = self.deployments[id] else { continue }
+                let entries = self.replicas.values.filter { $0.record.deployment == id }.sorted { $0.record.id < $1.record.id }
+                let status = self.deploymentStatus(runtime, entries)
+                statuses.append(status)
+                let pendingMessage = entries.first { $0.record.state == .pending }?.record.message
+                var message = pendingMessage.map { "replicas pending: \($0)" } ?? ""
+                if runtime.consecutiveFailures > 0 {
+                    message = "replicas failed to start \(runtime.consecutiveFailures) time(s); last: \(runtime.lastFailure)"
+                }
+                deployments[deployment.name] = .object([
+                    "status": .string(status),
+                    "target_replicas": .number(Double(runtime.target)),
+                    "message": .string(message),
+                    "replicas": .array(entries.map { entry in
+                        let load = entry.record.nodeID.flatMap { self.nodes[$0]?.loads[entry.record.id] }
+                        return .object([
+                            "replica_id": .string(entry.record.id),
+                            "node_id": entry.record.nodeID.map { .string($0) } ?? .null,
+                            "state": .string(entry.record.state.rawValue),
+                            "ongoing_requests": .number(Double((load?.running ?? 0) + (load?.queued ?? 0))),
+                            "message": .string(entry.record.message),
+                            "resources": .string(entry.grant.description),
+                            "gpu_ids": .array(entry.gpuIDs.map { .string($0) }),
+                        ])
+                    }),
+                ])
+            }
+            let appStatus: String
+            if statuses.contains("UNHEALTHY") {
+                appStatus = app.deployments.contains { self.deployments[DeploymentID(app: app.name, name: $0.name)]?.everRunning == true }
+                    ? "UNHEALTHY" : "DEPLOY_FAILED"
+            } else if statuses.allSatisfy({ $0 == "HEALTHY" }) {
+                appStatus = "RUNNING"
+            } else {
+                appStatus = "DEPLOYING"
+            }
+            apps[app.name] = .object([
+                "status": .string(appStatus),
+                "route_prefix": .string(app.routePrefix),
+                "deployments": .object(deployments),
+            ])
+        }
+        for app in self.deletingApps where apps[app] == nil {
+            apps[app] = .object(["status": "DELETING", "route_prefix": .null, "deployments": .object([:])])
+        }
+        return .object(["applications": .object(apps)])
+    }
+
+    private func deploymentStatus(_ runtime: DeploymentRuntime, _ entries: [ReplicaEntry]) -> String {
+        if runtime.consecutiveFailures >= 3 { return "UNHEALTHY" }
+        let current = entries.filter { $0.record.specVersion == runtime.config.specVersion && $0.record.state != .stopping }
+        let running = current.filter { $0.record.state == .running }.count
+        let old = entries.contains { $0.record.specVersion != runtime.config.specVersion && $0.record.state != .stopping }
+        if old || (!runtime.everRunning && running < runtime.target) { return "UPDATING" }
+        if running < runtime.target { return "UPSCALING" }
+        if current.count > runtime.target || entries.contains(where: { $0.record.state == .stopping }) { return "DOWNSCALING" }
+        return "HEALTHY"
+    }
+
+    public func nodesJSON() -> JSONValue {
+        let views = Dictionary(uniqueKeysWithValues: self.nodeViews().map { ($0.id, $0) })
+        let nodes = self.nodes.values.sorted { $0.id < $1.id }.map { node -> JSONValue in
+            let available = views[node.id]?.available ?? node.total
+            return .object([
+                "node_id": .string(node.id),
+                "address": .string("\(node.address):\(node.port)"),
+                "node_type": .string(node.nodeType),
+                "state": .string(node.state.rawValue),
+                "resources_total": Self.json(node.total),
+                "resources_available": Self.json(node.state == .dead ? ResourceSet() : available),
+                "labels": .object(node.labels.mapValues { .string($0) }),
+                "replicas": .array(self.replicas.values.filter { $0.record.nodeID == node.id }.map { .string($0.record.id) }.sorted { "\($0)" < "\($1)" }),
+            ])
+        }
+        return .object(["nodes": .array(nodes)])
+    }
+
+    static func json(_ resources: ResourceSet) -> JSONValue {
+        .object(resources.quantities.mapValues { .number($0.doubleValue) })
+    }
+
+    /// Handler names that some live worker can run (custom workers add their own).
+    public func knownHandlerNames() -> Set<String> {
+        self.nodes.values.filter { $0.state == .alive }.reduce(into: Set<String>()) { $0.formUnion($1.handlerNames) }
+    }
+
+    /// Node ids and states (for tests and the CLI).
+    public var nodeStates: [String: NodeState] { self.nodes.mapValues(\.state) }
+}
+
+/// One decision, as `GET /api/serve/events` shows it.
+public struct ServeEvent: Sendable {
+    public enum Kind: String, Sendable { case deploy, scale, replica, node }
+    public var time: Date
+    public var kind: Kind
+    public var deployment: DeploymentID?
+    public var before: Int
+    public var after: Int
+    public var reason: String
+
+    var json: JSONValue {
+        .object([
+            "time": .number(self.time.timeIntervalSince1970),
+            "kind": .string(self.kind.rawValue),
+            "deployment": self.deployment.map { .string("\($0)") } ?? .null,
+            "before": .number(Double(self.before)),
+            "after": .number(Double(self.after)),
+            "reason": .string(self.reason),
+        ])
+    }
+}

@@ -1,0 +1,262 @@
+import HTTPTypes
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import ServeCore
+import ServeWire
+
+/// The HTTP ingress: matches a request's path to an application by longest route prefix, picks
+/// a replica of its ingress deployment, and forwards the request as one HTTP/2 stream to the
+/// worker hosting it, streaming bodies both ways.
+///
+/// Answers: 404 no route; 503 over `max_queued_requests` or no replica; 502 when the replica or
+/// its node fails mid-request; 504 past `request_timeout_s`; 413 past `max_body_bytes`.
+public final class Ingress: Sendable {
+    private let token: String
+    private let logger: Logger
+    private let table = NIOLockedValueBox(RouteTable())
+    private let routers = NIOLockedValueBox<[DeploymentID: DeploymentRouter]>([:])
+    private let connections: NodeConnections
+    public let metrics = IngressMetrics()
+
+    public init(token: String, logger: Logger = Logger(label: "serve.ingress")) {
+        self.token = token
+        self.logger = logger
+        self.connections = NodeConnections(logger: logger)
+    }
+
+    /// Installs a new routing table (called by the controller on every change).
+    public func update(_ table: RouteTable) async {
+        let (changed, removed): ([(DeploymentRouter, DeploymentRoute)], [DeploymentRouter]) = self.routers.withLockedValue { routers in
+            var changed: [(DeploymentRouter, DeploymentRoute)] = []
+            var seen = Set<DeploymentID>()
+            for app in table.applications {
+                let route = app.ingress
+                seen.insert(route.id)
+                if let router = routers[route.id] {
+                    changed.append((router, route))
+                } else {
+                    routers[route.id] = DeploymentRouter(route: route)
+                }
+            }
+            let removedIDs = routers.keys.filter { !seen.contains($0) }
+            let removed = removedIDs.compactMap { routers.removeValue(forKey: $0) }
+            return (changed, removed)
+        }
+        self.table.withLockedValue { $0 = table }
+        for (router, route) in changed { await router.update(route) }
+        for router in removed { await router.close() }
+    }
+
+    /// Requests waiting at the router, per deployment (the autoscaler counts them as demand).
+    public func waitingRequests() async -> [DeploymentID: Int] {
+        let routers = self.routers.withLockedValue { $0 }
+        var result: [DeploymentID: Int] = [:]
+        for (id, router) in routers { result[id] = await router.waiting }
+        return result
+    }
+
+    public func close() async {
+        await self.connections.closeAll()
+    }
+
+    // MARK: serving
+
+    public func handle(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws {
+        let path = request.head.path ?? "/"
+        if path == "/-/healthz" { return try await self.text(writer, .ok, "success") }
+        let table = self.table.withLockedValue { $0 }
+        if path == "/-/routes" {
+            var routes: [String: JSONValue] = [:]
+            for app in table.applications { routes[app.routePrefix] = .string(app.name) }
+            return try await writer.respond(
+                HTTPResponse(status: .ok, headerFields: [.contentType: "application/json"]),
+                body: ByteBuffer(string: JSONValue.object(routes).jsonString())
+            )
+        }
+        guard let app = table.match(path) else {
+            return try await self.text(writer, .notFound, "no application serves \(path); see /-/routes")
+        }
+        if let length = request.head.headerFields[.contentLength].flatMap(Int.init), length > table.maxBodyBytes {
+            return try await self.text(writer, .contentTooLarge, "the body is over the \(table.maxBodyBytes)-byte limit")
+        }
+        guard let router = self.routers.withLockedValue({ $0[app.ingress.id] }) else {
+            return try await self.text(writer, .serviceUnavailable, "\(app.name) is not ready")
+        }
+        let started = ContinuousClock.now
+        let outcome = await self.forward(request, app: app, router: router, table: table, writer: writer)
+        self.metrics.record(deployment: app.ingress.id, status: outcome, seconds: (ContinuousClock.now - started).seconds)
+    }
+
+    /// Forwards and answers; returns the status sent (for metrics).
+    private func forward(
+        _ request: HTTPServerRequest,
+        app: ApplicationRoute,
+        router: DeploymentRouter,
+        table: RouteTable,
+        writer: any HTTPResponseWriter
+    ) async -> Int {
+        do {
+            return try await Self.withTimeout(table.requestTimeout) {
+                try await self.forwardOnce(request, app: app, router: router, table: table, writer: writer)
+            }
+        } catch let failure as IngressFailure {
+            try? await self.text(writer, failure.status, failure.message)
+            return failure.status.code
+        } catch {
+            self.logger.debug("request failed after its response began", metadata: ["error": "\(error)"])
+            return 502
+        }
+    }
+
+    /// Errors answered with a status, when no response has started yet.
+    struct IngressFailure: Error {
+        var status: HTTPResponse.Status
+        var message: String
+    }
+
+    private func forwardOnce(
+        _ request: HTTPServerRequest,
+        app: ApplicationRoute,
+        router: DeploymentRouter,
+        table: RouteTable,
+        writer: any HTTPResponseWriter
+    ) async throws -> Int {
+        var head = request.head
+        head.path = RouteTable.strip(prefix: app.routePrefix, from: request.head.path ?? "/")
+        head.headerFields[ServeHeaders.forwardedPrefix] = app.routePrefix
+        head.headerFields[ServeHeaders.token] = self.token
+        head.headerFields[.connection] = nil
+        head.headerFields[.transferEncoding] = nil
+        let hasBody = request.head.headerFields[.contentLength].map { $0 != "0" } ?? (request.head.headerFields[.transferEncoding] != nil)
+
+        // A replica that refuses (full, stopping, gone) never saw the request: try another. The
+        // request body is only read once a replica has taken the request, so a retry is safe.
+        var refusedBy: Set<String> = []
+        while true {
+            let replica: ReplicaRoute
+            do {
+                replica = try await router.acquire(excluding: refusedBy)
+            } catch DeploymentRouter.RouterError.queueFull(let limit) {
+                throw IngressFailure(status: .serviceUnavailable, message: "\(app.ingress.id) has \(limit) requests queued already (max_queued_requests); retry later")
+            } catch DeploymentRouter.RouterError.gone {
+                throw IngressFailure(status: .serviceUnavailable, message: "\(app.name) was removed")
+            }
+            defer { Task { await router.release(replica.id) } }
+            head.headerFields[ServeHeaders.replica] = replica.id
+
+            let stream: HTTP2ClientStream
+            let response: HTTP2Response
+            do {
+                let connection = try await self.connections.connection(host: replica.host, port: replica.port)
+                stream = try await connection.openStream(head, endStream: !hasBody)
+                if hasBody {
+                    // The body streams to the replica while its response streams back.
+                    Task {
+                        do {
+                            var sent = 0
+                            for try await chunk in request.body {
+                                sent += chunk.readableBytes
+                                guard sent <= table.maxBodyBytes else { throw HTTP2Error.bodyTooLarge(limit: table.maxBodyBytes) }
+                                try await stream.write(chunk)
+                            }
+                            try await stream.finish()
+                        } catch {
+                            stream.cancel()
+                        }
+                    }
+                }
+                response = try await stream.response()
+            } catch let error as HTTP2Error where error.isSafeToRetry {
+                self.connections.forget(host: replica.host, port: replica.port)
+                throw IngressFailure(status: .badGateway, message: "replica \(replica.id) on node \(replica.nodeID) is unreachable: \(error)")
+            } catch {
+                throw IngressFailure(status: .badGateway, message: "replica \(replica.id) on node \(replica.nodeID) failed: \(error)")
+            }
+            if response.head.status == .serviceUnavailable, response.head.headerFields[ServeHeaders.refused] != nil {
+                refusedBy.insert(replica.id)
+                _ = try? await response.body.collect(upTo: 1 << 16)
+                continue
+            }
+            try await writer.writeHead(response.head)
+            do {
+                for try await chunk in response.body {
+                    try await writer.write(chunk)
+                }
+            } catch {
+                // The head went out already: the only honest signal left is a cut-short body.
+                throw error
+            }
+            try await writer.finish(trailers: response.body.trailers)
+            return response.head.status.code
+        }
+    }
+
+    private func text(_ writer: any HTTPResponseWriter, _ status: HTTPResponse.Status, _ message: String) async throws {
+        try await writer.respond(
+            HTTPResponse(status: status, headerFields: [.contentType: "text/plain; charset=utf-8"]),
+            body: ByteBuffer(string: message + "\n")
+        )
+    }
+
+    static func withTimeout<T: Sendable>(_ timeout: Duration?, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        guard let timeout else { return try await body() }
+        return try await withThrowingTaskGroup(of: T.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                throw IngressFailure(status: .gatewayTimeout, message: "no answer within request_timeout_s (\(timeout))")
+            }
+            defer { group.cancelAll() }
+            return try await group.next()!
+        }
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        Double(self.components.seconds) + Double(self.components.attoseconds) / 1e18
+    }
+}
+
+/// One HTTP/2 connection per worker, opened on first use and replaced when it fails.
+final class NodeConnections: Sendable {
+    private struct Key: Hashable { var host: String; var port: Int }
+    private let connections = NIOLockedValueBox<[Key: Task<HTTP2ClientConnection, any Error>]>([:])
+    private let logger: Logger
+
+    init(logger: Logger) {
+        self.logger = logger
+    }
+
+    func connection(host: String, port: Int) async throws -> HTTP2ClientConnection {
+        let key = Key(host: host, port: port)
+        let task = self.connections.withLockedValue { connections in
+            if let task = connections[key] { return task }
+            let task = Task { try await HTTP2ClientConnection.connect(host: host, port: port, connectTimeout: .seconds(5)) }
+            connections[key] = task
+            return task
+        }
+        do {
+            let connection = try await task.value
+            if connection.isAvailable { return connection }
+            self.forget(host: host, port: port)
+            return try await self.connection(host: host, port: port)
+        } catch {
+            self.forget(host: host, port: port)
+            throw error
+        }
+    }
+
+    func forget(host: String, port: Int) {
+        _ = self.connections.withLockedValue { $0.removeValue(forKey: Key(host: host, port: port)) }
+    }
+
+    func closeAll() async {
+        let tasks = self.connections.withLockedValue { connections in
+            defer { connections.removeAll() }
+            return Array(connections.values)
+        }
+        for task in tasks { await (try? task.value)?.closeNow() }
+    }
+}

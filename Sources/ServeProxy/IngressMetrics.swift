@@ -1,0 +1,37 @@
+import NIOConcurrencyHelpers
+import ServeCore
+
+/// Request counts and latencies per deployment, for the head's Prometheus endpoint.
+public final class IngressMetrics: Sendable {
+    /// Latency bucket bounds in seconds (Prometheus histogram `le` labels).
+    public static let buckets: [Double] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+
+    public struct Series: Sendable, Hashable {
+        public var requestsByStatus: [Int: Int] = [:]
+        public var bucketCounts: [Int]
+        public var latencySum: Double = 0
+        public var count: Int = 0
+        init() { self.bucketCounts = Array(repeating: 0, count: IngressMetrics.buckets.count) }
+    }
+
+    private let series = NIOLockedValueBox<[DeploymentID: Series]>([:])
+
+    public init() {}
+
+    func record(deployment: DeploymentID, status: Int, seconds: Double) {
+        self.series.withLockedValue { all in
+            var series = all[deployment] ?? Series()
+            series.requestsByStatus[status, default: 0] += 1
+            series.count += 1
+            series.latencySum += seconds
+            for (index, bound) in Self.buckets.enumerated() where seconds <= bound {
+                series.bucketCounts[index] += 1
+            }
+            all[deployment] = series
+        }
+    }
+
+    public var snapshot: [DeploymentID: Series] {
+        self.series.withLockedValue { $0 }
+    }
+}

@@ -1,0 +1,88 @@
+import ServeCore
+
+/// Everything the ingress needs to route, as the controller last published it. The proxy
+/// imports neither the head nor the worker: it is handed this table.
+public struct RouteTable: Sendable, Hashable {
+    public var applications: [ApplicationRoute]
+    public var requestTimeout: Duration?
+    public var maxBodyBytes: Int
+
+    public init(applications: [ApplicationRoute] = [], requestTimeout: Duration? = nil, maxBodyBytes: Int = 100 << 20) {
+        self.applications = applications
+        self.requestTimeout = requestTimeout
+        self.maxBodyBytes = maxBodyBytes
+    }
+
+    /// The application whose route prefix is the longest prefix of `path` (on a segment
+    /// boundary: "/hello" serves "/hello" and "/hello/x", not "/helloworld").
+    public func match(_ path: String) -> ApplicationRoute? {
+        let pathOnly = path.prefix(while: { $0 != "?" })
+        var best: ApplicationRoute?
+        for app in self.applications where Self.matches(prefix: app.routePrefix, path: pathOnly) {
+            if best == nil || app.routePrefix.count > best!.routePrefix.count { best = app }
+        }
+        return best
+    }
+
+    static func matches(prefix: String, path: Substring) -> Bool {
+        if prefix == "/" { return true }
+        guard path.hasPrefix(prefix) else { return false }
+        if path.count == prefix.count { return true }
+        return path[path.index(path.startIndex, offsetBy: prefix.count)] == "/" || prefix.hasSuffix("/")
+    }
+
+    /// `path` with `prefix` removed, always starting with "/" (query kept).
+    public static func strip(prefix: String, from path: String) -> String {
+        guard prefix != "/" else { return path }
+        let rest = path.dropFirst(prefix.count)
+        if rest.isEmpty { return "/" }
+        if rest.first == "?" { return "/" + rest }
+        return rest.first == "/" ? String(rest) : "/" + rest
+    }
+}
+
+public struct ApplicationRoute: Sendable, Hashable {
+    public var name: String
+    public var routePrefix: String
+    /// The deployment that takes the application's HTTP traffic.
+    public var ingress: DeploymentRoute
+
+    public init(name: String, routePrefix: String, ingress: DeploymentRoute) {
+        self.name = name
+        self.routePrefix = routePrefix
+        self.ingress = ingress
+    }
+}
+
+public struct DeploymentRoute: Sendable, Hashable {
+    public var id: DeploymentID
+    public var maxOngoingRequests: Int
+    /// -1: unbounded.
+    public var maxQueuedRequests: Int
+    public var replicas: [ReplicaRoute]
+
+    public init(id: DeploymentID, maxOngoingRequests: Int, maxQueuedRequests: Int, replicas: [ReplicaRoute]) {
+        self.id = id
+        self.maxOngoingRequests = maxOngoingRequests
+        self.maxQueuedRequests = maxQueuedRequests
+        self.replicas = replicas
+    }
+}
+
+/// A RUNNING replica and the worker address that serves it.
+public struct ReplicaRoute: Sendable, Hashable {
+    public var id: String
+    public var nodeID: String
+    public var host: String
+    public var port: Int
+    /// The queue length the replica last reported.
+    public var reportedQueueLength: Int
+
+    public init(id: String, nodeID: String, host: String, port: Int, reportedQueueLength: Int = 0) {
+        self.id = id
+        self.nodeID = nodeID
+        self.host = host
+        self.port = port
+        self.reportedQueueLength = reportedQueueLength
+    }
+}

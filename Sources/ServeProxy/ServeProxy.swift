@@ -1,1 +1,0 @@
-// ServeProxy module.

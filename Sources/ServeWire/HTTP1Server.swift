@@ -1,0 +1,292 @@
+import HTTPTypes
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// Settings of one HTTP/1.1 server connection. The defaults suit an ingress: keep-alive
+/// connections are cheap to hold for a minute, and one request's unread body costs at most a few
+/// hundred KiB however fast its client sends.
+public struct HTTP1Configuration: Sendable, Hashable {
+    /// A keep-alive connection with no request in progress for this long is closed (RFC 9112
+    /// §9.8 lets either side close an idle connection at any time); nil keeps it open. The same
+    /// limit applies to a connection that never completes its first request head.
+    public var idleTimeout: TimeAmount? = .seconds(60)
+    /// Reading from the socket stops while a request has this many body bytes received and not
+    /// yet read by its handler, and resumes as the handler catches up: TCP's window then holds
+    /// the client back, so a slow handler costs bounded memory (HTTP/1.1 has no flow control of
+    /// its own).
+    public var bodyBufferHighWatermark: Int = 256 << 10
+    /// The largest request head (all field names and values) accepted; a larger one is answered
+    /// with 400 and the connection closes.
+    public var maxHeaderBytes: Int = 64 << 10
+
+    public init() {}
+}
+
+/// Writes the response to one HTTP/1.1 request. Handlers run on their connection's event loop,
+/// so these calls reach the connection directly; from elsewhere they hop there.
+///
+/// Framing follows RFC 9112 §6: `respond` sends a `content-length`; a head written with
+/// `writeHead` and no `content-length` starts a chunked body (HTTP/1.1 clients) that `finish`
+/// ends. `write` returns once the socket has room, so a slow client slows its handler down.
+/// Responses to HEAD requests, and 1xx/204/304 responses, carry no body: whatever is written
+/// for them is dropped (RFC 9110 §9.3.2, §15.3.5, §15.4.5).
+public struct HTTP1ResponseWriter: HTTPResponseWriter {
+    let connection: NIOLoopBound<HTTP1ServerConnection>
+    let exchangeID: UInt64
+
+    /// Sends the whole response at once with its `content-length`. Trailers cannot travel in a
+    /// body framed by length (RFC 9112 §7.1.2 puts them in the chunked coding), so they are
+    /// dropped.
+    public func respond(_ head: HTTPResponse, body: ByteBuffer? = nil, trailers: HTTPFields? = nil) async throws {
+        let id = self.exchangeID
+        try await self.connection.perform { try $0.respond(id, head: head, body: body) }
+    }
+
+    /// Sends the response head. Without `content-length` the body is chunked (or, for an
+    /// HTTP/1.0 client, ends when the connection closes: RFC 9112 §6.3).
+    public func writeHead(_ head: HTTPResponse) async throws {
+        let id = self.exchangeID
+        try await self.connection.perform { try $0.writeHead(id, head: head) }
+    }
+
+    /// Sends one body chunk (a 200 head first, if none was sent); returns once the socket has
+    /// room for more. More bytes than the head's `content-length` announced are refused.
+    public func write(_ chunk: ByteBuffer) async throws {
+        let id = self.exchangeID
+        if let roomAgain = try await self.connection.perform({ try $0.write(id, chunk: chunk) }) {
+            try await roomAgain.get()
+        }
+    }
+
+    /// Ends the body: the last chunk, with trailers if given, when chunked (RFC 9112 §7.1.2).
+    /// A body shorter than its `content-length` cannot be ended honestly: the connection closes
+    /// so the client sees it truncated, and this throws.
+    public func finish(trailers: HTTPFields? = nil) async throws {
+        let id = self.exchangeID
+        try await self.connection.perform { try $0.finish(id, trailers: trailers) }
+    }
+}
+
+extension NIOLoopBound where Value == HTTP1ServerConnection {
+    /// Runs `body` with the connection on its event loop: at once when already there (handlers
+    /// are), else after a hop.
+    func perform<T: Sendable>(_ body: @escaping @Sendable (HTTP1ServerConnection) throws -> T) async throws -> T {
+        if self.eventLoop.inEventLoop { return try body(self.value) }
+        let bound = self
+        return try await self.eventLoop.submit { try body(bound.value) }.get()
+    }
+
+    /// Runs `body` with the connection on its event loop, without waiting for it.
+    func performLater(_ body: @escaping @Sendable (HTTP1ServerConnection) -> Void) {
+        if self.eventLoop.inEventLoop { return body(self.value) }
+        let bound = self
+        self.eventLoop.execute { body(bound.value) }
+    }
+}
+
+/// An HTTP/1.1 server (RFC 9112) on SwiftNIO's HTTP/1 codec. Each request runs its handler in
+/// its own task on its connection's event loop; requests on one connection are answered in
+/// order (pipelined requests wait for the response before them, RFC 9112 §9.3.2).
+///
+/// - Request bodies stream to the handler with backpressure (`bodyBufferHighWatermark`); a body
+///   the handler leaves unread is drained for the next request, or the connection closes when
+///   more than 1 MiB of it is left.
+/// - `Expect: 100-continue` (RFC 9110 §10.1.1) is answered with `100 Continue` once the handler
+///   waits without having answered (in practice: its first read of the body) or starts a
+///   streamed response; a handler that answers at once with `respond` (a refusal) never makes
+///   the client send the body, and the connection then closes.
+/// - A handler that returns without answering gets a 500; one that throws before the head, a 500
+///   with a short text body (400/413 for bad or oversized bodies); one that throws after the
+///   head has its connection cut, so the client sees the body truncated.
+public final class HTTP1Server: Sendable {
+    public typealias Handler = @Sendable (HTTPServerRequest, HTTP1ResponseWriter) async throws -> Void
+
+    let channels: ServerChannels
+
+    /// The address the server listens on (with the real port when bound to port 0).
+    public var localAddress: SocketAddress { self.channels.serverChannel.localAddress! }
+    public var port: Int { self.localAddress.port! }
+
+    private init(channels: ServerChannels) {
+        self.channels = channels
+    }
+
+    /// Binds and starts serving. Port 0 picks a free port (read it back from `port`).
+    public static func bind(
+        host: String,
+        port: Int,
+        configuration: HTTP1Configuration = .init(),
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "serve.wire.http1.server"),
+        handler: @escaping Handler
+    ) async throws -> HTTP1Server {
+        let channels = try await ServerChannels.bind(host: host, port: port, eventLoopGroup: eventLoopGroup) { channel in
+            try HTTP1ServerConnection.configure(
+                channel.pipeline.syncOperations, configuration: configuration, logger: logger, handler: handler)
+        }
+        return HTTP1Server(channels: channels)
+    }
+
+    /// Stops accepting and closes idle keep-alive connections; requests in progress finish (their
+    /// responses say `Connection: close`) for up to `gracePeriod`, then whatever is left closes.
+    public func shutdown(gracePeriod: TimeAmount = .seconds(10)) async {
+        await self.channels.shutdown(gracePeriod: gracePeriod)
+    }
+
+    /// Closes the listener and every connection at once.
+    public func close() async {
+        await self.channels.close()
+    }
+
+    /// Number of open client connections.
+    public var connectionCount: Int { self.channels.connectionCount }
+
+    /// Waits until the listener closes (for programs whose whole job is serving).
+    public func closeFutureForever() async throws {
+        try await self.channels.serverChannel.closeFuture.get()
+    }
+}
+
+/// A listening socket and the connections it accepted: what every ServeWire server needs to
+/// shut down gracefully, whichever protocols its connections speak.
+final class ServerChannels: Sendable {
+    let serverChannel: any Channel
+    private let connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>
+
+    private init(serverChannel: any Channel, connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>) {
+        self.serverChannel = serverChannel
+        self.connections = connections
+    }
+
+    /// Binds a listener whose connections start with `autoRead` off: their first handler decides
+    /// when to read (the HTTP/1 connection reads only while its handler keeps up).
+    static func bind(
+        host: String,
+        port: Int,
+        eventLoopGroup: any EventLoopGroup,
+        initialize: @escaping @Sendable (any Channel) throws -> Void
+    ) async throws -> ServerChannels {
+        let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+        let channel = try await ServerBootstrap(group: eventLoopGroup)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.autoRead, value: false)
+            .childChannelInitializer { channel in
+                let key = ObjectIdentifier(channel)
+                connections.withLockedValue { $0[key] = channel }
+                channel.closeFuture.whenComplete { _ in
+                    _ = connections.withLockedValue { $0.removeValue(forKey: key) }
+                }
+                return channel.eventLoop.makeCompletedFuture { try initialize(channel) }
+            }
+            .bind(host: host, port: port)
+            .get()
+        return ServerChannels(serverChannel: channel, connections: connections)
+    }
+
+    var connectionCount: Int { self.connections.withLockedValue { $0.count } }
+
+    /// Stops accepting; each connection finishes what it has started and closes (HTTP/2: GOAWAY,
+    /// RFC 9113 §6.8; HTTP/1.1: idle connections close now, busy ones after their response,
+    /// RFC 9112 §9.6); past `gracePeriod` whatever is left closes.
+    func shutdown(gracePeriod: TimeAmount) async {
+        try? await self.serverChannel.close()
+        let channels = self.connections.withLockedValue { Array($0.values) }
+        for channel in channels {
+            channel.eventLoop.execute {
+                let pipeline = channel.pipeline.syncOperations
+                if let connection = try? pipeline.handler(type: HTTP2Connection.self) {
+                    connection.closeGracefully()
+                } else if let connection = try? pipeline.handler(type: HTTP1ServerConnection.self) {
+                    connection.closeGracefully()
+                } else {
+                    // Still deciding which protocol it speaks: no request has started.
+                    channel.close(promise: nil)
+                }
+            }
+        }
+        let deadline = NIODeadline.now() + gracePeriod
+        for channel in channels {
+            let force = channel.eventLoop.scheduleTask(deadline: deadline) { channel.close(promise: nil) }
+            try? await channel.closeFuture.get()
+            force.cancel()
+        }
+    }
+
+    /// Closes the listener and every connection at once.
+    func close() async {
+        try? await self.serverChannel.close()
+        let channels = self.connections.withLockedValue { Array($0.values) }
+        for channel in channels { try? await channel.close() }
+    }
+}
+
+// MARK: conversions between NIOHTTP1's heads and swift-http-types'
+
+extension HTTPHeaders {
+    /// Every field, in order, as HTTP/1 writes them.
+    init(converting fields: HTTPFields) {
+        self.init()
+        self.reserveCapacity(fields.count)
+        for field in fields { self.add(name: field.name.rawName, value: field.value) }
+    }
+}
+
+extension HTTPFields {
+    /// Every field of an HTTP/1 head, in order. NIO's parser has checked the names are tokens;
+    /// one that swift-http-types would still refuse is skipped rather than failing the message.
+    init(converting headers: HTTPHeaders) {
+        self.init()
+        self.reserveCapacity(headers.count)
+        for (name, value) in headers {
+            guard let name = HTTPField.Name(name) else { continue }
+            self.append(HTTPField(name: name, value: value))
+        }
+    }
+}
+
+extension HTTPHeaders {
+    /// The message's `content-length`, when it has exactly one valid value (RFC 9112 §6.3:
+    /// several differing values make the framing unreliable; NIO's parser refuses those).
+    var contentLength: Int? {
+        let values = self["content-length"]
+        guard let first = values.first, values.allSatisfy({ $0 == first }) else { return nil }
+        return Int(first.trimmingOWS())
+    }
+
+    /// Whether the message's body is chunked (RFC 9112 §7.1): `chunked` is the final coding.
+    var isChunked: Bool {
+        guard let last = self["transfer-encoding"].last else { return false }
+        return last.split(separator: ",").last?.trimmingOWS().lowercased() == "chunked"
+    }
+
+    /// Whether a `connection` field lists `token` (RFC 9110 §7.6.1), case-insensitively.
+    func connectionHas(_ token: String) -> Bool {
+        self["connection"].contains { value in
+            value.split(separator: ",").contains { $0.trimmingOWS().lowercased() == token }
+        }
+    }
+}
+
+extension StringProtocol {
+    /// Without the optional whitespace (spaces and tabs) around a list element (RFC 9110 §5.6.3).
+    func trimmingOWS() -> Substring {
+        let isOWS: (Character) -> Bool = { $0 == " " || $0 == "\t" }
+        let view = self[...]
+        guard let start = view.firstIndex(where: { !isOWS($0) }), let end = view.lastIndex(where: { !isOWS($0) }) else {
+            return Substring()
+        }
+        return Substring(view[start...end])
+    }
+}
+
+extension HTTPResponse.Status {
+    /// 1xx, 204 and 304 responses never have a body (RFC 9110 §6.4.1).
+    var allowsBody: Bool {
+        !(100..<200).contains(self.code) && self.code != 204 && self.code != 304
+    }
+}

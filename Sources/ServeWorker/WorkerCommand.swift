@@ -1,0 +1,87 @@
+import ArgumentParser
+import Foundation
+import Serve
+import ServeCore
+
+/// The flags of `serve-worker --address HEAD:6380` (one per machine besides the head), shared
+/// by every worker binary: the stock one and custom ones that link their own deployments
+/// (`examples/custom-worker`).
+public struct WorkerCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "serve-worker",
+        abstract: "Run a swift-serve worker that hosts replicas for the head at --address.",
+        version: ServeVersion.string
+    )
+
+    /// The deployments this binary can run; a custom worker sets it before `main()`.
+    nonisolated(unsafe) public static var registry = DeploymentRegistry.builtIn
+
+    public init() {}
+
+    /// Parses the process's arguments and runs the worker (what a worker binary's main calls).
+    public static func runFromCommandLine() async {
+        do {
+            let command = try Self.parse()
+            try await command.run()
+        } catch {
+            Self.exit(withError: error)
+        }
+    }
+
+    @Option(help: "The head's cluster address, HOST:PORT.") var address: String
+    @Option(name: .customLong("num-cpus"), help: "Logical CPUs (default: cores).") var numCPUs: Double?
+    @Option(name: .customLong("num-gpus"), help: "Logical GPUs (default: detected, else 0).") var numGPUs: Double?
+    @Option(help: "Memory in bytes (default: physical).") var memory: Double?
+    @Option(help: "Custom resources as JSON, e.g. '{\"custom\": 2}'.") var resources: String?
+    @Option(name: .customLong("accelerator-type"), help: "Accelerator type, e.g. A100.") var acceleratorType: String?
+    @Option(help: "Labels k=v,k2=v2.") var labels: String?
+    @Option(name: .customLong("node-type"), help: "Node type (set by the node autoscaler).") var nodeType = ""
+    @Option(help: "Data-plane port (0: any free port, advertised at registration).") var port = 0
+    @Option(name: .customLong("listen-host"), help: "Address the data plane listens on.") var listenHost = "0.0.0.0"
+    @Option(name: .customLong("node-address"), help: "Address the head should dial (default: this side of the connection to the head).") var nodeAddress: String?
+    @Option(name: .customLong("node-id"), help: "Node id (default: a new one).") var nodeID: String?
+    @Option(help: "Cluster token (default: SERVE_TOKEN).") var token: String?
+
+    public func run() async throws {
+        guard let colon = self.address.lastIndex(of: ":"), let headPort = Int(self.address[self.address.index(after: colon)...]) else {
+            throw ValidationError("--address must be HOST:PORT, e.g. 10.0.0.1:6380")
+        }
+        let headHost = String(self.address[..<colon])
+        guard let token = self.token ?? ProcessInfo.processInfo.environment["SERVE_TOKEN"], !token.isEmpty else {
+            throw ValidationError("the worker needs the cluster token: --token or SERVE_TOKEN (serve-head prints it)")
+        }
+        var options = WorkerOptions(
+            headHost: headHost,
+            headPort: headPort,
+            token: token,
+            resources: NodeResources.make(
+                numCPUs: self.numCPUs,
+                numGPUs: self.numGPUs,
+                memory: self.memory,
+                custom: try NodeResources.parseCustom(self.resources),
+                acceleratorType: self.acceleratorType
+            ),
+            gpuIDs: NodeResources.detectedGPUs(),
+            labels: try NodeResources.parseLabels(self.labels),
+            nodeType: self.nodeType,
+            acceleratorType: self.acceleratorType ?? "",
+            listenHost: self.listenHost,
+            port: self.port,
+            advertiseAddress: self.nodeAddress,
+            registry: Self.registry
+        )
+        if let nodeID = self.nodeID { options.nodeID = nodeID }
+        let worker = WorkerNode(options: options)
+        FileHandle.standardOutput.write(Data("serve-worker \(options.nodeID) connecting to \(self.address) with \(options.resources)\n".utf8))
+        // SIGTERM/SIGINT: stop taking work, drain the replicas, exit.
+        let running = Task { try await worker.run() }
+        let signals = SignalWatcher(signals: [SIGINT, SIGTERM]) { worker.stop() }
+        defer { withExtendedLifetime(signals) {} }
+        do {
+            try await running.value
+        } catch let refused as WorkerRefused {
+            FileHandle.standardError.write(Data("serve-worker: \(refused)\n".utf8))
+            throw ExitCode(2)
+        }
+    }
+}

@@ -1,0 +1,406 @@
+import Foundation
+import HTTPTypes
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Serve
+import ServeCore
+import ServeProto
+import ServeWire
+
+/// How a worker starts: where the head is, what it offers, how it is reached.
+public struct WorkerOptions: Sendable {
+    public var headHost: String
+    public var headPort: Int
+    public var token: String
+    /// Stable across reconnects; a fresh one per process unless given.
+    public var nodeID: String
+    public var resources: ResourceSet
+    public var gpuIDs: [String]
+    public var labels: [String: String]
+    public var nodeType: String
+    public var acceleratorType: String
+    /// Where the data plane listens (port 0: any free port, advertised at registration).
+    public var listenHost: String
+    public var port: Int
+    /// The address the head should dial; nil: the local address of the connection to the head.
+    public var advertiseAddress: String?
+    public var heartbeatInterval: Duration
+    public var registry: DeploymentRegistry
+    public var logDirectory: URL
+
+    public init(
+        headHost: String,
+        headPort: Int,
+        token: String,
+        nodeID: String = "n-" + String(UInt32.random(in: 0...UInt32.max), radix: 16),
+        resources: ResourceSet,
+        gpuIDs: [String] = [],
+        labels: [String: String] = [:],
+        nodeType: String = "",
+        acceleratorType: String = "",
+        listenHost: String = "0.0.0.0",
+        port: Int = 0,
+        advertiseAddress: String? = nil,
+        heartbeatInterval: Duration = .seconds(1),
+        registry: DeploymentRegistry = .builtIn,
+        logDirectory: URL = FileManager.default.temporaryDirectory.appendingPathComponent("swift-serve-logs")
+    ) {
+        self.headHost = headHost
+        self.headPort = headPort
+        self.token = token
+        self.nodeID = nodeID
+        self.resources = resources
+        self.gpuIDs = gpuIDs
+        self.labels = labels
+        self.nodeType = nodeType
+        self.acceleratorType = acceleratorType
+        self.listenHost = listenHost
+        self.port = port
+        self.advertiseAddress = advertiseAddress
+        self.heartbeatInterval = heartbeatInterval
+        self.registry = registry
+        self.logDirectory = logDirectory
+    }
+}
+
+/// Why a worker gave up instead of retrying.
+public struct WorkerRefused: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// A worker node: hosts replicas, serves their data plane over HTTP/2, and keeps one control
+/// stream to the head (register, heartbeats with per-replica queue lengths, replica state
+/// reports; the head sends start/stop/reconfigure on the same stream). It survives losing the
+/// head: it retries with backoff and registers again, keeping its replicas running.
+public final class WorkerNode: Sendable {
+    public let options: WorkerOptions
+    let logger: Logger
+    private let replicas = NIOLockedValueBox<[String: Replica]>([:])
+    /// State reports waiting for the control stream (kept across reconnects).
+    private let reports: AsyncStream<PBReplicaStateReport>
+    private let reportSink: AsyncStream<PBReplicaStateReport>.Continuation
+    private let dataServer: NIOLockedValueBox<HTTP2Server?> = NIOLockedValueBox(nil)
+    private let stopping = NIOLockedValueBox(false)
+    private let controlConnection = NIOLockedValueBox<HTTP2ClientConnection?>(nil)
+
+    public init(options: WorkerOptions, logger: Logger = Logger(label: "serve.worker")) {
+        self.options = options
+        var logger = logger
+        logger[metadataKey: "serve.node"] = "\(options.nodeID)"
+        self.logger = logger
+        (self.reports, self.reportSink) = AsyncStream.makeStream(bufferingPolicy: .unbounded)
+    }
+
+    /// The data plane's port, once `run` has bound it.
+    public var dataPort: Int? { self.dataServer.withLockedValue { $0?.port } }
+
+    /// Serves until cancelled (then drains its replicas and returns), or until the head refuses
+    /// this worker (a wrong token).
+    public func run() async throws {
+        let server = try await HTTP2Server.bind(host: self.options.listenHost, port: self.options.port) { [self] request, writer in
+            try await self.serveData(request, writer)
+        }
+        self.dataServer.withLockedValue { $0 = server }
+        self.logger.info("worker data plane listening", metadata: ["port": "\(server.port)"])
+        defer { self.reportSink.finish() }
+        do {
+            try await self.controlLoop(dataPort: server.port)
+        } catch is CancellationError {
+            // Asked to stop: drain below.
+        } catch {
+            await self.shutdown()
+            throw error
+        }
+        await self.shutdown()
+    }
+
+    /// Asks `run` to finish: it stops talking to the head, drains its replicas and returns.
+    public func stop() {
+        self.stopping.withLockedValue { $0 = true }
+        if let connection = self.controlConnection.withLockedValue({ $0 }) {
+            Task { await connection.closeNow() }
+        }
+    }
+
+    private var isStopping: Bool { self.stopping.withLockedValue { $0 } }
+
+    /// Stops every replica (gracefully) and the data plane.
+    public func shutdown() async {
+        self.stopping.withLockedValue { $0 = true }
+        let replicas = self.replicas.withLockedValue { dict in
+            defer { dict.removeAll() }
+            return Array(dict.values)
+        }
+        await withTaskGroup(of: Void.self) { group in
+            for replica in replicas {
+                group.addTask { await replica.stop(timeout: .seconds(5)) }
+            }
+        }
+        let server = self.dataServer.withLockedValue { $0 }
+        await server?.shutdown(gracePeriod: .seconds(2))
+    }
+
+    // MARK: data plane
+
+    private func serveData(_ request: HTTPServerRequest, _ writer: HTTP2ResponseWriter) async throws {
+        guard request.head.headerFields[ServeHeaders.token] == self.options.token else {
+            try await writer.respond(
+                HTTPResponse(status: .unauthorized, headerFields: [.contentType: "text/plain; charset=utf-8"]),
+                body: ByteBuffer(string: "this worker needs the cluster token\n")
+            )
+            return
+        }
+        guard let replicaID = request.head.headerFields[ServeHeaders.replica],
+            let replica = self.replicas.withLockedValue({ $0[replicaID] })
+        else {
+            let name = request.head.headerFields[ServeHeaders.replica] ?? "(none)"
+            try await Replica.refuse(writer, reason: "unknown", "no replica \(name) on node \(self.options.nodeID)")
+            return
+        }
+        try await replica.serve(request, writer)
+    }
+
+    // MARK: control plane
+
+    private func controlLoop(dataPort: Int) async throws {
+        var backoff: Duration = .milliseconds(100)
+        while !Task.isCancelled && !self.isStopping {
+            do {
+                try await self.connectOnce(dataPort: dataPort) { backoff = .milliseconds(100) }
+                if self.isStopping { return }
+                self.logger.warning("the control stream to the head ended; reconnecting")
+            } catch let error as RPCError where error.code == .unauthenticated || error.code == .permissionDenied {
+                throw WorkerRefused(description: "the head refused this worker: \(error.message)")
+            } catch let error as WorkerRefused {
+                throw error
+            } catch is CancellationError {
+                return
+            } catch {
+                if self.isStopping { return }
+                self.logger.warning(
+                    "cannot reach the head; retrying",
+                    metadata: ["head": "\(self.options.headHost):\(self.options.headPort)", "error": "\(error)", "retry_in": "\(backoff)"]
+                )
+            }
+            if self.isStopping { return }
+            try await Task.sleep(for: backoff + .milliseconds(Int.random(in: 0...50)))
+            backoff = min(backoff * 2, .seconds(5))
+        }
+    }
+
+    private func connectOnce(dataPort: Int, onRegistered: () -> Void) async throws {
+        let connection = try await HTTP2ClientConnection.connect(host: self.options.headHost, port: self.options.headPort)
+        self.controlConnection.withLockedValue { $0 = connection }
+        defer { Task { await connection.closeNow() } }
+        if self.isStopping { return }
+        let client = RPCClient(connection: connection, metadata: [.authorization: "Bearer \(self.options.token)"])
+        let call = try await client.bidirectional(
+            ControlPaths.connect, requestType: PBWorkerMessage.self, responseType: PBHeadMessage.self)
+        let sequence = NIOLockedValueBox<UInt64>(0)
+        let send: @Sendable (PBWorkerMessage) async throws -> Void = { message in
+            var message = message
+            message.sequence = sequence.withLockedValue { $0 += 1; return $0 }
+            try await call.send(message)
+        }
+
+        var register = PBRegisterNode()
+        register.nodeID = self.options.nodeID
+        register.protocolVersion = ControlPaths.protocolVersion
+        let localAddress = connection.localAddress?.ipAddress ?? "127.0.0.1"
+        register.address = self.options.advertiseAddress ?? localAddress
+        register.port = UInt32(dataPort)
+        register.totalResources = PBResourceSet.with { $0.quantitiesE4 = self.options.resources.quantitiesE4 }
+        register.labels = self.options.labels
+        register.nodeType = self.options.nodeType
+        register.acceleratorType = self.options.acceleratorType
+        register.numGpus = UInt32(self.options.gpuIDs.count)
+        register.gpuIds = self.options.gpuIDs
+        register.workerVersion = ServeVersion.string
+        register.handlerNames = self.options.registry.names.sorted()
+        register.runningReplicas = self.replicas.withLockedValue { $0.values }.map { replica in
+            PBRunningReplica.with {
+                $0.replicaID = replica.id
+                $0.appName = replica.app
+                $0.deploymentName = replica.deployment
+                $0.specVersion = replica.specVersion
+                $0.state = replica.status.state
+                $0.grant = replica.grant
+            }
+        }
+        try await send(PBWorkerMessage.with { $0.register = register })
+
+        var responses = try await call.responses().makeAsyncIterator()
+        guard let first = try await responses.next(), case .registerAnswer(let answer)? = first.kind else {
+            throw RPCError(.internal, "the head did not answer the registration")
+        }
+        guard answer.accepted else {
+            throw WorkerRefused(description: "the head refused registration: \(answer.refusalReason)")
+        }
+        onRegistered()
+        self.logger.info("registered with the head", metadata: ["head": "\(self.options.headHost):\(self.options.headPort)"])
+        let interval = answer.heartbeatIntervalMs > 0 ? Duration.milliseconds(Int(answer.heartbeatIntervalMs)) : self.options.heartbeatInterval
+
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                var number: UInt64 = 0
+                while !Task.isCancelled {
+                    number += 1
+                    try await send(PBWorkerMessage.with { $0.heartbeat = self.heartbeat(number) })
+                    try await Task.sleep(for: interval)
+                }
+            }
+            group.addTask {
+                for await report in self.reports {
+                    try await send(PBWorkerMessage.with { $0.replicaState = report })
+                }
+            }
+            // The head closing the stream (or the connection failing) ends this try.
+            defer { group.cancelAll() }
+            while let message = try await responses.next() {
+                await self.handle(message, send: send)
+            }
+        }
+    }
+
+    private func heartbeat(_ number: UInt64) -> PBHeartbeat {
+        var heartbeat = PBHeartbeat()
+        heartbeat.nodeID = self.options.nodeID
+        heartbeat.sequence = number
+        heartbeat.sentAtUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
+        heartbeat.health = PBNodeHealth.with { $0.status = self.stopping.withLockedValue { $0 } ? .draining : .ok }
+        heartbeat.replicas = self.replicas.withLockedValue { $0.values }.map { replica in
+            let status = replica.status
+            return PBReplicaLoad.with {
+                $0.replicaID = replica.id
+                $0.runningRequests = UInt32(status.running)
+                $0.queuedRequests = UInt32(status.queued)
+                $0.state = status.state
+            }
+        }
+        return heartbeat
+    }
+
+    private func handle(_ message: PBHeadMessage, send: @escaping @Sendable (PBWorkerMessage) async throws -> Void) async {
+        switch message.kind {
+        case .startReplica(let start):
+            // Starting can take long (a process replica waits for its port): do it aside.
+            Task { await self.startReplica(start) }
+        case .stopReplica(let stop):
+            Task { await self.stopReplica(stop) }
+        case .reconfigureReplica(let change):
+            guard let replica = self.replicas.withLockedValue({ $0[change.replicaID] }) else { return }
+            if change.hasMaxOngoingRequests { replica.setMaxOngoing(Int(change.maxOngoingRequests)) }
+            if change.hasUserConfigJson {
+                let config = try? JSONValue.parse(String(decoding: change.userConfigJson, as: UTF8.self))
+                do {
+                    try await replica.reconfigure(userConfig: config)
+                } catch {
+                    self.report(replica.id, .failed, "reconfigure failed: \(error)", specVersion: replica.specVersion)
+                }
+            }
+        case .ping(let ping):
+            try? await send(PBWorkerMessage.with {
+                $0.inReplyTo = message.sequence
+                $0.pong = PBPong.with {
+                    $0.pingSentAtUnixMs = ping.sentAtUnixMs
+                    $0.sentAtUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
+                }
+            })
+        case .drain, .registerAnswer, .none:
+            break
+        }
+    }
+
+    private func report(_ replicaID: String, _ state: PBReplicaState, _ message: String, specVersion: String) {
+        self.reportSink.yield(PBReplicaStateReport.with {
+            $0.replicaID = replicaID
+            $0.state = state
+            $0.message = message
+            $0.specVersion = specVersion
+            $0.atUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
+        })
+    }
+
+    /// The replica's environment: what its grant implies, then runtime_env.env_vars.
+    private func environment(for start: PBStartReplica) -> [String: String] {
+        var environment: [String: String] = [:]
+        environment["OMP_NUM_THREADS"] = String(max(1, start.grant.ompNumThreads))
+        environment["CUDA_VISIBLE_DEVICES"] = start.grant.gpuIds.joined(separator: ",")
+        environment["SERVE_REPLICA_ID"] = start.replicaID
+        environment["SERVE_DEPLOYMENT"] = start.deploymentName
+        environment["SERVE_APP"] = start.appName
+        for (name, value) in start.spec.env { environment[name] = value }
+        return environment
+    }
+
+    private func startReplica(_ start: PBStartReplica) async {
+        let id = start.replicaID
+        guard self.replicas.withLockedValue({ $0[id] }) == nil else { return }
+        self.report(id, .starting, "", specVersion: start.spec.version)
+        var logger = self.logger
+        logger[metadataKey: "serve.replica"] = "\(id)"
+        let environment = self.environment(for: start)
+        do {
+            let body: Replica.ReplicaBody
+            switch start.spec.entrypoint {
+            case .handlerName(let name):
+                let context = ReplicaContext(
+                    replicaID: id,
+                    app: start.appName,
+                    deployment: start.deploymentName,
+                    nodeID: self.options.nodeID,
+                    grant: ResourceSet(quantitiesE4: start.grant.resources.quantitiesE4),
+                    gpuIDs: start.grant.gpuIds,
+                    environment: environment,
+                    userConfig: start.spec.userConfigJson.isEmpty
+                        ? nil : try? JSONValue.parse(String(decoding: start.spec.userConfigJson, as: UTF8.self))
+                )
+                let instance = try await self.options.registry.make(name, context: context)
+                body = .swift(SwiftDeploymentBox(instance: instance, routePrefixDefault: "/"))
+            case .command(let command):
+                var processEnvironment = ProcessInfo.processInfo.environment
+                processEnvironment["SERVE_TOKEN"] = nil
+                for (name, value) in environment { processEnvironment[name] = value }
+                let process = try ProcessReplica(
+                    replicaID: id,
+                    argv: command.argv,
+                    environment: processEnvironment,
+                    workingDirectory: start.spec.workingDir,
+                    healthPath: start.spec.healthPath,
+                    logDirectory: self.options.logDirectory
+                ) { [self] status, tail in
+                    self.logger.warning("a replica process exited", metadata: ["serve.replica": "\(id)", "status": "\(status)"])
+                    self.replicas.withLockedValue { $0[id] = nil }
+                    self.report(id, .failed, "the process exited with status \(status); its output ends with:\n\(tail)", specVersion: start.spec.version)
+                }
+                let readyTimeout = Duration.milliseconds(Int(max(start.spec.healthCheckTimeoutMs, 30_000)))
+                try await process.waitUntilReady(timeout: readyTimeout)
+                body = .process(process)
+            case .none:
+                throw DeploymentError("the replica spec names neither a handler nor a command")
+            }
+            let replica = Replica(start: start, body: body, logger: logger)
+            replica.setState(.running)
+            self.replicas.withLockedValue { $0[id] = replica }
+            self.report(id, .running, "", specVersion: start.spec.version)
+            logger.info("replica running")
+        } catch {
+            logger.error("replica failed to start", metadata: ["error": "\(error)"])
+            self.report(id, .failed, "failed to start: \(error)", specVersion: start.spec.version)
+        }
+    }
+
+    private func stopReplica(_ stop: PBStopReplica) async {
+        guard let replica = self.replicas.withLockedValue({ $0[stop.replicaID] }) else {
+            self.report(stop.replicaID, .stopped, "not running on this node", specVersion: "")
+            return
+        }
+        self.report(replica.id, .stopping, stop.reason, specVersion: replica.specVersion)
+        let timeout = Duration.milliseconds(Int(stop.gracefulTimeoutMs > 0 ? stop.gracefulTimeoutMs : 20_000))
+        await replica.stop(timeout: timeout)
+        self.replicas.withLockedValue { $0[stop.replicaID] = nil }
+        self.report(replica.id, .stopped, stop.reason, specVersion: replica.specVersion)
+    }
+}

@@ -1,0 +1,53 @@
+import ArgumentParser
+import Foundation
+import ServeCore
+import ServeEmbedded
+import ServeHead
+import ServeWorker
+
+/// `serve-head`: one per cluster. With CPUs (the default) it also hosts replicas, so this one
+/// process is a whole working cluster.
+@main
+struct ServeHeadCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve-head",
+        abstract: "Run a swift-serve head: controller, HTTP ingress, admin API (and replicas, unless --num-cpus 0).",
+        version: ServeVersion.string
+    )
+
+    @Option(help: "Cluster port that workers connect to.") var port = 6380
+    @Option(name: .customLong("host"), help: "Address the cluster port listens on.") var host = "0.0.0.0"
+    @Option(name: .customLong("http-host"), help: "Address of the HTTP ingress.") var httpHost = "0.0.0.0"
+    @Option(name: .customLong("http-port"), help: "Port of the HTTP ingress.") var httpPort = 8000
+    @Option(name: .customLong("admin-host"), help: "Address of the admin API.") var adminHost = "127.0.0.1"
+    @Option(name: .customLong("admin-port"), help: "Port of the admin API.") var adminPort = 8265
+    @Option(name: .customLong("num-cpus"), help: "CPUs for replicas on the head (default: cores; 0: host none).") var numCPUs: Double?
+    @Option(name: .customLong("num-gpus"), help: "GPUs for replicas on the head (default: detected).") var numGPUs: Double?
+    @Option(help: "Memory for replicas on the head, bytes (default: physical).") var memory: Double?
+    @Option(help: "Custom resources as JSON, e.g. '{\"custom\": 2}'.") var resources: String?
+    @Option(name: .customLong("accelerator-type"), help: "Accelerator type of the head's GPUs, e.g. A100.") var acceleratorType: String?
+    @Option(help: "Labels k=v,k2=v2.") var labels: String?
+    @Option(help: "Cluster token (default: SERVE_TOKEN, else one kept in the state dir).") var token: String?
+    @Option(name: .customLong("state-dir"), help: "Where the head keeps its token.") var stateDir: String?
+    @Option(help: "A config to deploy at start (YAML or JSON).") var config: String?
+
+    func run() async throws {
+        var options = HeadOptions()
+        options.clusterHost = self.host
+        options.clusterPort = self.port
+        options.httpHost = self.httpHost
+        options.httpPort = self.httpPort
+        options.adminHost = self.adminHost
+        options.adminPort = self.adminPort
+        options.token = self.token
+        if let stateDir = self.stateDir { options.stateDirectory = URL(fileURLWithPath: stateDir) }
+        var local = EmbeddedCluster.LocalResources()
+        local.numCPUs = self.numCPUs
+        local.numGPUs = self.numGPUs
+        local.memory = self.memory
+        local.custom = try NodeResources.parseCustom(self.resources)
+        local.acceleratorType = self.acceleratorType
+        local.labels = try NodeResources.parseLabels(self.labels)
+        try await ServeProcess.runHead(options: options, resources: local, configPath: self.config, banner: "serve-head")
+    }
+}

@@ -1,0 +1,200 @@
+import ArgumentParser
+import Foundation
+import HTTPTypes
+import NIOCore
+import ServeCore
+import ServeEmbedded
+import ServeHead
+import ServeWire
+
+/// `serve`: the command-line client (Ray's `serve` CLI).
+@main
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run, deploy and inspect swift-serve applications.",
+        version: ServeVersion.string,
+        subcommands: [Run.self, Deploy.self, Status.self, Delete.self, Shutdown.self]
+    )
+}
+
+/// Where the admin API is: --address, else SERVE_ADDRESS, else the local default.
+struct AdminAddress: ParsableArguments {
+    @Option(help: "The head's admin API (default: SERVE_ADDRESS, else http://127.0.0.1:8265).")
+    var address: String?
+
+    func client() throws -> AdminClient {
+        let text = self.address ?? ProcessInfo.processInfo.environment["SERVE_ADDRESS"] ?? "http://127.0.0.1:8265"
+        guard let url = URL(string: text), let host = url.host else {
+            throw ValidationError("--address must look like http://HOST:8265, got '\(text)'")
+        }
+        return AdminClient(host: host, port: url.port ?? 8265, token: ProcessInfo.processInfo.environment["SERVE_TOKEN"])
+    }
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start a head in the foreground (with replicas on this machine), deploy CONFIG; Ctrl-C stops everything."
+    )
+
+    @Argument(help: "The config file (YAML or JSON).") var config: String
+    @Option(name: .customLong("http-port"), help: "Port of the HTTP ingress.") var httpPort = 8000
+    @Option(name: .customLong("http-host"), help: "Address of the HTTP ingress.") var httpHost = "127.0.0.1"
+    @Option(name: .customLong("admin-port"), help: "Port of the admin API.") var adminPort = 8265
+    @Option(help: "Cluster port.") var port = 6380
+    @Option(name: .customLong("num-cpus"), help: "CPUs for replicas (default: cores).") var numCPUs: Double?
+    @Option(name: .customLong("num-gpus"), help: "GPUs for replicas (default: detected).") var numGPUs: Double?
+    @Option(name: .customLong("state-dir"), help: "Where the head keeps its token.") var stateDir: String?
+
+    func run() async throws {
+        var options = HeadOptions()
+        options.httpHost = self.httpHost
+        options.httpPort = self.httpPort
+        options.adminPort = self.adminPort
+        options.clusterPort = self.port
+        if let stateDir = self.stateDir { options.stateDirectory = URL(fileURLWithPath: stateDir) }
+        var resources = EmbeddedCluster.LocalResources()
+        resources.numCPUs = self.numCPUs
+        resources.numGPUs = self.numGPUs
+        do {
+            try await ServeProcess.runHead(options: options, resources: resources, configPath: self.config, banner: "serve run")
+        } catch let error as ServeProcessError {
+            FileHandle.standardError.write(Data("serve run: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct Deploy: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Deploy CONFIG to a running head (replaces the whole config).")
+    @Argument(help: "The config file (YAML or JSON).") var config: String
+    @OptionGroup var admin: AdminAddress
+
+    func run() async throws {
+        let text = try String(contentsOfFile: self.config, encoding: .utf8)
+        let client = try self.admin.client()
+        let (status, body) = try await client.call(.put, "/api/serve/applications/", body: text)
+        guard status == 200 else {
+            try Self.printRefusal(body)
+            throw ExitCode(1)
+        }
+        print("deployed \(self.config); see `serve status`")
+    }
+
+    static func printRefusal(_ body: String) throws {
+        guard let value = try? JSONValue.parse(body) else {
+            FileHandle.standardError.write(Data((body + "\n").utf8))
+            return
+        }
+        var lines = [value["error"]?.stringValue ?? "refused"]
+        for problem in value["problems"]?.arrayValue ?? [] {
+            lines.append("  \(problem["path"]?.stringValue ?? ""): \(problem["message"]?.stringValue ?? "")")
+        }
+        FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show applications, deployments and replicas (--json for the raw status).")
+    @Flag(help: "Print the status JSON.") var json = false
+    @OptionGroup var admin: AdminAddress
+
+    func run() async throws {
+        let client = try self.admin.client()
+        let (status, body) = try await client.call(.get, "/api/serve/applications/")
+        guard status == 200 else {
+            FileHandle.standardError.write(Data("the head answered \(status): \(body)\n".utf8))
+            throw ExitCode(1)
+        }
+        if self.json {
+            print(body, terminator: body.hasSuffix("\n") ? "" : "\n")
+            return
+        }
+        print(StatusTree.render(try JSONValue.parse(body)), terminator: "")
+    }
+}
+
+struct Delete: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Delete one application, or all of them.")
+    @Argument(help: "The application (default: all).") var app: String?
+    @OptionGroup var admin: AdminAddress
+
+    func run() async throws {
+        let client = try self.admin.client()
+        let path = self.app.map { "/api/serve/applications/\($0)" } ?? "/api/serve/applications/"
+        let (status, body) = try await client.call(.delete, path)
+        guard status == 200 else {
+            FileHandle.standardError.write(Data("the head answered \(status): \(body)\n".utf8))
+            throw ExitCode(1)
+        }
+        print(self.app.map { "deleted \($0)" } ?? "deleted all applications")
+    }
+}
+
+struct Shutdown: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop every application and the head.")
+    @OptionGroup var admin: AdminAddress
+
+    func run() async throws {
+        let client = try self.admin.client()
+        let (status, body) = try await client.call(.post, "/api/serve/shutdown")
+        guard status == 200 else {
+            FileHandle.standardError.write(Data("the head answered \(status): \(body)\n".utf8))
+            throw ExitCode(1)
+        }
+        print("the head is shutting down")
+    }
+}
+
+/// Calls the admin API over HTTP/1.1.
+struct AdminClient {
+    let host: String
+    let port: Int
+    let token: String?
+
+    func call(_ method: HTTPRequest.Method, _ path: String, body: String? = nil) async throws -> (Int, String) {
+        let pool = HTTP1ConnectionPool(host: self.host, port: self.port)
+        defer { Task { await pool.close() } }
+        var fields = HTTPFields()
+        if let token = self.token { fields[.authorization] = "Bearer \(token)" }
+        if body != nil { fields[.contentType] = "application/yaml" }
+        let head = HTTPRequest(method: method, scheme: "http", authority: "\(self.host):\(self.port)", path: path, headerFields: fields)
+        do {
+            let response = try await pool.send(head, body: body.map { ByteBuffer(string: $0) }, timeout: .seconds(60))
+            let text = String(buffer: try await response.body.collect(upTo: 64 << 20))
+            return (response.head.status.code, text)
+        } catch let error as HTTP2Error {
+            throw ValidationError("cannot reach the head's admin API at http://\(self.host):\(self.port): \(error)")
+        }
+    }
+}
+
+/// `serve status` as a person reads it: applications → deployments → replicas and their nodes.
+enum StatusTree {
+    static func render(_ status: JSONValue) -> String {
+        guard let apps = status["applications"]?.objectValue, !apps.isEmpty else {
+            return "no applications deployed\n"
+        }
+        var out = ""
+        for (name, app) in apps.sorted(by: { $0.key < $1.key }) {
+            out += "\(name)  \(app["status"]?.stringValue ?? "?")  \(app["route_prefix"]?.stringValue ?? "")\n"
+            for (deploymentName, deployment) in (app["deployments"]?.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) {
+                let replicas = deployment["replicas"]?.arrayValue ?? []
+                let running = replicas.filter { $0["state"]?.stringValue == "RUNNING" }.count
+                let target = Int(deployment["target_replicas"]?.doubleValue ?? 0)
+                out += "  \(deploymentName)  \(deployment["status"]?.stringValue ?? "?")  \(running)/\(target) running\n"
+                if let message = deployment["message"]?.stringValue, !message.isEmpty {
+                    out += "    ! \(message)\n"
+                }
+                for replica in replicas {
+                    let id = replica["replica_id"]?.stringValue ?? "?"
+                    let state = replica["state"]?.stringValue ?? "?"
+                    let node = replica["node_id"]?.stringValue ?? "-"
+                    let ongoing = Int(replica["ongoing_requests"]?.doubleValue ?? 0)
+                    out += "    \(id)  \(state)  node \(node)  ongoing \(ongoing)\n"
+                }
+            }
+        }
+        return out
+    }
+}
