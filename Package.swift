@@ -135,6 +135,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "ServeCoreTests", dependencies: ["ServeCore"], swiftSettings: strict),
+        .testTarget(name: "ServeProxyTests", dependencies: ["ServeProxy", "ServeCore"], swiftSettings: strict),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [

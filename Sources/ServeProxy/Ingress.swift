@@ -96,16 +96,55 @@ public final class Ingress: Sendable {
         table: RouteTable,
         writer: any HTTPResponseWriter
     ) async -> Int {
+        let progress = ForwardProgress()
         do {
             return try await Self.withTimeout(table.requestTimeout) {
-                try await self.forwardOnce(request, app: app, router: router, table: table, writer: writer)
+                try await withTaskCancellationHandler {
+                    try await self.forwardOnce(request, app: app, router: router, table: table, writer: writer, progress: progress)
+                } onCancel: {
+                    // The deadline passed: end the stream to the replica, so nothing waits on it.
+                    progress.cancelStream()
+                }
             }
-        } catch let failure as IngressFailure {
+        } catch let failure as IngressFailure where !progress.headSent {
             try? await self.text(writer, failure.status, failure.message)
             return failure.status.code
         } catch {
             self.logger.debug("request failed after its response began", metadata: ["error": "\(error)"])
             return 502
+        }
+    }
+
+    /// What a forwarded request has got to: the stream to cancel, and whether the response head
+    /// has gone to the client (after that, no error status can be sent).
+    final class ForwardProgress: Sendable {
+        private struct State {
+            var stream: HTTP2ClientStream?
+            var headSent = false
+            var cancelled = false
+        }
+        private let state = NIOLockedValueBox(State())
+
+        var headSent: Bool { self.state.withLockedValue { $0.headSent } }
+
+        func markHeadSent() { self.state.withLockedValue { $0.headSent = true } }
+
+        /// Records the stream; false if the request was cancelled already.
+        func attach(_ stream: HTTP2ClientStream) -> Bool {
+            let cancelled = self.state.withLockedValue { state -> Bool in
+                state.stream = stream
+                return state.cancelled
+            }
+            if cancelled { stream.cancel(error: .timeout) }
+            return !cancelled
+        }
+
+        func cancelStream() {
+            let stream = self.state.withLockedValue { state -> HTTP2ClientStream? in
+                state.cancelled = true
+                return state.stream
+            }
+            stream?.cancel(error: .timeout)
         }
     }
 
@@ -120,7 +159,8 @@ public final class Ingress: Sendable {
         app: ApplicationRoute,
         router: DeploymentRouter,
         table: RouteTable,
-        writer: any HTTPResponseWriter
+        writer: any HTTPResponseWriter,
+        progress: ForwardProgress
     ) async throws -> Int {
         var head = request.head
         head.path = RouteTable.strip(prefix: app.routePrefix, from: request.head.path ?? "/")
@@ -150,6 +190,7 @@ public final class Ingress: Sendable {
             do {
                 let connection = try await self.connections.connection(host: replica.host, port: replica.port)
                 stream = try await connection.openStream(head, endStream: !hasBody)
+                guard progress.attach(stream) else { throw HTTP2Error.timeout }
                 if hasBody {
                     // The body streams to the replica while its response streams back.
                     Task {
@@ -170,6 +211,8 @@ public final class Ingress: Sendable {
             } catch let error as HTTP2Error where error.isSafeToRetry {
                 self.connections.forget(host: replica.host, port: replica.port)
                 throw IngressFailure(status: .badGateway, message: "replica \(replica.id) on node \(replica.nodeID) is unreachable: \(error)")
+            } catch HTTP2Error.timeout {
+                throw IngressFailure(status: .gatewayTimeout, message: "no answer within request_timeout_s")
             } catch {
                 throw IngressFailure(status: .badGateway, message: "replica \(replica.id) on node \(replica.nodeID) failed: \(error)")
             }
@@ -178,6 +221,7 @@ public final class Ingress: Sendable {
                 _ = try? await response.body.collect(upTo: 1 << 16)
                 continue
             }
+            progress.markHeadSent()
             try await writer.writeHead(response.head)
             do {
                 for try await chunk in response.body {

@@ -36,7 +36,7 @@ public struct HTTP2ClientStream: Sendable {
     }
 
     /// Abandons the request, failing whoever waits on it with `error`.
-    func cancel(error: HTTP2Error) {
+    public func cancel(error: HTTP2Error) {
         let streamID = self.streamID
         self.connection.performLater { $0.cancelStream(streamID, error: error) }
     }

@@ -55,7 +55,7 @@ extension HTTP2Connection {
             streamID: stream.id
         )
         let logger = self.logger
-        Task(executorPreference: self.taskExecutor) {
+        stream.handlerTask = Task(executorPreference: self.taskExecutor) {
             do {
                 try await handler(request, writer)
                 try await writer.finishIfNeeded()

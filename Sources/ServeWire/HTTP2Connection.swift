@@ -267,6 +267,7 @@ final class HTTP2Connection: ChannelInboundHandler {
             default: error = .streamReset(code: errorCode)
             }
             stream.fail(error)
+            if errorCode != HTTP2ErrorCode.noError { stream.handlerTask?.cancel() }
             if self.streams.isEmpty { self.armIdleTimer() }
         case .goAway(let errorCode, let lastStreamID):
             self.logger.debug(
@@ -294,7 +295,10 @@ final class HTTP2Connection: ChannelInboundHandler {
         self.idleTimer = nil
         let streams = self.streams
         self.streams.removeAll()
-        for stream in streams.values { stream.fail(.connectionClosed) }
+        for stream in streams.values {
+            stream.fail(.connectionClosed)
+            stream.handlerTask?.cancel()
+        }
     }
 
     // MARK: idle and graceful close

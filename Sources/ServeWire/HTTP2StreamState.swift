@@ -46,6 +46,9 @@ final class HTTP2StreamState {
     var writeWaiters: [EventLoopPromise<Void>] = []
     var compressor: StreamingCompressor?
 
+    /// Server: the task running the request's handler, cancelled if the client resets the
+    /// stream or the connection drops (nobody is waiting for its answer any more).
+    var handlerTask: Task<Void, Never>?
     /// Server: the coding the client accepts for the response, if any.
     var acceptedCoding: ContentCoding?
     /// Client: fulfilled with the response head.
