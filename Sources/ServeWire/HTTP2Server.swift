@@ -78,18 +78,14 @@ extension NIOLoopBound where Value == HTTP2Connection {
 public final class HTTP2Server: Sendable {
     public typealias Handler = @Sendable (HTTPServerRequest, HTTP2ResponseWriter) async throws -> Void
 
-    let serverChannel: any Channel
-    private let connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>
-    private let logger: Logger
+    private let channels: ServerChannels
 
     /// The address the server listens on (with the real port when bound to port 0).
-    public var localAddress: SocketAddress { self.serverChannel.localAddress! }
+    public var localAddress: SocketAddress { self.channels.serverChannel.localAddress! }
     public var port: Int { self.localAddress.port! }
 
-    private init(serverChannel: any Channel, connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>, logger: Logger) {
-        self.serverChannel = serverChannel
-        self.connections = connections
-        self.logger = logger
+    private init(channels: ServerChannels) {
+        self.channels = channels
     }
 
     /// Binds and starts serving. Port 0 picks a free port (read it back from `port`).
@@ -101,64 +97,30 @@ public final class HTTP2Server: Sendable {
         logger: Logger = Logger(label: "serve.wire.server"),
         handler: @escaping Handler
     ) async throws -> HTTP2Server {
-        let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
-        let channel = try await ServerBootstrap(group: eventLoopGroup)
-            .serverChannelOption(.backlog, value: 1024)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.maxMessagesPerRead, value: 16)
-            .childChannelInitializer { channel in
-                let key = ObjectIdentifier(channel)
-                connections.withLockedValue { $0[key] = channel }
-                channel.closeFuture.whenComplete { _ in
-                    _ = connections.withLockedValue { $0.removeValue(forKey: key) }
-                }
-                return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        HTTP2Connection(role: .server(handler), configuration: configuration, logger: logger)
-                    )
-                }
-            }
-            .bind(host: host, port: port)
-            .get()
-        return HTTP2Server(serverChannel: channel, connections: connections, logger: logger)
+        let channels = try await ServerChannels.bind(host: host, port: port, eventLoopGroup: eventLoopGroup, autoRead: true) { channel in
+            try channel.pipeline.syncOperations.addHandler(
+                HTTP2Connection(role: .server(handler), configuration: configuration, logger: logger)
+            )
+        }
+        return HTTP2Server(channels: channels)
     }
 
     /// Stops accepting, sends GOAWAY on every connection so clients start nothing new, lets open
     /// streams finish for up to `gracePeriod`, then closes whatever is left.
     public func shutdown(gracePeriod: TimeAmount = .seconds(10)) async {
-        try? await self.serverChannel.close()
-        let channels = self.connections.withLockedValue { Array($0.values) }
-        for channel in channels {
-            channel.eventLoop.execute {
-                guard let connection = try? channel.pipeline.syncOperations.handler(type: HTTP2Connection.self) else {
-                    return
-                }
-                connection.closeGracefully()
-            }
-        }
-        let deadline = NIODeadline.now() + gracePeriod
-        for channel in channels {
-            let force = channel.eventLoop.scheduleTask(deadline: deadline) { channel.close(promise: nil) }
-            try? await channel.closeFuture.get()
-            force.cancel()
-        }
+        await self.channels.shutdown(gracePeriod: gracePeriod)
     }
 
     /// Closes the listener and every connection at once.
     public func close() async {
-        try? await self.serverChannel.close()
-        let channels = self.connections.withLockedValue { Array($0.values) }
-        for channel in channels { try? await channel.close() }
+        await self.channels.close()
     }
 
     /// Number of open client connections.
-    public var connectionCount: Int { self.connections.withLockedValue { $0.count } }
-}
+    public var connectionCount: Int { self.channels.connectionCount }
 
-extension HTTP2Server {
     /// Waits until the listener closes (for programs whose whole job is serving).
     public func closeFutureForever() async throws {
-        try await self.serverChannel.closeFuture.get()
+        try await self.channels.serverChannel.closeFuture.get()
     }
 }

@@ -1,7 +1,6 @@
 import Foundation
 import HTTPTypes
 import Logging
-import NIOConcurrencyHelpers
 import NIOCore
 import Serve
 import ServeCore
@@ -16,32 +15,37 @@ public struct ReplicaStatus: Sendable {
     public var message: String
 }
 
-/// One replica on this worker: its admission control (`max_ongoing_requests`), its lifecycle,
-/// and the code that answers requests (a Swift deployment or a child process).
+/// One replica on this worker, as an actor: it owns the deployment instance (or the child
+/// process), counts the requests it is running, admits at most `max_ongoing_requests` at once
+/// (one more is refused back to the router, which tries another replica or waits), and drains on
+/// stop: no new requests, in-flight ones finish within `graceful_shutdown_timeout_s`.
 ///
-/// Admission is a lock-protected counter, not an actor hop, since every request passes it.
-final class Replica: Sendable {
-    let id: String
-    let app: String
-    let deployment: String
-    let specVersion: String
-    let grant: PBResourceGrant
-    private let body: ReplicaBody
-    private let logger: Logger
+/// Only admission and bookkeeping are isolated; the request itself runs outside the actor, so a
+/// replica serves its requests concurrently.
+actor Replica {
+    nonisolated let id: String
+    nonisolated let app: String
+    nonisolated let deployment: String
+    nonisolated let specVersion: String
+    nonisolated let grant: PBResourceGrant
+    private nonisolated let body: ReplicaBody
+    private nonisolated let logger: Logger
 
-    private struct Counters {
-        var ongoing = 0
-        var maxOngoing: Int
-        var state: PBReplicaState = .starting
-        var message = ""
-        var drained: [CheckedContinuation<Void, Never>] = []
-    }
-
-    private let counters: NIOLockedValueBox<Counters>
+    private var ongoing = 0
+    private var maxOngoing: Int
+    private var state: PBReplicaState = .starting
+    private var message = ""
+    private var drained: [CheckedContinuation<Void, Never>] = []
 
     enum ReplicaBody: Sendable {
         case swift(SwiftDeploymentBox)
         case process(ProcessReplica)
+    }
+
+    enum Admission {
+        case admitted
+        case full
+        case notRunning(PBReplicaState)
     }
 
     init(start: PBStartReplica, body: ReplicaBody, logger: Logger) {
@@ -52,34 +56,40 @@ final class Replica: Sendable {
         self.grant = start.grant
         self.body = body
         self.logger = logger
-        self.counters = NIOLockedValueBox(Counters(maxOngoing: max(1, Int(start.spec.maxOngoingRequests))))
+        self.maxOngoing = max(1, Int(start.spec.maxOngoingRequests))
     }
 
     var status: ReplicaStatus {
-        self.counters.withLockedValue { ReplicaStatus(state: $0.state, running: $0.ongoing, queued: 0, message: $0.message) }
+        ReplicaStatus(state: self.state, running: self.ongoing, queued: 0, message: self.message)
     }
 
     func setState(_ state: PBReplicaState, message: String = "") {
-        self.counters.withLockedValue {
-            $0.state = state
-            $0.message = message
-        }
+        self.state = state
+        self.message = message
     }
 
     func setMaxOngoing(_ value: Int) {
-        self.counters.withLockedValue { $0.maxOngoing = max(1, value) }
+        self.maxOngoing = max(1, value)
+    }
+
+    private func admit() -> Admission {
+        guard self.state == .running else { return .notRunning(self.state) }
+        guard self.ongoing < self.maxOngoing else { return .full }
+        self.ongoing += 1
+        return .admitted
+    }
+
+    private func finishedOne() {
+        self.ongoing -= 1
+        guard self.ongoing == 0 else { return }
+        let waiters = self.drained
+        self.drained.removeAll()
+        for waiter in waiters { waiter.resume() }
     }
 
     /// Serves one data-plane request, or refuses it with a 503 the router can retry elsewhere.
-    func serve(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws {
-        enum Admission { case admitted, full, notRunning(PBReplicaState) }
-        let admission: Admission = self.counters.withLockedValue { counters in
-            guard counters.state == .running else { return .notRunning(counters.state) }
-            guard counters.ongoing < counters.maxOngoing else { return .full }
-            counters.ongoing += 1
-            return .admitted
-        }
-        switch admission {
+    nonisolated func serve(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws {
+        switch await self.admit() {
         case .full:
             return try await Self.refuse(writer, reason: "full", "replica \(self.id) is at max_ongoing_requests")
         case .notRunning(let state):
@@ -87,13 +97,18 @@ final class Replica: Sendable {
         case .admitted:
             break
         }
-        defer { self.finishedOne() }
-        switch self.body {
-        case .swift(let box):
-            try await box.serve(request, writer, logger: self.logger)
-        case .process(let process):
-            try await process.serve(request, writer)
+        do {
+            switch self.body {
+            case .swift(let box):
+                try await box.serve(request, writer, logger: self.logger)
+            case .process(let process):
+                try await process.serve(request, writer)
+            }
+        } catch {
+            await self.finishedOne()
+            throw error
         }
+        await self.finishedOne()
     }
 
     static func refuse(_ writer: any HTTPResponseWriter, reason: String, _ message: String) async throws {
@@ -103,35 +118,19 @@ final class Replica: Sendable {
         try await writer.respond(HTTPResponse(status: .serviceUnavailable, headerFields: fields), body: ByteBuffer(string: message + "\n"))
     }
 
-    private func finishedOne() {
-        let waiters: [CheckedContinuation<Void, Never>] = self.counters.withLockedValue { counters in
-            counters.ongoing -= 1
-            guard counters.ongoing == 0 else { return [] }
-            defer { counters.drained.removeAll() }
-            return counters.drained
-        }
-        for waiter in waiters { waiter.resume() }
+    /// Waits until no request is running (resumed by the last one to finish).
+    private func waitUntilIdle() async {
+        if self.ongoing == 0 { return }
+        await withCheckedContinuation { self.drained.append($0) }
     }
 
     /// Stops taking requests, lets in-flight ones finish for up to `timeout`, then stops the body
     /// (a child process gets SIGTERM, then SIGKILL). Ray's graceful shutdown.
     func stop(timeout: Duration) async {
-        let idle: Bool = self.counters.withLockedValue { counters in
-            counters.state = .stopping
-            return counters.ongoing == 0
-        }
-        if !idle {
+        self.state = .stopping
+        if self.ongoing > 0 {
             await withTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    await withCheckedContinuation { continuation in
-                        let already = self.counters.withLockedValue { counters -> Bool in
-                            if counters.ongoing == 0 { return true }
-                            counters.drained.append(continuation)
-                            return false
-                        }
-                        if already { continuation.resume() }
-                    }
-                }
+                group.addTask { await self.waitUntilIdle() }
                 group.addTask { try? await Task.sleep(for: timeout) }
                 await group.next()
                 group.cancelAll()
@@ -141,10 +140,10 @@ final class Replica: Sendable {
         if case .process(let process) = self.body {
             await process.terminate(grace: timeout)
         }
-        self.setState(.stopped)
+        self.state = .stopped
     }
 
-    func reconfigure(userConfig: JSONValue?) async throws {
+    nonisolated func reconfigure(userConfig: JSONValue?) async throws {
         if case .swift(let box) = self.body {
             try await box.instance.reconfigure(userConfig: userConfig)
         }
@@ -152,7 +151,7 @@ final class Replica: Sendable {
 
     /// Health of the replica's code: a Swift deployment's `checkHealth`, a process that is still
     /// running (and answers its health path, if it has one).
-    func checkHealth() async throws {
+    nonisolated func checkHealth() async throws {
         switch self.body {
         case .swift(let box): try await box.instance.checkHealth()
         case .process(let process): try await process.checkHealth()

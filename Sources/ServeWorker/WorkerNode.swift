@@ -219,15 +219,16 @@ public final class WorkerNode: Sendable {
         register.gpuIds = self.options.gpuIDs
         register.workerVersion = ServeVersion.string
         register.handlerNames = self.options.registry.names.sorted()
-        register.runningReplicas = self.replicas.withLockedValue { $0.values }.map { replica in
-            PBRunningReplica.with {
+        for replica in self.replicas.withLockedValue({ Array($0.values) }) {
+            let state = await replica.status.state
+            register.runningReplicas.append(PBRunningReplica.with {
                 $0.replicaID = replica.id
                 $0.appName = replica.app
                 $0.deploymentName = replica.deployment
                 $0.specVersion = replica.specVersion
-                $0.state = replica.status.state
+                $0.state = state
                 $0.grant = replica.grant
-            }
+            })
         }
         try await send(PBWorkerMessage.with { $0.register = register })
 
@@ -247,7 +248,8 @@ public final class WorkerNode: Sendable {
                 var number: UInt64 = 0
                 while !Task.isCancelled {
                     number += 1
-                    try await send(PBWorkerMessage.with { $0.heartbeat = self.heartbeat(number) })
+                    let heartbeat = await self.heartbeat(number)
+                    try await send(PBWorkerMessage.with { $0.heartbeat = heartbeat })
                     try await Task.sleep(for: interval)
                 }
             }
@@ -264,20 +266,20 @@ public final class WorkerNode: Sendable {
         }
     }
 
-    private func heartbeat(_ number: UInt64) -> PBHeartbeat {
+    private func heartbeat(_ number: UInt64) async -> PBHeartbeat {
         var heartbeat = PBHeartbeat()
         heartbeat.nodeID = self.options.nodeID
         heartbeat.sequence = number
         heartbeat.sentAtUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
         heartbeat.health = PBNodeHealth.with { $0.status = self.stopping.withLockedValue { $0 } ? .draining : .ok }
-        heartbeat.replicas = self.replicas.withLockedValue { $0.values }.map { replica in
-            let status = replica.status
-            return PBReplicaLoad.with {
+        for replica in self.replicas.withLockedValue({ Array($0.values) }) {
+            let status = await replica.status
+            heartbeat.replicas.append(PBReplicaLoad.with {
                 $0.replicaID = replica.id
                 $0.runningRequests = UInt32(status.running)
                 $0.queuedRequests = UInt32(status.queued)
                 $0.state = status.state
-            }
+            })
         }
         return heartbeat
     }
@@ -291,7 +293,7 @@ public final class WorkerNode: Sendable {
             Task { await self.stopReplica(stop) }
         case .reconfigureReplica(let change):
             guard let replica = self.replicas.withLockedValue({ $0[change.replicaID] }) else { return }
-            if change.hasMaxOngoingRequests { replica.setMaxOngoing(Int(change.maxOngoingRequests)) }
+            if change.hasMaxOngoingRequests { await replica.setMaxOngoing(Int(change.maxOngoingRequests)) }
             if change.hasUserConfigJson {
                 let config = try? JSONValue.parse(String(decoding: change.userConfigJson, as: UTF8.self))
                 do {
@@ -382,7 +384,7 @@ public final class WorkerNode: Sendable {
                 throw DeploymentError("the replica spec names neither a handler nor a command")
             }
             let replica = Replica(start: start, body: body, logger: logger)
-            replica.setState(.running)
+            await replica.setState(.running)
             self.replicas.withLockedValue { $0[id] = replica }
             self.report(id, .running, "", specVersion: start.spec.version)
             logger.info("replica running")

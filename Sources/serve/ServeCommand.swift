@@ -146,6 +146,11 @@ struct Shutdown: AsyncParsableCommand {
     }
 }
 
+/// A failure to report as it is (no usage text: the command line was fine).
+struct CLIError: Error, CustomStringConvertible {
+    var description: String
+}
+
 /// Calls the admin API over HTTP/1.1.
 struct AdminClient {
     let host: String
@@ -164,7 +169,7 @@ struct AdminClient {
             let text = String(buffer: try await response.body.collect(upTo: 64 << 20))
             return (response.head.status.code, text)
         } catch let error as HTTP2Error {
-            throw ValidationError("cannot reach the head's admin API at http://\(self.host):\(self.port): \(error)")
+            throw CLIError(description: "cannot reach the head's admin API at http://\(self.host):\(self.port) (is a head running? --address or SERVE_ADDRESS say where): \(error)")
         }
     }
 }

@@ -1,0 +1,80 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// A listening socket and the connections it accepted: what every ServeWire server needs to
+/// shut down gracefully, whichever protocols its connections speak.
+final class ServerChannels: Sendable {
+    let serverChannel: any Channel
+    private let connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>
+
+    private init(serverChannel: any Channel, connections: NIOLockedValueBox<[ObjectIdentifier: any Channel]>) {
+        self.serverChannel = serverChannel
+        self.connections = connections
+    }
+
+    /// Binds a listener. With `autoRead` off (the default), a connection's first handler decides
+    /// when to read (the HTTP/1 connection reads only while its handler keeps up); HTTP/2 reads
+    /// freely, since its flow control bounds what a peer may send.
+    static func bind(
+        host: String,
+        port: Int,
+        eventLoopGroup: any EventLoopGroup,
+        autoRead: Bool = false,
+        initialize: @escaping @Sendable (any Channel) throws -> Void
+    ) async throws -> ServerChannels {
+        let connections = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+        let channel = try await ServerBootstrap(group: eventLoopGroup)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.autoRead, value: autoRead)
+            .childChannelInitializer { channel in
+                let key = ObjectIdentifier(channel)
+                connections.withLockedValue { $0[key] = channel }
+                channel.closeFuture.whenComplete { _ in
+                    _ = connections.withLockedValue { $0.removeValue(forKey: key) }
+                }
+                return channel.eventLoop.makeCompletedFuture { try initialize(channel) }
+            }
+            .bind(host: host, port: port)
+            .get()
+        return ServerChannels(serverChannel: channel, connections: connections)
+    }
+
+    var connectionCount: Int { self.connections.withLockedValue { $0.count } }
+
+    /// Stops accepting; each connection finishes what it has started and closes (HTTP/2: GOAWAY,
+    /// RFC 9113 §6.8; HTTP/1.1: idle connections close now, busy ones after their response,
+    /// RFC 9112 §9.6); past `gracePeriod` whatever is left closes.
+    func shutdown(gracePeriod: TimeAmount) async {
+        try? await self.serverChannel.close()
+        let channels = self.connections.withLockedValue { Array($0.values) }
+        for channel in channels {
+            channel.eventLoop.execute {
+                let pipeline = channel.pipeline.syncOperations
+                if let connection = try? pipeline.handler(type: HTTP2Connection.self) {
+                    connection.closeGracefully()
+                } else if let connection = try? pipeline.handler(type: HTTP1ServerConnection.self) {
+                    connection.closeGracefully()
+                } else {
+                    // Still deciding which protocol it speaks: no request has started.
+                    channel.close(promise: nil)
+                }
+            }
+        }
+        let deadline = NIODeadline.now() + gracePeriod
+        for channel in channels {
+            let force = channel.eventLoop.scheduleTask(deadline: deadline) { channel.close(promise: nil) }
+            try? await channel.closeFuture.get()
+            force.cancel()
+        }
+    }
+
+    /// Closes the listener and every connection at once.
+    func close() async {
+        try? await self.serverChannel.close()
+        let channels = self.connections.withLockedValue { Array($0.values) }
+        for channel in channels { try? await channel.close() }
+    }
+}
