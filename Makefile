@@ -17,6 +17,8 @@ deps:
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+	@# The resource tests check that numpy's OpenBLAS pool follows OMP_NUM_THREADS (threadpoolctl).
+	@python3 -c 'import numpy, threadpoolctl' 2>/dev/null || python3 -m pip install -q numpy threadpoolctl
 
 build: deps
 	$(SWIFT) build

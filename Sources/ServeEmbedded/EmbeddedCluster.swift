@@ -34,20 +34,23 @@ public final class EmbeddedCluster: Sendable {
         guard resources.numCPUs != 0 else {
             return EmbeddedCluster(head: head, worker: nil, workerTask: nil)
         }
+        let detected = NodeResources.detectedGPUs()
+        let offered = NodeResources.make(
+            numCPUs: resources.numCPUs,
+            numGPUs: resources.numGPUs,
+            memory: resources.memory,
+            custom: resources.custom,
+            acceleratorType: resources.acceleratorType,
+            detectedGPUs: detected
+        )
         let worker = WorkerNode(
             options: WorkerOptions(
                 headHost: "127.0.0.1",
                 headPort: head.clusterPort,
                 token: head.token,
                 nodeID: "head-" + String(UInt32.random(in: 0...UInt32.max), radix: 16),
-                resources: NodeResources.make(
-                    numCPUs: resources.numCPUs,
-                    numGPUs: resources.numGPUs,
-                    memory: resources.memory,
-                    custom: resources.custom,
-                    acceleratorType: resources.acceleratorType
-                ),
-                gpuIDs: NodeResources.detectedGPUs(),
+                resources: offered,
+                gpuIDs: NodeResources.gpuIDs(for: offered, detected: detected),
                 labels: resources.labels,
                 nodeType: "head",
                 acceleratorType: resources.acceleratorType ?? "",

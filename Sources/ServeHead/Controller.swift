@@ -150,8 +150,7 @@ public actor Controller {
         self.connectionCounter += 1
         let connection = self.connectionCounter
         let id = register.nodeID
-        let gpuCount = Int(ResourceSet(quantitiesE4: register.totalResources.quantitiesE4)[ResourceSet.gpu].doubleValue.rounded(.down))
-        let gpuIDs = register.gpuIds.isEmpty ? (0..<gpuCount).map(String.init) : register.gpuIds
+        let gpuIDs = register.gpuIds
         let rejoin = self.nodes[id] != nil
         self.nodes[id]?.outbox?.finish()
         self.nodes[id] = NodeEntry(

@@ -2,20 +2,26 @@ import Foundation
 import ServeCore
 
 /// A node's logical resources from its flags, as in Ray: CPUs default to the cores, GPUs to the
-/// NVIDIA devices present, memory to physical memory. Logical means `--num-cpus 8` on a 2-core
-/// machine is allowed.
+/// NVIDIA devices present (`nvidia-smi -L`), memory to 70% of physical memory (Ray keeps the
+/// rest for the object store and the system; we keep it for the system and the worker itself).
+/// Logical means `--num-cpus 8` on a 2-core machine is allowed.
 public enum NodeResources {
+    /// The share of physical memory a node offers to replicas when `--memory` is not given.
+    public static let defaultMemoryShare = 0.7
+
     public static func make(
         numCPUs: Double?,
         numGPUs: Double?,
         memory: Double?,
         custom: [String: Double],
-        acceleratorType: String?
+        acceleratorType: String?,
+        detectedGPUs: [String]
     ) -> ResourceSet {
         var resources = ResourceSet()
         resources[ResourceSet.cpu] = ResourceQuantity(numCPUs ?? Double(ProcessInfo.processInfo.activeProcessorCount))
-        resources[ResourceSet.gpu] = ResourceQuantity(numGPUs ?? Double(self.detectedGPUs().count))
-        resources[ResourceSet.memory] = ResourceQuantity(memory ?? Double(ProcessInfo.processInfo.physicalMemory))
+        resources[ResourceSet.gpu] = ResourceQuantity(numGPUs ?? Double(detectedGPUs.count))
+        resources[ResourceSet.memory] = ResourceQuantity(
+            (memory ?? Double(ProcessInfo.processInfo.physicalMemory) * Self.defaultMemoryShare).rounded(.down))
         for (name, amount) in custom { resources[name] = ResourceQuantity(amount) }
         if let acceleratorType, !acceleratorType.isEmpty {
             resources[ResourceSet.acceleratorKey(acceleratorType)] = ResourceQuantity(integer: 1)
@@ -23,11 +29,34 @@ public enum NodeResources {
         return resources
     }
 
-    /// NVIDIA GPUs the driver exposes (their minor numbers are CUDA_VISIBLE_DEVICES ids).
+    /// NVIDIA GPUs present, by their CUDA_VISIBLE_DEVICES ids: one per `GPU N:` line of
+    /// `nvidia-smi -L`, or none when nvidia-smi is absent or fails.
     public static func detectedGPUs() -> [String] {
-        let directory = "/proc/driver/nvidia/gpus"
-        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [] }
-        return entries.indices.map(String.init)
+        let candidates = ["/usr/bin/nvidia-smi", "/usr/local/bin/nvidia-smi", "/usr/local/nvidia/bin/nvidia-smi"]
+        guard let path = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else { return [] }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = ["-L"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return [] }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else { return [] }
+        return String(decoding: data, as: UTF8.self).split(separator: "\n").compactMap { line in
+            guard line.hasPrefix("GPU "), let colon = line.firstIndex(of: ":") else { return nil }
+            return String(line[line.index(line.startIndex, offsetBy: 4)..<colon])
+        }
+    }
+
+    /// The GPU ids a node grants: the detected ones, as many as its GPU count (`--num-gpus` may
+    /// offer fewer than are present); without detected GPUs, "0", "1", … (a logical GPU count,
+    /// as tests and CPU-only machines use).
+    public static func gpuIDs(for resources: ResourceSet, detected: [String]) -> [String] {
+        let count = Int(resources[ResourceSet.gpu].integerPart)
+        if detected.isEmpty { return (0..<count).map(String.init) }
+        return Array(detected.prefix(count))
     }
 
     /// Parses `--resources '{"custom": 2}'`.

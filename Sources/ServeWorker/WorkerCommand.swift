@@ -50,18 +50,21 @@ public struct WorkerCommand: AsyncParsableCommand {
         guard let token = self.token ?? ProcessInfo.processInfo.environment["SERVE_TOKEN"], !token.isEmpty else {
             throw ValidationError("the worker needs the cluster token: --token or SERVE_TOKEN (serve-head prints it)")
         }
+        let detected = NodeResources.detectedGPUs()
+        let resources = NodeResources.make(
+            numCPUs: self.numCPUs,
+            numGPUs: self.numGPUs,
+            memory: self.memory,
+            custom: try NodeResources.parseCustom(self.resources),
+            acceleratorType: self.acceleratorType,
+            detectedGPUs: detected
+        )
         var options = WorkerOptions(
             headHost: headHost,
             headPort: headPort,
             token: token,
-            resources: NodeResources.make(
-                numCPUs: self.numCPUs,
-                numGPUs: self.numGPUs,
-                memory: self.memory,
-                custom: try NodeResources.parseCustom(self.resources),
-                acceleratorType: self.acceleratorType
-            ),
-            gpuIDs: NodeResources.detectedGPUs(),
+            resources: resources,
+            gpuIDs: NodeResources.gpuIDs(for: resources, detected: detected),
             labels: try NodeResources.parseLabels(self.labels),
             nodeType: self.nodeType,
             acceleratorType: self.acceleratorType ?? "",
