@@ -14,7 +14,7 @@ final class ProcessReplica: Sendable {
     let argv: [String]
     let port: Int
     let healthPath: String?
-    private let process: Process
+    private let process: ChildProcess
     private let logURL: URL
     private let pool: HTTP1ConnectionPool
     private let exited = NIOLockedValueBox<Int32?>(nil)
@@ -33,7 +33,7 @@ final class ProcessReplica: Sendable {
         logDirectory: URL,
         onExit: @escaping @Sendable (Int32, String) -> Void
     ) throws {
-        guard let executable = argv.first else { throw LaunchError(description: "the command is empty") }
+        guard !argv.isEmpty else { throw LaunchError(description: "the command is empty") }
         self.replicaID = replicaID
         self.argv = argv
         self.healthPath = healthPath.flatMap { $0.isEmpty ? nil : $0 }
@@ -41,37 +41,18 @@ final class ProcessReplica: Sendable {
         self.logURL = logDirectory.appendingPathComponent("\(replicaID.replacingOccurrences(of: "/", with: "_")).log")
         try FileManager.default.createDirectory(at: logDirectory, withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: self.logURL.path, contents: nil)
-        let log = try FileHandle(forWritingTo: self.logURL)
-
-        let process = Process()
-        // Resolved through PATH like a shell would (`python3 model.py`).
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = [executable] + argv.dropFirst()
         var env = environment
         env["PORT"] = String(self.port)
-        process.environment = env
-        if let workingDirectory, !workingDirectory.isEmpty {
-            process.currentDirectoryURL = URL(fileURLWithPath: workingDirectory)
-        }
-        process.standardOutput = log
-        process.standardError = log
-        process.standardInput = FileHandle.nullDevice
+        self.pool = HTTP1ConnectionPool(host: "127.0.0.1", port: self.port)
+        self.process = try ChildProcess(argv: argv, environment: env, workingDirectory: workingDirectory, logPath: self.logURL.path)
         let exited = self.exited
         let logURL = self.logURL
-        process.terminationHandler = { process in
-            let status = process.terminationStatus
+        self.process.onExit { status in
             let first = exited.withLockedValue { value -> Bool in
                 defer { value = status }
                 return value == nil
             }
             if first { onExit(status, Self.tail(of: logURL)) }
-        }
-        self.process = process
-        self.pool = HTTP1ConnectionPool(host: "127.0.0.1", port: self.port)
-        do {
-            try process.run()
-        } catch {
-            throw LaunchError(description: "could not start \(argv.joined(separator: " ")): \(error)")
         }
     }
 
@@ -136,28 +117,35 @@ final class ProcessReplica: Sendable {
         try await writer.finish()
     }
 
-    /// SIGTERM, then SIGKILL if it has not exited after `grace`.
+    /// SIGTERM, then SIGKILL if it has not exited after `grace` (to its whole process group).
     func terminate(grace: Duration) async {
-        let pid = self.process.processIdentifier
         // Mark the exit as ours first, so it is not reported as a failure.
-        let running = self.exited.withLockedValue { value -> Bool in
+        let wasRunning = self.exited.withLockedValue { value -> Bool in
             guard value == nil else { return false }
             value = -1
             return true
         }
-        guard running, self.process.isRunning else {
-            await self.pool.close()
-            return
-        }
-        kill(pid, SIGTERM)
-        let deadline = ContinuousClock.now + grace
-        while self.process.isRunning && ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        if self.process.isRunning {
-            kill(pid, SIGKILL)
+        if wasRunning {
+            self.process.signal(SIGTERM)
+            let deadline = ContinuousClock.now + grace
+            while self.isAlive && ContinuousClock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(20))
+            }
+            if self.isAlive { self.process.signal(SIGKILL) }
         }
         await self.pool.close()
+    }
+
+    /// Whether the child (its process, not yet reaped or still running) exists.
+    private var isAlive: Bool {
+        kill(self.process.pid, 0) == 0 && !Self.isZombie(self.process.pid)
+    }
+
+    private static func isZombie(_ pid: pid_t) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return true }
+        return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z")
     }
 
     static func tail(of url: URL, lines: Int = 20) -> String {

@@ -148,7 +148,26 @@ struct ClusterTests {
                 if let pid = try JSONValue.parse(body)["pid"]?.doubleValue { pids.insert(pid) }
             }
             #expect(pids.count == 2)
+
+            // Deleting the app stops the processes (SIGTERM reaches them: the worker's blocked
+            // signal mask must not be inherited).
+            let (deleted, _) = try await cluster.adminCall(.delete, "/api/serve/applications/model")
+            #expect(deleted == 200)
+            let deadline = ContinuousClock.now + .seconds(15)
+            var alive = pids
+            while !alive.isEmpty && ContinuousClock.now < deadline {
+                alive = alive.filter { kill(pid_t($0), 0) == 0 && !isZombie(pid_t($0)) }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(alive.isEmpty, "replica processes still running: \(alive)")
         }
+    }
+
+    private func isZombie(_ pid: pid_t) -> Bool {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else {
+            return true
+        }
+        return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z")
     }
 
     @Test("a refused config names its fields, changes nothing, and the running app keeps serving")
