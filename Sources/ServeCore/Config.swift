@@ -111,6 +111,13 @@ public struct DeploymentConfig: Sendable, Hashable {
     /// Ray's health-check period (10 s) and timeout (30 s).
     public var healthCheckPeriodS: Double
     public var healthCheckTimeoutS: Double
+    /// `placement_strategy`: PACK (the default, fewest nodes) or SPREAD (fewest replicas of this
+    /// deployment per node). Not part of `specVersion`: changing it moves no running replica,
+    /// only where new ones go.
+    public var placementStrategy: PlacementStrategy
+    /// `max_replicas_per_node`: at most this many of this deployment's replicas on one node
+    /// (Ray's option of the same name); nil is no limit. Not part of `specVersion`.
+    public var maxReplicasPerNode: Int?
 
     public static let defaultMaxOngoingRequests = 5
 
@@ -130,7 +137,9 @@ public struct DeploymentConfig: Sendable, Hashable {
         gracefulShutdownTimeoutS: Double = 20,
         gracefulShutdownWaitLoopS: Double = 2,
         healthCheckPeriodS: Double = 10,
-        healthCheckTimeoutS: Double = 30
+        healthCheckTimeoutS: Double = 30,
+        placementStrategy: PlacementStrategy = .pack,
+        maxReplicasPerNode: Int? = nil
     ) {
         self.name = name
         self.handler = handler
@@ -150,6 +159,8 @@ public struct DeploymentConfig: Sendable, Hashable {
         self.gracefulShutdownWaitLoopS = gracefulShutdownWaitLoopS
         self.healthCheckPeriodS = healthCheckPeriodS
         self.healthCheckTimeoutS = healthCheckTimeoutS
+        self.placementStrategy = placementStrategy
+        self.maxReplicasPerNode = maxReplicasPerNode
     }
 
     /// Whether the application autoscaler, not `num_replicas`, decides the replica count.
@@ -206,8 +217,9 @@ public struct DeploymentConfig: Sendable, Hashable {
     /// in place: `handler`, `command`, `health_path`, the resource demand, `object_store_memory`,
     /// `runtime_env`, and the `OMP_NUM_THREADS` a replica gets. Lightweight fields
     /// (`num_replicas`, `user_config`, `max_ongoing_requests`, `max_queued_requests`, the
-    /// autoscaling fields, shutdown and health-check timings) are left out, as Ray applies
-    /// those without restarting replicas.
+    /// autoscaling fields, shutdown and health-check timings, `placement_strategy`,
+    /// `max_replicas_per_node`) are left out, as Ray applies those without restarting replicas
+    /// (placement decides where new replicas go, not what a replica is).
     ///
     /// The resource demand is hashed rather than the raw options, so writing `num_cpus: 1`
     /// where it was unset (the same reservation, the same thread count) restarts nothing.

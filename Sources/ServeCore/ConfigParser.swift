@@ -163,6 +163,7 @@ struct ConfigValidator {
         FieldSpec("ray_actor_options", aliases: ["actor_options"]),
         FieldSpec("graceful_shutdown_timeout_s"), FieldSpec("graceful_shutdown_wait_loop_s"),
         FieldSpec("health_check_period_s"), FieldSpec("health_check_timeout_s"),
+        FieldSpec("placement_strategy"), FieldSpec("max_replicas_per_node"),
     ]
     static let autoscalingFields = [
         FieldSpec("min_replicas"), FieldSpec("initial_replicas"), FieldSpec("max_replicas"),
@@ -540,6 +541,20 @@ struct ConfigValidator {
         if let value = self.number(fields, "health_check_timeout_s", .greaterThan(0)).value {
             deployment.healthCheckTimeoutS = value
         }
+
+        // Placement.
+        if let value = self.string(fields, "placement_strategy").value {
+            if let strategy = PlacementStrategy(rawValue: value.uppercased()) {
+                deployment.placementStrategy = strategy
+            } else {
+                let known = PlacementStrategy.allCases.map(\.rawValue)
+                let hint = Suggestion.closest(to: value.uppercased(), in: known).map { " (did you mean \($0)?)" } ?? ""
+                self.report(fields.path("placement_strategy"), "must be PACK or SPREAD, not \"\(value)\"\(hint)")
+            }
+        }
+        if let limit = self.integer(fields, "max_replicas_per_node", .atLeast(1)).value {
+            deployment.maxReplicasPerNode = limit
+        }
         return (deployment, fields)
     }
 
@@ -651,7 +666,18 @@ struct ConfigValidator {
         var options = ActorOptions()
         guard let fields = self.fields(of: node, at: path, Self.actorOptionFields) else { return options }
         if let value = self.number(fields, "num_cpus", .atLeast(0)).value { options.numCPUs = value }
-        if let value = self.number(fields, "num_gpus", .atLeast(0)).value { options.numGPUs = value }
+        if let value = self.number(fields, "num_gpus", .atLeast(0)).value {
+            // Ray shares a GPU only below one: 0.5 is half a device, 2 is two devices, and 1.5
+            // would be neither (PEERS.md §5 "GPUs above 1 must be whole numbers").
+            if value > 1 && value.rounded(.towardZero) != value {
+                self.report(
+                    fields.path("num_gpus"),
+                    "a GPU request above 1 must be a whole number (fractions share one GPU), not \(NumberRule.show(value))"
+                )
+            } else {
+                options.numGPUs = value
+            }
+        }
         if let value = self.number(fields, "memory", .atLeast(0)).value { options.memory = value }
         if let value = self.number(fields, "object_store_memory", .atLeast(0)).value {
             options.objectStoreMemory = value

@@ -8,12 +8,26 @@ public struct DeploymentTarget: Sendable, Hashable {
     public var specVersion: String
     /// `DeploymentConfig.resourceDemand`: what each new replica reserves.
     public var demand: ResourceSet
+    /// `DeploymentConfig.placementStrategy`: how new replicas are laid out over the nodes.
+    public var strategy: PlacementStrategy = .pack
+    /// `DeploymentConfig.maxReplicasPerNode`: no node gets more of this deployment's replicas
+    /// (STOPPING ones included, while they still run there); nil is no limit.
+    public var maxReplicasPerNode: Int? = nil
 
-    public init(id: DeploymentID, replicas: Int, specVersion: String, demand: ResourceSet) {
+    public init(
+        id: DeploymentID,
+        replicas: Int,
+        specVersion: String,
+        demand: ResourceSet,
+        strategy: PlacementStrategy = .pack,
+        maxReplicasPerNode: Int? = nil
+    ) {
         self.id = id
         self.replicas = replicas
         self.specVersion = specVersion
         self.demand = demand
+        self.strategy = strategy
+        self.maxReplicasPerNode = maxReplicasPerNode
     }
 }
 
@@ -39,9 +53,15 @@ public enum Reconciler {
     /// state); new replica ids come from `makeReplicaID` (the caller makes e.g. "Hello#a1b2").
     ///
     /// - Deployments not in `targets` have all their replicas stopped (deleted applications).
-    /// - Too few live (non-STOPPING) replicas with the current spec: start or pend new ones.
-    ///   Placement runs in order on a working copy of node availability and replica counts, so
-    ///   several starts in one pass pack as they would one by one.
+    /// - Too few live (non-STOPPING) replicas with the current spec: start or pend new ones, on
+    ///   the node `Placement.choose` picks with the target's `strategy` and
+    ///   `maxReplicasPerNode`. Placement runs in order on a working copy of node availability,
+    ///   replica counts and the deployment's replicas per node (every replica of it on a node,
+    ///   STOPPING ones too, since they still run there), so several starts in one pass pack or
+    ///   spread as they would one by one. Where `NodeView.gpus` is given, each start's GPUs are
+    ///   granted on the pass's copy too (the caller still makes the real grant, with
+    ///   `GPUAllocator.allocate`, when it carries the action out: the same rule, so the same
+    ///   devices).
     /// - Too many: stop some, chosen by `Placement.chooseReplicasToStop` (emptiest nodes first).
     /// - PENDING replicas are retried, before any new replica is placed (they waited longer):
     ///   `.place` when they now fit, `.pend` when their reason changed.
@@ -59,24 +79,54 @@ public enum Reconciler {
     ///
     /// Actions come in a stable order: stops for deleted deployments, then per target (in the
     /// order given) its stops, retried PENDING replicas, and new replicas.
+    ///
+    /// Cost: about linear in replicas plus nodes for a steady cluster; each placement is a
+    /// search of a sorted node index (`PlacementIndex`), not a scan of every node's resources,
+    /// so 10,000 new replicas on 1,000 nodes plan in milliseconds (`benchmarks/placement`).
     public static func plan(
         targets: [DeploymentTarget],
         replicas: [ReplicaRecord],
         nodes: [NodeView],
         makeReplicaID: (DeploymentID) -> String
     ) -> [ReconcileAction] {
-        var pass = ReconcilePass(nodes: nodes)
+        Self.plan(targets: targets, replicas: replicas, nodes: nodes, engine: .indexed, makeReplicaID: makeReplicaID)
+    }
+
+    /// How a pass searches for nodes: `.indexed` in production; `.linear` calls
+    /// `Placement.choose` for every replica, the reference the tests hold `.indexed` to.
+    enum Engine {
+        case indexed
+        case linear
+    }
+
+    static func plan(
+        targets: [DeploymentTarget],
+        replicas: [ReplicaRecord],
+        nodes: [NodeView],
+        engine: Engine,
+        makeReplicaID: (DeploymentID) -> String
+    ) -> [ReconcileAction] {
+        var pass = ReconcilePass(nodes: nodes, engine: engine)
         let wanted = Set(targets.map(\.id))
 
-        let orphans = replicas.filter { !wanted.contains($0.deployment) && $0.state.isLive && !pass.isGone($0) }
+        var byDeployment: [DeploymentID: [ReplicaRecord]] = [:]
+        var orphans: [ReplicaRecord] = []
+        for replica in replicas where !pass.isGone(replica) {
+            if wanted.contains(replica.deployment) {
+                byDeployment[replica.deployment, default: []].append(replica)
+            } else if replica.state.isLive {
+                orphans.append(replica)
+            }
+        }
         for replica in orphans.sorted(by: { $0.id < $1.id }) {
             pass.actions.append(.stop(replicaID: replica.id))
         }
 
         var planned: Set<DeploymentID> = []
-        for target in targets where planned.insert(target.id).inserted {
-            let mine = replicas.filter { $0.deployment == target.id && $0.state.isLive && !pass.isGone($0) }
-            pass.reconcile(target, replicas: mine, makeReplicaID: makeReplicaID)
+        for (ordinal, target) in targets.enumerated() where planned.insert(target.id).inserted {
+            let all = byDeployment[target.id] ?? []
+            pass.beginTarget(ordinal, target, placedOn: all.compactMap { $0.state == .pending ? nil : $0.nodeID })
+            pass.reconcile(target, replicas: all.filter(\.state.isLive), makeReplicaID: makeReplicaID)
         }
         return pass.actions
     }
@@ -91,33 +141,54 @@ public enum Reconciler {
 /// The working state of one `Reconciler.plan` pass: node availability as this pass's starts
 /// reserve it, and the actions so far.
 private struct ReconcilePass {
-    let originalNodes: [NodeView]
-    var nodes: [NodeView]
     let indexByID: [String: Int]
+    /// Each node's state, and its replica count as the pass began (for choosing stops).
+    let stateByID: [String: NodeState]
+    let replicaCountByID: [String: Int]
     var actions: [ReconcileAction] = []
+    let engine: Reconciler.Engine
 
-    init(nodes: [NodeView]) {
-        self.originalNodes = nodes
-        self.nodes = nodes
+    // `.indexed`: the node index, and the current target's demand in its terms.
+    var index: PlacementIndex
+    var demand: PlacementIndex.Demand?
+    /// The last failure to place the current target, and the reservation count it saw: until
+    /// something is reserved, every replica of the target fails the same way.
+    var lastFailure: (ordinal: Int, generation: Int, reason: String)?
+    var ordinal = 0
+
+    // `.linear`: node views as this pass's starts change them, and the current deployment's
+    // replicas per node id.
+    var nodes: [NodeView]
+    var mine: [String: Int] = [:]
+
+    init(nodes: [NodeView], engine: Reconciler.Engine) {
+        self.engine = engine
+        self.nodes = engine == .linear ? nodes : []
+        self.index = PlacementIndex(nodes: engine == .indexed ? nodes : [])
         var indexByID: [String: Int] = [:]
-        for (index, node) in nodes.enumerated() where indexByID[node.id] == nil {
-            indexByID[node.id] = index
+        var stateByID: [String: NodeState] = [:]
+        var replicaCountByID: [String: Int] = [:]
+        for (index, node) in nodes.enumerated() {
+            if indexByID[node.id] == nil {
+                indexByID[node.id] = index
+                stateByID[node.id] = node.state
+            }
+            // As `Placement.chooseReplicasToStop` reads `nodes`: the last of a repeated id.
+            replicaCountByID[node.id] = node.replicaCount
         }
         self.indexByID = indexByID
-    }
-
-    func node(_ id: String?) -> NodeView? {
-        id.flatMap { self.indexByID[$0] }.map { self.originalNodes[$0] }
+        self.stateByID = stateByID
+        self.replicaCountByID = replicaCountByID
     }
 
     /// A placed replica whose node is DEAD or unknown no longer exists for planning purposes.
     func isGone(_ replica: ReplicaRecord) -> Bool {
         guard replica.state != .pending else { return false }
-        return (self.node(replica.nodeID)?.state ?? .dead) == .dead
+        return (replica.nodeID.flatMap { self.stateByID[$0] } ?? .dead) == .dead
     }
 
     func isDraining(_ replica: ReplicaRecord) -> Bool {
-        replica.state != .pending && self.node(replica.nodeID)?.state == .draining
+        replica.state != .pending && replica.nodeID.flatMap { self.stateByID[$0] } == .draining
     }
 
     mutating func reconcile(
@@ -142,7 +213,7 @@ private struct ReconcilePass {
             let excess = Placement.chooseReplicasToStop(
                 count: current.count - wantedCount,
                 replicas: current,
-                nodes: self.originalNodes
+                replicaCountByNode: self.replicaCountByID
             )
             self.stop(excess)
             let stopped = Set(excess)
@@ -166,16 +237,16 @@ private struct ReconcilePass {
         let outdatedStops = Placement.chooseReplicasToStop(
             count: stopCount,
             replicas: outdatedRunning,
-            nodes: self.originalNodes
+            replicaCountByNode: self.replicaCountByID
         )
         self.stop(outdatedStops)
         let outdatedLeft = outdatedRunning.count - outdatedStops.count
 
         // PENDING replicas first: they have waited longest.
         for replica in current where replica.state == .pending {
-            switch Placement.choose(demand: target.demand, nodes: self.nodes) {
+            switch self.choose(target) {
             case .node(let nodeID):
-                self.reserve(target.demand, on: nodeID)
+                self.reserve(target.demand, on: nodeID, replicaID: replica.id)
                 self.actions.append(.place(replicaID: replica.id, nodeID: nodeID))
             case .pending(let reason):
                 if reason != replica.message {
@@ -197,9 +268,9 @@ private struct ReconcilePass {
         }
         for _ in 0..<max(0, toStart) {
             let replicaID = makeReplicaID(target.id)
-            switch Placement.choose(demand: target.demand, nodes: self.nodes) {
+            switch self.choose(target) {
             case .node(let nodeID):
-                self.reserve(target.demand, on: nodeID)
+                self.reserve(target.demand, on: nodeID, replicaID: replicaID)
                 self.actions.append(.start(replicaID: replicaID, deployment: target.id, nodeID: nodeID))
             case .pending(let reason):
                 self.actions.append(.pend(replicaID: replicaID, deployment: target.id, reason: reason))
@@ -213,9 +284,63 @@ private struct ReconcilePass {
         }
     }
 
-    mutating func reserve(_ demand: ResourceSet, on nodeID: String) {
-        guard let index = self.indexByID[nodeID] else { return }
-        self.nodes[index].available = self.nodes[index].available.subtracting(demand)
-        self.nodes[index].replicaCount += 1
+    /// Starts placement for one target: `placedOn` has the node id of each of its replicas
+    /// that is on a node.
+    mutating func beginTarget(_ ordinal: Int, _ target: DeploymentTarget, placedOn: [String]) {
+        self.ordinal = ordinal
+        switch self.engine {
+        case .indexed:
+            self.index.setDeploymentReplicas(onNodes: placedOn)
+            self.demand = self.index.demand(target.demand)
+        case .linear:
+            self.mine = [:]
+            for nodeID in placedOn { self.mine[nodeID, default: 0] += 1 }
+        }
+    }
+
+    /// Where the next replica of the current target goes.
+    mutating func choose(_ target: DeploymentTarget) -> PlacementDecision {
+        switch self.engine {
+        case .linear:
+            return Placement.choose(
+                demand: target.demand,
+                nodes: self.nodes,
+                strategy: target.strategy,
+                deploymentReplicasPerNode: self.mine,
+                maxReplicasPerNode: target.maxReplicasPerNode
+            )
+        case .indexed:
+            if let failure = self.lastFailure, failure.ordinal == self.ordinal,
+                failure.generation == self.index.generation
+            {
+                return .pending(reason: failure.reason)
+            }
+            let demand = self.demand!
+            switch self.index.choose(demand, strategy: target.strategy, maxReplicasPerNode: target.maxReplicasPerNode) {
+            case .success(let node):
+                return .node(self.index.ids[node])
+            case .failure(let failure):
+                let reason = self.index.reason(failure, demand: demand, limit: target.maxReplicasPerNode)
+                self.lastFailure = (self.ordinal, self.index.generation, reason)
+                return .pending(reason: reason)
+            }
+        }
+    }
+
+    mutating func reserve(_ demand: ResourceSet, on nodeID: String, replicaID: String) {
+        switch self.engine {
+        case .indexed:
+            guard let node = self.index.indexByID[nodeID] else { return }
+            self.index.reserve(self.demand!, on: node, replicaID: replicaID)
+        case .linear:
+            guard let index = self.indexByID[nodeID] else { return }
+            self.nodes[index].available = self.nodes[index].available.subtracting(demand)
+            self.nodes[index].replicaCount += 1
+            let gpu = demand[ResourceSet.gpu]
+            if gpu > .zero, self.nodes[index].gpus != nil {
+                _ = self.nodes[index].gpus!.allocate(replicaID: replicaID, amount: gpu)
+            }
+            self.mine[nodeID, default: 0] += 1
+        }
     }
 }

@@ -40,6 +40,10 @@ public actor Controller {
         var retryAfter: ContinuousClock.Instant?
         var lastFailure = ""
         var everRunning = false
+        /// The autoscaler's view: total ongoing requests over `look_back_period_s`, and what the
+        /// policy remembers between decisions.
+        var metrics: MetricsWindow
+        var autoscaling = AutoscalingState()
     }
 
     private let logger: Logger
@@ -77,6 +81,9 @@ public actor Controller {
                     let oldConfig = runtime.config
                     runtime.config = deployment
                     runtime.target = self.target(for: deployment, previous: oldConfig, current: before)
+                    if oldConfig.autoscaling?.lookBackPeriodS != deployment.autoscaling?.lookBackPeriodS {
+                        runtime.metrics = MetricsWindow(lookBack: deployment.autoscaling?.lookBackPeriodS ?? 30)
+                    }
                     if oldConfig.specVersion != deployment.specVersion {
                         runtime.consecutiveFailures = 0
                         runtime.retryAfter = nil
@@ -92,7 +99,12 @@ public actor Controller {
                     }
                 } else {
                     let target = deployment.initialReplicaCount
-                    self.deployments[id] = DeploymentRuntime(config: deployment, app: app.name, target: target)
+                    self.deployments[id] = DeploymentRuntime(
+                        config: deployment,
+                        app: app.name,
+                        target: target,
+                        metrics: MetricsWindow(lookBack: deployment.autoscaling?.lookBackPeriodS ?? 30)
+                    )
                     self.record(.deploy, id, before: 0, after: target, reason: "deployed")
                 }
             }
@@ -190,7 +202,7 @@ public actor Controller {
         var answer = PBRegisterAnswer()
         answer.accepted = true
         answer.nodeID = id
-        answer.heartbeatIntervalMs = 1000
+        answer.heartbeatIntervalMs = UInt32(Self.heartbeatInterval * 1000)
         answer.protocolVersion = 1
         await self.reconcile()
         return (answer, connection)
@@ -211,11 +223,63 @@ public actor Controller {
         await self.reconcile()
     }
 
+    /// How often workers report (seconds): often enough for the autoscaler's windows whatever
+    /// `metrics_interval_s` a deployment asks for (the guide's default is 10 s; reporting more
+    /// often only makes scaling react sooner).
+    static let heartbeatInterval = 0.5
+
     func heartbeat(_ heartbeat: PBHeartbeat, from id: String) {
         guard var node = self.nodes[id] else { return }
         node.lastHeartbeat = .now
         node.loads = Dictionary(heartbeat.replicas.map { ($0.replicaID, (Int($0.runningRequests), Int($0.queuedRequests))) }, uniquingKeysWith: { a, _ in a })
         self.nodes[id] = node
+        let now = Self.seconds(.now)
+        for load in heartbeat.replicas {
+            guard let deployment = self.replicas[load.replicaID]?.record.deployment else { continue }
+            self.deployments[deployment]?.metrics.record(
+                source: load.replicaID, value: Double(load.runningRequests + load.queuedRequests), at: now)
+        }
+    }
+
+    // MARK: the application autoscaler
+
+    private static let origin = ContinuousClock.now
+
+    /// Seconds on the controller's monotonic clock (the policy's time input).
+    static func seconds(_ instant: ContinuousClock.Instant) -> Double {
+        (instant - Self.origin).seconds
+    }
+
+    /// One autoscaler pass (every 100 ms, like Ray's control loop): each autoscaled deployment's
+    /// window gets the requests waiting at the router, and `AutoscalingPolicy.decide` (pure, in
+    /// ServeCore) proposes a target; a change is applied and recorded as an event.
+    public func autoscale(waitingAtRouter: [DeploymentID: Int], now instant: ContinuousClock.Instant = .now) async {
+        let now = Self.seconds(instant)
+        var changed = false
+        for (id, var runtime) in self.deployments {
+            guard let config = runtime.config.autoscaling else { continue }
+            runtime.metrics.record(source: "router", value: Double(waitingAtRouter[id] ?? 0), at: now)
+            runtime.metrics.expire(now: now, staleAfter: max(2 * config.metricsIntervalS, 10, 4 * Self.heartbeatInterval))
+            let running = self.replicas.values.filter {
+                $0.record.deployment == id && $0.record.state == .running && $0.record.specVersion == runtime.config.specVersion
+            }.count
+            let decision = AutoscalingPolicy.decide(
+                config: config,
+                currentTarget: runtime.target,
+                running: running,
+                totalOngoing: runtime.metrics.aggregate(now: now, aggregation: config.aggregationFunction),
+                latestOngoing: runtime.metrics.latest(),
+                now: now,
+                state: &runtime.autoscaling
+            )
+            if decision.target != runtime.target {
+                self.record(.autoscale, id, before: runtime.target, after: decision.target, reason: decision.reason)
+                runtime.target = decision.target
+                changed = true
+            }
+            self.deployments[id] = runtime
+        }
+        if changed { await self.reconcile() }
     }
 
     func replicaReport(_ report: PBReplicaStateReport, from nodeID: String) async {
@@ -235,6 +299,7 @@ public actor Controller {
             }
         case .failed:
             self.replicas[report.replicaID] = nil
+            self.deployments[id]?.metrics.remove(source: report.replicaID)
             if var runtime = self.deployments[id] {
                 runtime.consecutiveFailures += 1
                 runtime.lastFailure = report.message
@@ -245,6 +310,7 @@ public actor Controller {
             self.record(.replica, id, before: 1, after: 0, reason: "replica \(report.replicaID) failed: \(report.message)")
         case .stopped:
             self.replicas[report.replicaID] = nil
+            self.deployments[id]?.metrics.remove(source: report.replicaID)
         case .stopping, .starting, .pending, .unspecified, .UNRECOGNIZED:
             return
         }
@@ -561,7 +627,7 @@ public actor Controller {
 
 /// One decision, as `GET /api/serve/events` shows it.
 public struct ServeEvent: Sendable {
-    public enum Kind: String, Sendable { case deploy, scale, replica, node }
+    public enum Kind: String, Sendable { case deploy, scale, autoscale, replica, node }
     public var time: Date
     public var kind: Kind
     public var deployment: DeploymentID?
@@ -578,5 +644,11 @@ public struct ServeEvent: Sendable {
             "after": .number(Double(self.after)),
             "reason": .string(self.reason),
         ])
+    }
+}
+
+extension Duration {
+    fileprivate var seconds: Double {
+        Double(self.components.seconds) + Double(self.components.attoseconds) / 1e18
     }
 }

@@ -126,7 +126,16 @@ public final class HeadRuntime: Sendable {
                 await controller.reconcile()
             }
         }
-        self.tasks.withLockedValue { $0 = [tick] }
+        // The application autoscaler's loop: decisions in wall time, so a slow pass does not
+        // stretch the delays (Ray issue #62004).
+        let ingress = self.ingress
+        let autoscaler = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(100))
+                await controller.autoscale(waitingAtRouter: await ingress.waitingRequests())
+            }
+        }
+        self.tasks.withLockedValue { $0 = [tick, autoscaler] }
     }
 
     /// Waits until `shutdown()` or `POST /api/serve/shutdown`.

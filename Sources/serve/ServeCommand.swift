@@ -14,7 +14,7 @@ struct ServeCommand: AsyncParsableCommand {
         commandName: "serve",
         abstract: "Run, deploy and inspect swift-serve applications.",
         version: ServeVersion.string,
-        subcommands: [Run.self, Deploy.self, Status.self, Delete.self, Shutdown.self]
+        subcommands: [Run.self, Deploy.self, Status.self, Delete.self, Shutdown.self, Simulate.self]
     )
 }
 

@@ -1,0 +1,192 @@
+/// What the autoscaling policy remembers between decisions: the change it is waiting to make,
+/// in which direction, away from which target, and since when. A fresh value (after a head
+/// restart, or a new deployment) has no history, so the delays count from the first call.
+public struct AutoscalingState: Sendable, Hashable {
+    public enum Direction: String, Sendable, Hashable {
+        case up
+        case down
+    }
+
+    /// A proposed change that has not yet waited out its delay.
+    public struct Pending: Sendable, Hashable {
+        public var direction: Direction
+        /// When the first consecutive proposal in this direction was made (seconds).
+        public var since: Double
+        /// The target the change moves away from; a different current target starts over.
+        public var from: Int
+
+        public init(direction: Direction, since: Double, from: Int) {
+            self.direction = direction
+            self.since = since
+            self.from = from
+        }
+    }
+
+    /// The pending change, nil when the last decision was "stay".
+    public internal(set) var pending: Pending?
+
+    public init() {}
+}
+
+/// One decision of `AutoscalingPolicy.decide`.
+public struct AutoscalingDecision: Sendable, Hashable {
+    /// The new target replica count (may equal the current one).
+    public var target: Int
+    /// Why, readably: the metric, the desired count, factors and bounds, and the delay.
+    public var reason: String
+    /// Set when the target left 0 through the cold-start path (no delay).
+    public var coldStart: Bool
+
+    public init(target: Int, reason: String, coldStart: Bool = false) {
+        self.target = target
+        self.reason = reason
+        self.coldStart = coldStart
+    }
+}
+
+/// The application autoscaler's decision, Ray Serve's current default policy (PEERS.md §1):
+/// `_core_replica_queue_length_policy` (desired = total ongoing / target per replica),
+/// `_apply_scaling_factors` (a gain on the step away from the running count, rounded up, with a
+/// forced −1 so a downscale always progresses), the bounds, and `_apply_delay_logic` measured in
+/// wall time (PR #62144), with the cold-start fast path and the two-stage 1 → 0 rule. Pure: time
+/// is an input, in seconds since any origin.
+public enum AutoscalingPolicy {
+    /// Values within this of an integer count as that integer when rounding up, and a delay
+    /// this short of its end counts as elapsed: decimal ticks (0.1 s) and ratios such as
+    /// 0.3 / 0.1 are not exact in binary.
+    static let tolerance = 1e-9
+
+    /// One decision. `currentTarget` is the controller's current target; `running` the RUNNING
+    /// replicas (the factors apply to the running count, Ray's rule); `totalOngoing` the window
+    /// aggregate (nil = no data: keep the target); `latestOngoing` the newest summed value (for
+    /// the cold start); `now` in seconds.
+    public static func decide(
+        config: AutoscalingConfig,
+        currentTarget: Int,
+        running: Int,
+        totalOngoing: Double?,
+        latestOngoing: Double,
+        now: Double,
+        state: inout AutoscalingState
+    ) -> AutoscalingDecision {
+        let lower = max(config.minReplicas, 0)
+        let upper = max(config.maxReplicas, lower)
+
+        // Cold start: requests wait and nothing is targeted; skip the delay (Ray's
+        // `_get_cold_start_scale_up_replicas`).
+        if currentTarget <= 0, latestOngoing.isFinite, latestOngoing > 0 {
+            let step = max(Self.roundUp(config.effectiveUpscalingFactor), 1)
+            let target = max(min(max(step, lower), upper), 1)
+            state.pending = nil
+            return AutoscalingDecision(
+                target: target,
+                reason: "cold start: \(Self.format(latestOngoing)) request(s) waiting with no replica targeted "
+                    + "→ \(target) now, no delay",
+                coldStart: true
+            )
+        }
+
+        guard let total = totalOngoing, total.isFinite else {
+            state.pending = nil
+            return AutoscalingDecision(target: currentTarget, reason: "no metrics in the window: keeping \(currentTarget)")
+        }
+        let perReplica = config.targetOngoingRequests
+        guard perReplica.isFinite, perReplica > 0 else {
+            state.pending = nil
+            return AutoscalingDecision(
+                target: currentTarget,
+                reason: "target_ongoing_requests \(Self.format(perReplica)) is not positive: keeping \(currentTarget)"
+            )
+        }
+
+        var why = "ongoing \(Self.format(max(total, 0))) / target \(Self.format(perReplica)) per replica"
+        let desired = max(total, 0) / perReplica
+        why += " → desired \(Self.format(desired))"
+
+        // Scaling factors, applied to the running count (the current target while none runs).
+        let base = running > 0 ? running : max(currentTarget, 0)
+        var proposal: Int
+        if base == 0 {
+            proposal = Self.roundUp(desired)
+        } else {
+            let delta = desired - Double(base)
+            let factor = delta > 0 ? config.effectiveUpscalingFactor : config.effectiveDownscalingFactor
+            proposal = Self.roundUp(Double(base) + factor * delta)
+            let from = running > 0 ? "\(base) running" : "target \(base) (none running)"
+            if factor != 1 {
+                why += "; from \(from), \(delta > 0 ? "upscaling" : "downscaling") factor \(Self.format(factor)) → \(proposal)"
+            } else if running == 0 {
+                why += "; from \(from) → \(proposal)"
+            }
+            if delta < 0, Self.roundUp(desired) < base, proposal >= base {
+                proposal = base - 1
+                why += "; −1 so the downscale makes progress → \(proposal)"
+            }
+        }
+
+        // Bounds, then the two-stage rule: only 1 → 0 may reach zero.
+        let clamped = min(max(proposal, lower), upper)
+        if clamped != proposal {
+            why += "; bounds [\(lower), \(upper)] → \(clamped)"
+            proposal = clamped
+        }
+        if proposal < 1, currentTarget > 1 {
+            proposal = 1
+            why += "; → 1 first (reaching 0 takes two steps)"
+        }
+
+        // Delays, in wall time, against the current target.
+        guard proposal != currentTarget else {
+            state.pending = nil
+            return AutoscalingDecision(target: currentTarget, reason: why + "; steady at \(currentTarget)")
+        }
+        let direction: AutoscalingState.Direction = proposal > currentTarget ? .up : .down
+        let delay: Double
+        let delayName: String
+        switch direction {
+        case .up:
+            delay = config.upscaleDelayS
+            delayName = "upscale"
+        case .down where proposal == 0 && config.downscaleToZeroDelayS != nil:
+            delay = config.downscaleToZeroDelayS ?? config.downscaleDelayS
+            delayName = "downscale to zero"
+        case .down:
+            delay = config.downscaleDelayS
+            delayName = "downscale"
+        }
+        if let pending = state.pending, pending.direction == direction, pending.from == currentTarget, pending.since <= now {
+            // The same change is still wanted: keep its start.
+        } else {
+            state.pending = AutoscalingState.Pending(direction: direction, since: now, from: currentTarget)
+        }
+        let waited = now - (state.pending?.since ?? now)
+        let move = "\(delayName) \(currentTarget) → \(proposal)"
+        if waited + Self.tolerance >= delay {
+            state.pending = nil
+            return AutoscalingDecision(target: proposal, reason: why + "; \(move) after \(Self.format(waited)) s")
+        }
+        return AutoscalingDecision(
+            target: currentTarget,
+            reason: why + "; \(move) held \(Self.format(waited)) s of \(Self.format(delay)) s"
+        )
+    }
+
+    /// `ceil`, forgiving binary rounding just above an integer, saturating instead of trapping.
+    static func roundUp(_ value: Double) -> Int {
+        guard !value.isNaN else { return 0 }
+        let rounded = (value - Self.tolerance).rounded(.up)
+        if rounded >= 1e15 { return 1_000_000_000_000_000 }
+        if rounded <= -1e15 { return -1_000_000_000_000_000 }
+        return Int(rounded)
+    }
+
+    /// At most two decimals, no trailing zeros: "7.5", "4", "0.33".
+    static func format(_ value: Double) -> String {
+        guard value.isFinite else { return "\(value)" }
+        let rounded = (value * 100).rounded() / 100
+        if rounded == rounded.rounded(), rounded.magnitude < 1e15 {
+            return String(Int(rounded))
+        }
+        return "\(rounded)"
+    }
+}
