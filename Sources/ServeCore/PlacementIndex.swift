@@ -159,8 +159,8 @@ struct PlacementIndex {
         )
     }
 
-    /// Sets whose replicas `mine` counts: `nodeIDs` has one entry per replica (unknown ids are
-    /// ignored).
+    /// Starts counting a deployment's replicas per node (for SPREAD and the per-node limit):
+    /// `nodeIDs` has one entry per replica it has on a node; unknown ids are ignored.
     mutating func setDeploymentReplicas(onNodes nodeIDs: [String]) {
         for index in self.touched { self.mine[index] = 0 }
         self.touched.removeAll(keepingCapacity: true)
@@ -183,7 +183,7 @@ struct PlacementIndex {
     }
 
     /// `Placement.choose` on these nodes, with the deployment counts from
-    /// `setDeploymentReplicas`. Returns the node's index, or the pending reason.
+    /// `setDeploymentReplicas`: the node's index, or what kept every node out.
     func choose(
         _ demand: Demand,
         strategy: PlacementStrategy,

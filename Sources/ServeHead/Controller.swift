@@ -323,7 +323,14 @@ public actor Controller {
     public func reconcile() async {
         let views = self.nodeViews()
         let targets = self.deployments.map { id, runtime in
-            DeploymentTarget(id: id, replicas: runtime.target, specVersion: runtime.config.specVersion, demand: runtime.config.resourceDemand)
+            DeploymentTarget(
+                id: id,
+                replicas: runtime.target,
+                specVersion: runtime.config.specVersion,
+                demand: runtime.config.resourceDemand,
+                strategy: runtime.config.placementStrategy,
+                maxReplicasPerNode: runtime.config.maxReplicasPerNode
+            )
         }
         let records = self.replicas.values.map(\.record)
         let actions = Reconciler.plan(targets: targets, replicas: records, nodes: views) { id in
@@ -342,6 +349,7 @@ public actor Controller {
                 entry.record.state = .starting
                 entry.record.nodeID = nodeID
                 entry.record.message = ""
+                entry.gpuIDs = self.assignGPUs(entry.grant[ResourceSet.gpu], on: nodeID, replicaID: replicaID)
                 self.replicas[replicaID] = entry
                 self.sendStart(entry, runtime)
             case .pend(let replicaID, let deployment, let reason):
@@ -373,40 +381,42 @@ public actor Controller {
                 used = used.adding(entry.grant)
                 count += 1
             }
-            return NodeView(id: node.id, state: node.state, total: node.total, available: node.total.subtracting(used), replicaCount: count)
+            return NodeView(
+                id: node.id,
+                state: node.state,
+                total: node.total,
+                available: node.total.subtracting(used),
+                replicaCount: count,
+                gpus: node.gpuIDs.isEmpty ? nil : self.gpuAllocator(for: node.id)
+            )
         }
+    }
+
+    /// The node's GPU grants, device by device, rebuilt from the replicas placed there.
+    private func gpuAllocator(for nodeID: String) -> GPUAllocator {
+        var allocator = GPUAllocator(gpuIDs: self.nodes[nodeID]?.gpuIDs ?? [])
+        for entry in self.replicas.values where entry.record.nodeID == nodeID && !entry.gpuIDs.isEmpty {
+            allocator.restore(replicaID: entry.record.id, gpuIDs: entry.gpuIDs, amount: entry.grant[ResourceSet.gpu])
+        }
+        return allocator
     }
 
     private func start(_ replicaID: String, _ deployment: DeploymentID, _ runtime: DeploymentRuntime, on nodeID: String) {
         let entry = ReplicaEntry(
             record: ReplicaRecord(id: replicaID, deployment: deployment, nodeID: nodeID, state: .starting, specVersion: runtime.config.specVersion, message: ""),
             grant: runtime.config.resourceDemand,
-            gpuIDs: self.assignGPUs(runtime.config.resourceDemand[ResourceSet.gpu], on: nodeID),
+            gpuIDs: self.assignGPUs(runtime.config.resourceDemand[ResourceSet.gpu], on: nodeID, replicaID: replicaID),
             createdAt: Date()
         )
         self.replicas[replicaID] = entry
         self.sendStart(entry, runtime)
     }
 
-    /// GPU ids for a grant: whole GPUs that no replica uses for whole counts; for a fraction,
-    /// the GPU with the most use that still has room (fractions pack onto shared GPUs).
-    private func assignGPUs(_ amount: ResourceQuantity, on nodeID: String) -> [String] {
-        guard amount > .zero, let node = self.nodes[nodeID], !node.gpuIDs.isEmpty else { return [] }
-        var used: [String: ResourceQuantity] = [:]
-        for entry in self.replicas.values where entry.record.nodeID == nodeID {
-            let share = entry.grant[ResourceSet.gpu]
-            guard !entry.gpuIDs.isEmpty else { continue }
-            let perGPU = ResourceQuantity(units: share.units / Int64(entry.gpuIDs.count))
-            for gpu in entry.gpuIDs { used[gpu, default: .zero] = used[gpu, default: .zero] + perGPU }
-        }
-        let one = ResourceQuantity(integer: 1)
-        if amount.units >= ResourceQuantity.scale {
-            let count = Int(amount.units / ResourceQuantity.scale)
-            return Array(node.gpuIDs.filter { (used[$0] ?? .zero) == .zero }.prefix(count))
-        }
-        let fitting = node.gpuIDs.filter { (used[$0] ?? .zero) + amount <= one }
-        let best = fitting.max { (used[$0] ?? .zero) < (used[$1] ?? .zero) }
-        return best.map { [$0] } ?? []
+    /// GPU ids for a grant (`ServeCore.GPUAllocator`: fractions fill one GPU before the next).
+    private func assignGPUs(_ amount: ResourceQuantity, on nodeID: String, replicaID: String) -> [String] {
+        guard amount > .zero else { return [] }
+        var allocator = self.gpuAllocator(for: nodeID)
+        return allocator.allocate(replicaID: replicaID, amount: amount) ?? []
     }
 
     private func sendStart(_ entry: ReplicaEntry, _ runtime: DeploymentRuntime) {

@@ -171,4 +171,64 @@ struct ResourceTests {
             #expect(loneNode?["replicas"]?.arrayValue?.isEmpty == true)
         }
     }
+
+    @Test("placement_strategy SPREAD puts a deployment's replicas on different nodes; max_replicas_per_node caps them")
+    func spread() async throws {
+        try await withCluster { cluster in
+            try await cluster.addWorker(cpus: 4)
+            try await cluster.addWorker(cpus: 4)
+            _ = try await cluster.waitForNodes(2)
+            try await cluster.deploy("""
+                applications:
+                  - name: spread
+                    route_prefix: /spread
+                    deployments:
+                      - {name: S, handler: echo, num_replicas: 2, placement_strategy: SPREAD}
+                  - name: capped
+                    route_prefix: /capped
+                    deployments:
+                      - {name: C, handler: echo, num_replicas: 3, max_replicas_per_node: 1, ray_actor_options: {num_cpus: 0.5}}
+                """)
+            let status = try await cluster.waitForRunning(app: "spread", deployment: "S", replicas: 2)
+            let nodes = Set(self.replicas(status, "spread", "S").compactMap { $0["node_id"]?.stringValue })
+            #expect(nodes.count == 2)
+            let deadline = ContinuousClock.now + .seconds(20)
+            var capped: [JSONValue] = []
+            while ContinuousClock.now < deadline {
+                capped = self.replicas(try await cluster.status(), "capped", "C")
+                if capped.filter({ $0["state"]?.stringValue == "RUNNING" }).count == 2 && capped.count == 3 { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(capped.filter { $0["state"]?.stringValue == "RUNNING" }.count == 2, "\(capped)")
+            let pending = capped.first { $0["state"]?.stringValue == "PENDING" }
+            #expect(pending?["message"]?.stringValue?.contains("max_replicas_per_node") == true, "\(capped)")
+        }
+    }
+
+    @Test("a replica PENDING for a GPU starts, with its GPU id, when a GPU node joins")
+    func pendingUntilGPUNodeJoins() async throws {
+        try await withCluster { cluster in
+            try await cluster.addWorker(cpus: 2)
+            _ = try await cluster.waitForNodes(1)
+            try await cluster.deploy("""
+                applications:
+                  - name: gpu
+                    route_prefix: /gpu
+                    deployments:
+                      - {name: G, handler: env, ray_actor_options: {num_cpus: 1, num_gpus: 1}}
+                """)
+            var status = JSONValue.null
+            let pendingDeadline = ContinuousClock.now + .seconds(20)
+            while ContinuousClock.now < pendingDeadline {
+                status = try await cluster.status()
+                if self.replicas(status, "gpu", "G").first?["state"]?.stringValue == "PENDING" { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(self.replicas(status, "gpu", "G").first?["state"]?.stringValue == "PENDING", "\(status.jsonString())")
+            try await cluster.addWorker(cpus: 2, extra: ["--num-gpus", "2"])
+            _ = try await cluster.waitForRunning(app: "gpu", deployment: "G", replicas: 1)
+            let (_, body, _) = try await cluster.get("/gpu")
+            #expect(try JSONValue.parse(body)["CUDA_VISIBLE_DEVICES"]?.stringValue == "0", "\(body)")
+        }
+    }
 }
