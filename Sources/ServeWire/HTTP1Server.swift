@@ -101,18 +101,8 @@ extension NIOLoopBound where Value == HTTP1ServerConnection {
 /// - A handler that returns without answering gets a 500; one that throws before the head, a 500
 ///   with a short text body (400/413 for bad or oversized bodies); one that throws after the
 ///   head has its connection cut, so the client sees the body truncated.
-public final class HTTP1Server: Sendable {
+public final class HTTP1Server: ListeningServer, @unchecked Sendable {
     public typealias Handler = @Sendable (HTTPServerRequest, HTTP1ResponseWriter) async throws -> Void
-
-    let channels: ServerChannels
-
-    /// The address the server listens on (with the real port when bound to port 0).
-    public var localAddress: SocketAddress { self.channels.serverChannel.localAddress! }
-    public var port: Int { self.localAddress.port! }
-
-    private init(channels: ServerChannels) {
-        self.channels = channels
-    }
 
     /// Binds and starts serving. Port 0 picks a free port (read it back from `port`).
     public static func bind(
@@ -130,24 +120,6 @@ public final class HTTP1Server: Sendable {
         return HTTP1Server(channels: channels)
     }
 
-    /// Stops accepting and closes idle keep-alive connections; requests in progress finish (their
-    /// responses say `Connection: close`) for up to `gracePeriod`, then whatever is left closes.
-    public func shutdown(gracePeriod: TimeAmount = .seconds(10)) async {
-        await self.channels.shutdown(gracePeriod: gracePeriod)
-    }
-
-    /// Closes the listener and every connection at once.
-    public func close() async {
-        await self.channels.close()
-    }
-
-    /// Number of open client connections.
-    public var connectionCount: Int { self.channels.connectionCount }
-
-    /// Waits until the listener closes (for programs whose whole job is serving).
-    public func closeFutureForever() async throws {
-        try await self.channels.serverChannel.closeFuture.get()
-    }
 }
 
 // MARK: conversions between NIOHTTP1's heads and swift-http-types'

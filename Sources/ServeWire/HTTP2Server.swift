@@ -75,18 +75,8 @@ extension NIOLoopBound where Value == HTTP2Connection {
 
 /// An HTTP/2 server (cleartext, prior knowledge: RFC 9113 §3.3) on SwiftNIO and libnghttp2.
 /// Each request runs its handler in its own task; many streams share a connection.
-public final class HTTP2Server: Sendable {
+public final class HTTP2Server: ListeningServer, @unchecked Sendable {
     public typealias Handler = @Sendable (HTTPServerRequest, HTTP2ResponseWriter) async throws -> Void
-
-    private let channels: ServerChannels
-
-    /// The address the server listens on (with the real port when bound to port 0).
-    public var localAddress: SocketAddress { self.channels.serverChannel.localAddress! }
-    public var port: Int { self.localAddress.port! }
-
-    private init(channels: ServerChannels) {
-        self.channels = channels
-    }
 
     /// Binds and starts serving. Port 0 picks a free port (read it back from `port`).
     public static func bind(
@@ -105,22 +95,4 @@ public final class HTTP2Server: Sendable {
         return HTTP2Server(channels: channels)
     }
 
-    /// Stops accepting, sends GOAWAY on every connection so clients start nothing new, lets open
-    /// streams finish for up to `gracePeriod`, then closes whatever is left.
-    public func shutdown(gracePeriod: TimeAmount = .seconds(10)) async {
-        await self.channels.shutdown(gracePeriod: gracePeriod)
-    }
-
-    /// Closes the listener and every connection at once.
-    public func close() async {
-        await self.channels.close()
-    }
-
-    /// Number of open client connections.
-    public var connectionCount: Int { self.channels.connectionCount }
-
-    /// Waits until the listener closes (for programs whose whole job is serving).
-    public func closeFutureForever() async throws {
-        try await self.channels.serverChannel.closeFuture.get()
-    }
 }

@@ -7,18 +7,8 @@ import NIOPosix
 /// HTTP clients speak HTTP/1.1 and internal ones HTTP/2 with prior knowledge (RFC 9113 §3.3).
 /// Each connection's first bytes decide: the HTTP/2 client preface (RFC 9113 §3.4) starts an
 /// HTTP/2 connection, anything else HTTP/1.1. One handler answers both.
-public final class HTTPServer: Sendable {
+public final class HTTPServer: ListeningServer, @unchecked Sendable {
     public typealias Handler = @Sendable (HTTPServerRequest, any HTTPResponseWriter) async throws -> Void
-
-    let channels: ServerChannels
-
-    /// The address the server listens on (with the real port when bound to port 0).
-    public var localAddress: SocketAddress { self.channels.serverChannel.localAddress! }
-    public var port: Int { self.localAddress.port! }
-
-    private init(channels: ServerChannels) {
-        self.channels = channels
-    }
 
     /// Binds and starts serving. Port 0 picks a free port (read it back from `port`).
     public static func bind(
@@ -49,25 +39,6 @@ public final class HTTPServer: Sendable {
         return HTTPServer(channels: channels)
     }
 
-    /// Stops accepting; HTTP/2 connections get GOAWAY and HTTP/1.1 connections close once idle
-    /// (busy ones after their response, which says `Connection: close`); open requests finish
-    /// for up to `gracePeriod`, then whatever is left closes.
-    public func shutdown(gracePeriod: TimeAmount = .seconds(10)) async {
-        await self.channels.shutdown(gracePeriod: gracePeriod)
-    }
-
-    /// Closes the listener and every connection at once.
-    public func close() async {
-        await self.channels.close()
-    }
-
-    /// Number of open client connections, of both protocols.
-    public var connectionCount: Int { self.channels.connectionCount }
-
-    /// Waits until the listener closes (for programs whose whole job is serving).
-    public func closeFutureForever() async throws {
-        try await self.channels.serverChannel.closeFuture.get()
-    }
 }
 
 /// The first handler of an `HTTPServer` connection: reads until the bytes seen so far either

@@ -78,3 +78,37 @@ final class ServerChannels: Sendable {
         for channel in channels { try? await channel.close() }
     }
 }
+
+/// What every ServeWire server offers once bound: its address, a graceful shutdown, a hard close.
+/// (HTTP2Server, HTTP1Server and HTTPServer differ only in what they put on each connection.)
+public class ListeningServer: @unchecked Sendable {  // immutable: one `let` of a Sendable type
+    let channels: ServerChannels
+
+    init(channels: ServerChannels) {
+        self.channels = channels
+    }
+
+    /// The address the server listens on (with the real port when bound to port 0).
+    public var localAddress: SocketAddress { self.channels.serverChannel.localAddress! }
+    public var port: Int { self.localAddress.port! }
+
+    /// Stops accepting; each connection finishes what it has started and closes (HTTP/2: GOAWAY,
+    /// then open streams finish; HTTP/1.1: idle connections close now, busy ones after their
+    /// response, which says `Connection: close`); past `gracePeriod` whatever is left closes.
+    public func shutdown(gracePeriod: TimeAmount = .seconds(10)) async {
+        await self.channels.shutdown(gracePeriod: gracePeriod)
+    }
+
+    /// Closes the listener and every connection at once.
+    public func close() async {
+        await self.channels.close()
+    }
+
+    /// Number of open client connections.
+    public var connectionCount: Int { self.channels.connectionCount }
+
+    /// Waits until the listener closes (for programs whose whole job is serving).
+    public func closeFutureForever() async throws {
+        try await self.channels.serverChannel.closeFuture.get()
+    }
+}
