@@ -24,6 +24,12 @@ public struct AutoscalingState: Sendable, Hashable {
 
     /// The pending change, nil when the last decision was "stay".
     public internal(set) var pending: Pending?
+    /// Panic mode (opt-in, `panic_window_s` and `panic_threshold`): when the current panic
+    /// started, nil when not panicking.
+    public internal(set) var panicSince: Double?
+    /// The last decision time at which the panic condition held; panic ends a whole
+    /// `look_back_period_s` after it.
+    public internal(set) var panicLastTriggered: Double?
 
     public init() {}
 }
@@ -59,7 +65,11 @@ public enum AutoscalingPolicy {
     /// One decision. `currentTarget` is the controller's current target; `running` the RUNNING
     /// replicas (the factors apply to the running count, Ray's rule); `totalOngoing` the window
     /// aggregate (nil = no data: keep the target); `latestOngoing` the newest summed value (for
-    /// the cold start); `now` in seconds.
+    /// the cold start); `now` in seconds. `panicOngoing` is the same aggregate over the panic
+    /// window (`panic_window_s`), used only when panic mode is configured (Knative's KPA,
+    /// PEERS.md §7): when the count it wants reaches `panic_threshold` × max(running, 1) the
+    /// target rises to it at once, and it never falls until the condition has been false for a
+    /// whole `look_back_period_s`.
     public static func decide(
         config: AutoscalingConfig,
         currentTarget: Int,
@@ -67,7 +77,8 @@ public enum AutoscalingPolicy {
         totalOngoing: Double?,
         latestOngoing: Double,
         now: Double,
-        state: inout AutoscalingState
+        state: inout AutoscalingState,
+        panicOngoing: Double? = nil
     ) -> AutoscalingDecision {
         let lower = max(config.minReplicas, 0)
         let upper = max(config.maxReplicas, lower)
@@ -99,7 +110,25 @@ public enum AutoscalingPolicy {
             )
         }
 
-        var why = "ongoing \(Self.format(max(total, 0))) / target \(Self.format(perReplica)) per replica"
+        var panicEnded = ""
+        if let threshold = config.panicThreshold, let panicWindow = config.panicWindowS {
+            if let decision = Self.panic(
+                config: config, threshold: threshold, window: panicWindow, perReplica: perReplica, upper: upper,
+                currentTarget: currentTarget, running: running, panicOngoing: panicOngoing, now: now, state: &state
+            ) {
+                return decision
+            }
+            if let last = state.panicLastTriggered, state.panicSince != nil {
+                panicEnded = "panic ended (calm for \(Self.format(now - last)) s); "
+            }
+        }
+        if state.panicSince != nil || state.panicLastTriggered != nil {
+            // Panic ended, or panic mode was switched off.
+            state.panicSince = nil
+            state.panicLastTriggered = nil
+        }
+
+        var why = panicEnded + "ongoing \(Self.format(max(total, 0))) / target \(Self.format(perReplica)) per replica"
         let desired = max(total, 0) / perReplica
         why += " → desired \(Self.format(desired))"
 
@@ -169,6 +198,75 @@ public enum AutoscalingPolicy {
             target: currentTarget,
             reason: why + "; \(move) held \(Self.format(waited)) s of \(Self.format(delay)) s"
         )
+    }
+
+    /// Panic mode's part of a decision: nil when not panicking (or panic just ended), so the
+    /// normal decision follows; else the panic decision, which skips the delays and never
+    /// lowers the target.
+    private static func panic(
+        config: AutoscalingConfig,
+        threshold: Double,
+        window: Double,
+        perReplica: Double,
+        upper: Int,
+        currentTarget: Int,
+        running: Int,
+        panicOngoing: Double?,
+        now: Double,
+        state: inout AutoscalingState
+    ) -> AutoscalingDecision? {
+        let capacity = max(running, 1)
+        var desired: Int?
+        var triggered = false
+        if let ongoing = panicOngoing, ongoing.isFinite {
+            let wanted = Self.roundUp(max(ongoing, 0) / perReplica)
+            desired = wanted
+            triggered = Double(wanted) + Self.tolerance >= threshold * Double(capacity)
+        }
+        if triggered {
+            if state.panicSince == nil || state.panicLastTriggered == nil {
+                state.panicSince = now
+            }
+            state.panicLastTriggered = now
+        } else if let last = state.panicLastTriggered, state.panicSince != nil,
+            now - last + Self.tolerance >= config.lookBackPeriodS
+        {
+            return nil
+        }
+        guard let since = state.panicSince, state.panicLastTriggered != nil else { return nil }
+
+        // Panicking: the normal delays restart once it ends.
+        state.pending = nil
+        let proposal = min(desired ?? 0, upper)
+        let target = max(currentTarget, proposal)
+        var why = "panic: "
+        if let ongoing = panicOngoing, let desired {
+            why += "ongoing \(Self.format(max(ongoing, 0))) over the \(Self.format(window)) s panic window"
+                + " / target \(Self.format(perReplica)) per replica → desired \(desired)"
+                + (triggered ? " ≥ " : " < ")
+                + "threshold \(Self.format(threshold)) × \(capacity) running"
+        } else {
+            why += "no metrics in the panic window"
+        }
+        if let desired, desired > upper {
+            why += "; bounds max \(upper) → \(proposal)"
+        }
+        if triggered, now == since {
+            why += "; panic started"
+        } else {
+            why += "; panicking since \(Self.format(since)) s"
+            if !triggered, let last = state.panicLastTriggered {
+                why += ", calm for \(Self.format(now - last)) s of \(Self.format(config.lookBackPeriodS)) s"
+            }
+        }
+        if target > currentTarget {
+            why += "; upscale \(currentTarget) → \(target) now, no delay"
+        } else if proposal < currentTarget {
+            why += "; holding \(currentTarget), no downscale while panicking"
+        } else {
+            why += "; steady at \(currentTarget)"
+        }
+        return AutoscalingDecision(target: target, reason: why)
     }
 
     /// `ceil`, forgiving binary rounding just above an integer, saturating instead of trapping.

@@ -534,6 +534,9 @@ private struct SimulationEngine {
         if let config = self.autoscaling {
             self.window.record(source: "router", value: Double(self.queuedCount), at: nowS)
             self.window.expire(now: nowS, staleAfter: self.staleAfter)
+            let panicOngoing = config.panicWindowS.flatMap {
+                self.window.aggregate(now: nowS, aggregation: config.aggregationFunction, over: $0)
+            }
             let decision = AutoscalingPolicy.decide(
                 config: config,
                 currentTarget: self.target,
@@ -541,7 +544,8 @@ private struct SimulationEngine {
                 totalOngoing: self.window.aggregate(now: nowS, aggregation: config.aggregationFunction),
                 latestOngoing: self.window.latest(),
                 now: nowS,
-                state: &self.policy
+                state: &self.policy,
+                panicOngoing: panicOngoing
             )
             if decision.target != self.target {
                 self.decisions.append(SimulationDecision(time: nowS, before: self.target, after: decision.target, reason: decision.reason))

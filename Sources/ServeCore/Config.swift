@@ -322,6 +322,13 @@ public struct AutoscalingConfig: Sendable, Hashable {
     public var lookBackPeriodS: Double
     /// How the window is aggregated: "mean" (Ray's default), "max" or "min".
     public var aggregationFunction: String
+    /// Knative-style panic mode (PEERS.md §7): the short window, in seconds, whose aggregate
+    /// detects a burst. Panic mode is on only when this and `panicThreshold` are both set
+    /// (nil, the default: off).
+    public var panicWindowS: Double?
+    /// Panic starts when the count the panic window wants is at least this times the running
+    /// count (2.0 = 200 %, Knative's default); nil (the default) leaves panic mode off.
+    public var panicThreshold: Double?
 
     public static let aggregationFunctions: Set<String> = ["mean", "max", "min"]
 
@@ -338,7 +345,9 @@ public struct AutoscalingConfig: Sendable, Hashable {
         downscalingFactor: Double? = nil,
         metricsIntervalS: Double = 10,
         lookBackPeriodS: Double = 30,
-        aggregationFunction: String = "mean"
+        aggregationFunction: String = "mean",
+        panicWindowS: Double? = nil,
+        panicThreshold: Double? = nil
     ) {
         self.minReplicas = minReplicas
         self.initialReplicas = initialReplicas
@@ -353,6 +362,13 @@ public struct AutoscalingConfig: Sendable, Hashable {
         self.metricsIntervalS = metricsIntervalS
         self.lookBackPeriodS = lookBackPeriodS
         self.aggregationFunction = aggregationFunction
+        self.panicWindowS = panicWindowS
+        self.panicThreshold = panicThreshold
+    }
+
+    /// Whether panic mode is on: both panic fields set.
+    public var panicEnabled: Bool {
+        self.panicWindowS != nil && self.panicThreshold != nil
     }
 
     /// `num_replicas: auto`: Ray's `AutoscalingConfig.default()`, min 1, max 100, target 2

@@ -173,6 +173,7 @@ struct ConfigValidator {
         FieldSpec("upscaling_factor", aliases: ["upscale_smoothing_factor"]),
         FieldSpec("downscaling_factor", aliases: ["downscale_smoothing_factor"]),
         FieldSpec("metrics_interval_s"), FieldSpec("look_back_period_s"), FieldSpec("aggregation_function"),
+        FieldSpec("panic_window_s"), FieldSpec("panic_threshold"),
     ]
     static let actorOptionFields = [
         FieldSpec("num_cpus"), FieldSpec("num_gpus"), FieldSpec("memory"), FieldSpec("resources"),
@@ -659,7 +660,35 @@ struct ConfigValidator {
                 self.report(fields.path("aggregation_function"), "must be mean, max or min, not \"\(value)\"")
             }
         }
+        self.panicMode(fields, into: &config)
         return config
+    }
+
+    /// `panic_window_s` (> 0, at most `look_back_period_s`) and `panic_threshold` (> 1): both
+    /// or neither; the missing one is reported at its own path.
+    mutating func panicMode(_ fields: ConfigFields, into config: inout AutoscalingConfig) {
+        let window = self.number(fields, "panic_window_s", .greaterThan(0))
+        let threshold = self.number(fields, "panic_threshold", .greaterThan(1))
+        switch (window.isPresent, threshold.isPresent) {
+        case (true, false):
+            self.report(fields.path("panic_threshold"), "must be set together with panic_window_s (e.g. 2.0 = 200 %)")
+            return
+        case (false, true):
+            self.report(fields.path("panic_window_s"), "must be set together with panic_threshold")
+            return
+        default:
+            break
+        }
+        guard let windowS = window.value, let ratio = threshold.value else { return }
+        guard windowS <= config.lookBackPeriodS else {
+            self.report(
+                fields.path("panic_window_s"),
+                "must be at most look_back_period_s (\(NumberRule.show(config.lookBackPeriodS))), not \(NumberRule.show(windowS))"
+            )
+            return
+        }
+        config.panicWindowS = windowS
+        config.panicThreshold = ratio
     }
 
     mutating func actorOptions(_ node: ConfigNode, at path: String) -> ActorOptions {

@@ -101,7 +101,16 @@ public struct MetricsWindow: Sendable, Hashable {
     /// before `now`. When the window has no length (all data at `now`, or `lookBack` 0) it is
     /// the sum at `now`.
     public func aggregate(now: Double, aggregation: String) -> Double? {
+        self.aggregate(now: now, aggregation: aggregation, over: self.lookBack)
+    }
+
+    /// The same aggregate over `[now - length, now]` instead of the whole look-back (a shorter
+    /// window such as the panic window; samples older than `lookBack` may already be pruned,
+    /// so a longer `length` sees no further back than the look-back). A negative or non-finite
+    /// `length` counts as 0.
+    public func aggregate(now: Double, aggregation: String, over length: Double) -> Double? {
         guard now.isFinite else { return nil }
+        let windowLength = length.isFinite ? max(length, 0) : 0
         // Every source's samples up to `now`, and where the merged function starts.
         var earliest = Double.infinity
         var perSource: [ArraySlice<Sample>] = []
@@ -114,7 +123,7 @@ public struct MetricsWindow: Sendable, Hashable {
             perSource.append(slice)
         }
         guard !perSource.isEmpty else { return nil }
-        let start = max(now - self.lookBack, earliest)
+        let start = max(now - windowLength, earliest)
 
         switch aggregation.lowercased() {
         case "max": return Self.extreme(perSource, start: start, now: now).highest

@@ -263,6 +263,9 @@ public actor Controller {
             let running = self.replicas.values.filter {
                 $0.record.deployment == id && $0.record.state == .running && $0.record.specVersion == runtime.config.specVersion
             }.count
+            let panicOngoing = config.panicWindowS.flatMap {
+                runtime.metrics.aggregate(now: now, aggregation: config.aggregationFunction, over: $0)
+            }
             let decision = AutoscalingPolicy.decide(
                 config: config,
                 currentTarget: runtime.target,
@@ -270,7 +273,8 @@ public actor Controller {
                 totalOngoing: runtime.metrics.aggregate(now: now, aggregation: config.aggregationFunction),
                 latestOngoing: runtime.metrics.latest(),
                 now: now,
-                state: &runtime.autoscaling
+                state: &runtime.autoscaling,
+                panicOngoing: panicOngoing
             )
             if decision.target != runtime.target {
                 self.record(.autoscale, id, before: runtime.target, after: decision.target, reason: decision.reason)
