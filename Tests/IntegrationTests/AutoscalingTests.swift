@@ -21,26 +21,11 @@ struct AutoscalingTests {
         try await withCluster { cluster in
             try await cluster.addWorker(cpus: 8)
             _ = try await cluster.waitForNodes(1)
-            try await cluster.deploy("""
-                applications:
-                  - name: busy
-                    route_prefix: /busy
-                    deployments:
-                      - name: B
-                        handler: sleep
-                        user_config: {ms: 100}
-                        max_ongoing_requests: 8
-                        ray_actor_options: {num_cpus: 0.5}
-                        autoscaling_config:
-                          min_replicas: 1
-                          max_replicas: 4
-                          target_ongoing_requests: 2
-                          upscale_delay_s: 1
-                          downscale_delay_s: 3
-                          metrics_interval_s: 0.5
-                          look_back_period_s: 2
-                """)
+            // The same file `serve simulate` reads below.
+            try await cluster.deploy(String(contentsOf: packageRoot.appendingPathComponent("examples/autoscale.yaml"), encoding: .utf8))
+
             _ = try await cluster.waitForRunning(app: "busy", deployment: "B", replicas: 1)
+            let loadStart = Date()
             let failures = NIOLockedValueBox<[String]>([])
             let sending = NIOLockedValueBox(true)
             let clients = Task {
@@ -68,6 +53,7 @@ struct AutoscalingTests {
             }
             #expect(self.runningCount(status, "busy", "B") == 4, "\(status.jsonString())")
             sending.withLockedValue { $0 = false }
+            let loadStop = Date()
             await clients.value
             _ = try await cluster.waitForRunning(app: "busy", deployment: "B", replicas: 1, timeout: .seconds(30))
             #expect(failures.withLockedValue { $0 }.isEmpty, "\(failures.withLockedValue { $0.prefix(3) })")
@@ -76,7 +62,37 @@ struct AutoscalingTests {
             #expect(decisions.contains { $0["after"]?.doubleValue == 4 })
             #expect(decisions.last?["after"]?.doubleValue == 1)
             #expect(decisions.allSatisfy { !($0["reason"]?.stringValue ?? "").isEmpty })
+
+            // `serve simulate`, fed the same config and the load this test applied, predicts the
+            // same timeline within one metrics interval (plus the 100 ms decision tick).
+            let upAt = try #require(decisions.first { $0["after"]?.doubleValue == 4 }?["time"]?.doubleValue)
+            let downAt = try #require(decisions.last { $0["after"]?.doubleValue == 1 }?["time"]?.doubleValue)
+            let observedUp = upAt - loadStart.timeIntervalSince1970
+            let observedDown = downAt - loadStop.timeIntervalSince1970
+            let (simulatedUp, simulatedDown) = try await self.simulate(loadSeconds: loadStop.timeIntervalSince(loadStart))
+            print("autoscaling timeline: observed up \(observedUp) down \(observedDown); simulated up \(simulatedUp) down \(simulatedDown)")
+            let tolerance = 0.5 + 0.1
+            #expect(abs(observedUp - simulatedUp) <= tolerance, "scale-up: observed \(observedUp) s, simulated \(simulatedUp) s")
+            #expect(abs(observedDown - simulatedDown) <= tolerance, "scale-down: observed \(observedDown) s, simulated \(simulatedDown) s")
         }
+    }
+
+    /// Runs `serve simulate` on the config above with 16 clients of 100 ms for `loadSeconds`;
+    /// returns when it scales 1 → 4 (from the load's start) and 4 → 1 (from the load's end).
+    private func simulate(loadSeconds: Double) async throws -> (Double, Double) {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("simulate-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let trace = directory.appendingPathComponent("trace.csv")
+        try "time_s,clients,service_ms\n0,16,100\n\(loadSeconds),0,100\n\(loadSeconds + 30),0,100\n"
+            .write(to: trace, atomically: true, encoding: .utf8)
+        let simulation = try Child("serve", ["simulate", "--config", "examples/autoscale.yaml", "--load", trace.path])
+        #expect(try await simulation.waitForExit() == 0, "\(simulation.output)")
+        func time(_ change: String) throws -> Double {
+            let line = try #require(simulation.output.split(separator: "\n").first { $0.contains(change) }, "\(simulation.output)")
+            return try #require(line.firstMatch(of: /t=([\d.]+) s/).flatMap { Double($0.1) })
+        }
+        return (try time("1 → 4"), try time("4 → 1") - loadSeconds)
     }
 
     @Test("min_replicas 0: a cold request is answered, then the deployment goes back to 0")
