@@ -44,6 +44,8 @@ public actor Controller {
         /// policy remembers between decisions.
         var metrics: MetricsWindow
         var autoscaling = AutoscalingState()
+        /// The last change the autoscaler made (shown by `serve status`).
+        var lastAutoscale: ServeEvent?
     }
 
     private let logger: Logger
@@ -277,7 +279,7 @@ public actor Controller {
                 panicOngoing: panicOngoing
             )
             if decision.target != runtime.target {
-                self.record(.autoscale, id, before: runtime.target, after: decision.target, reason: decision.reason)
+                runtime.lastAutoscale = self.record(.autoscale, id, before: runtime.target, after: decision.target, reason: decision.reason)
                 runtime.target = decision.target
                 changed = true
             }
@@ -513,11 +515,13 @@ public actor Controller {
 
     // MARK: events and status
 
-    private func record(_ kind: ServeEvent.Kind, _ deployment: DeploymentID?, before: Int, after: Int, reason: String) {
+    @discardableResult
+    private func record(_ kind: ServeEvent.Kind, _ deployment: DeploymentID?, before: Int, after: Int, reason: String) -> ServeEvent {
         let event = ServeEvent(time: Date(), kind: kind, deployment: deployment, before: before, after: after, reason: reason)
         self.events.append(event)
         if self.events.count > 1000 { self.events.removeFirst(self.events.count - 1000) }
         self.logger.info("\(reason)", metadata: ["serve.deployment": "\(deployment.map { "\($0)" } ?? "-")", "before": "\(before)", "after": "\(after)"])
+        return event
     }
 
     public func eventsJSON() -> JSONValue {
@@ -558,7 +562,16 @@ public actor Controller {
                 if runtime.consecutiveFailures > 0 {
                     message = "replicas failed to start \(runtime.consecutiveFailures) time(s); last: \(runtime.lastFailure)"
                 }
+                var autoscaling: JSONValue = .null
+                if let config = runtime.config.autoscaling {
+                    autoscaling = .object([
+                        "min_replicas": .number(Double(config.minReplicas)),
+                        "max_replicas": .number(Double(config.maxReplicas)),
+                        "last_decision": runtime.lastAutoscale?.json ?? .null,
+                    ])
+                }
                 deployments[deployment.name] = .object([
+                    "autoscaling": autoscaling,
                     "status": .string(status),
                     "target_replicas": .number(Double(runtime.target)),
                     "message": .string(message),

@@ -191,6 +191,11 @@ enum StatusTree {
                 if let message = deployment["message"]?.stringValue, !message.isEmpty {
                     out += "    ! \(message)\n"
                 }
+                if let autoscaling = deployment["autoscaling"]?.objectValue {
+                    let bounds = "\(Int(autoscaling["min_replicas"]?.doubleValue ?? 0))-\(Int(autoscaling["max_replicas"]?.doubleValue ?? 0))"
+                    let last = autoscaling["last_decision"]?["reason"]?.stringValue ?? "no change yet"
+                    out += "    autoscaling \(bounds): \(last)\n"
+                }
                 for replica in replicas {
                     let id = replica["replica_id"]?.stringValue ?? "?"
                     let state = replica["state"]?.stringValue ?? "?"

@@ -63,6 +63,13 @@ struct AutoscalingTests {
             #expect(decisions.last?["after"]?.doubleValue == 1)
             #expect(decisions.allSatisfy { !($0["reason"]?.stringValue ?? "").isEmpty })
 
+            // `serve status` shows the bounds and the last decision with its reason.
+            let statusCommand = try Child("serve", ["status", "--address", "http://127.0.0.1:\(cluster.adminPort)"])
+            #expect(try await statusCommand.waitForExit() == 0)
+            let tree = statusCommand.output
+            #expect(tree.contains("autoscaling 1-4: "), "\(tree)")
+            #expect(tree.contains("downscale 4 → 1"), "\(tree)")
+
             // `serve simulate`, fed the same config and the load this test applied, predicts the
             // same timeline within one metrics interval (plus the 100 ms decision tick).
             let upAt = try #require(decisions.first { $0["after"]?.doubleValue == 4 }?["time"]?.doubleValue)
