@@ -7,7 +7,7 @@ SWIFT ?= swift
 APT_PACKAGES := libnghttp2-dev zlib1g-dev pkg-config nghttp2-client nghttp2-server gzip python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build release run test bench-wire bench-ingress protos clean
+.PHONY: deps build release run test bench-wire bench-ingress bench-autoscaling protos clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -43,6 +43,9 @@ bench-wire: deps
 # wrk against the HTTP ingress (echo, 1 and 2 replicas) beside nginx; installs wrk and nginx if missing.
 bench-ingress: deps
 	benchmarks/ingress
+
+bench-autoscaling:
+	benchmarks/autoscaling
 
 protos:
 	scripts/gen-protos.sh
