@@ -19,7 +19,6 @@ actor DeploymentRouter {
     private var generator = SystemRandomNumberGenerator()
     /// Requests answered, for the autoscaler's "requests waiting at the router".
     var waiting: Int { self.waiters.count }
-    var inFlightTotal: Int { self.inFlight.values.reduce(0, +) }
 
     init(route: DeploymentRoute) {
         self.route = route

@@ -223,13 +223,9 @@ public final class Ingress: Sendable {
             }
             progress.markHeadSent()
             try await writer.writeHead(response.head)
-            do {
-                for try await chunk in response.body {
-                    try await writer.write(chunk)
-                }
-            } catch {
-                // The head went out already: the only honest signal left is a cut-short body.
-                throw error
+            // From here an error can only cut the body short (the head went out already).
+            for try await chunk in response.body {
+                try await writer.write(chunk)
             }
             try await writer.finish(trailers: response.body.trailers)
             return response.head.status.code

@@ -282,8 +282,6 @@ final class HTTP2Connection: ChannelInboundHandler {
         }
     }
 
-    var hasOpenStreams: Bool { !self.streams.isEmpty }
-
     private func markUnavailable(_ error: HTTP2Error) {
         if self.terminalError == nil { self.terminalError = error }
         self.availability.withLockedValue { $0 = false }

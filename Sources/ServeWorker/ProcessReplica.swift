@@ -85,15 +85,6 @@ final class ProcessReplica: Sendable {
         return response.head.status.kind == .successful
     }
 
-    func checkHealth() async throws {
-        if let status = self.exited.withLockedValue({ $0 }) {
-            throw LaunchError(description: "the process exited with status \(status)")
-        }
-        guard try await self.probe() else {
-            throw LaunchError(description: "\(self.healthPath ?? "/") did not answer 2xx")
-        }
-    }
-
     /// Forwards a request to the child over HTTP/1.1, streaming the body both ways.
     func serve(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws {
         var head = request.head

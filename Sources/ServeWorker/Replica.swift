@@ -148,27 +148,17 @@ actor Replica {
             try await box.instance.reconfigure(userConfig: userConfig)
         }
     }
-
-    /// Health of the replica's code: a Swift deployment's `checkHealth`, a process that is still
-    /// running (and answers its health path, if it has one).
-    nonisolated func checkHealth() async throws {
-        switch self.body {
-        case .swift(let box): try await box.instance.checkHealth()
-        case .process(let process): try await process.checkHealth()
-        }
-    }
 }
 
 /// A Swift deployment instance and how requests reach it.
 struct SwiftDeploymentBox: Sendable {
     let instance: any Deployment
-    let routePrefixDefault: String
 
     func serve(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter, logger: Logger) async throws {
         let serveRequest = ServeRequest(
             method: request.head.method,
             path: request.head.path ?? "/",
-            routePrefix: request.head.headerFields[ServeHeaders.forwardedPrefix] ?? self.routePrefixDefault,
+            routePrefix: request.head.headerFields[ServeHeaders.forwardedPrefix] ?? "/",
             headers: request.head.headerFields,
             body: request.body
         )

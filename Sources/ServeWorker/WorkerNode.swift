@@ -360,7 +360,7 @@ public final class WorkerNode: Sendable {
                         ? nil : try? JSONValue.parse(String(decoding: start.spec.userConfigJson, as: UTF8.self))
                 )
                 let instance = try await self.options.registry.make(name, context: context)
-                body = .swift(SwiftDeploymentBox(instance: instance, routePrefixDefault: "/"))
+                body = .swift(SwiftDeploymentBox(instance: instance))
             case .command(let command):
                 var processEnvironment = ProcessInfo.processInfo.environment
                 processEnvironment["SERVE_TOKEN"] = nil
