@@ -7,8 +7,10 @@ public enum ConfigParser {
     ///
     /// `knownHandlers` are the Swift deployments the workers can run (the stock binaries' `echo`,
     /// `sleep`, `cpu`, `env`, plus whatever is linked); a `handler` outside it is refused here
-    /// rather than failing on every replica start.
-    public static func parse(_ text: String, knownHandlers: Set<String>) throws(ConfigError) -> ServeConfig {
+    /// rather than failing on every replica start. Nil skips that one check: for a config that
+    /// passed it when it was deployed and is read back from the head's state dir before any
+    /// worker (and so any custom handler) has connected.
+    public static func parse(_ text: String, knownHandlers: Set<String>?) throws(ConfigError) -> ServeConfig {
         let root = try Self.document(text)
         var validator = ConfigValidator(knownHandlers: knownHandlers)
         let config = validator.serveConfig(root)
@@ -133,10 +135,11 @@ struct FieldSpec {
 
 /// Walks a config tree, building the typed config and collecting problems. Every rule is here.
 struct ConfigValidator {
-    let knownHandlers: Set<String>
+    /// Nil: any handler name is accepted (see `ConfigParser.parse`).
+    let knownHandlers: Set<String>?
     private(set) var problems: [ConfigProblem] = []
 
-    init(knownHandlers: Set<String>) {
+    init(knownHandlers: Set<String>?) {
         self.knownHandlers = knownHandlers
     }
 
@@ -468,7 +471,7 @@ struct ConfigValidator {
             )
         }
         if let name = handler.value {
-            if self.knownHandlers.contains(name) {
+            if self.knownHandlers?.contains(name) ?? true {
                 deployment.handler = name
             } else {
                 self.report(fields.path("handler"), self.unknownHandlerMessage(name))
@@ -560,10 +563,10 @@ struct ConfigValidator {
     }
 
     func unknownHandlerMessage(_ name: String) -> String {
-        guard !self.knownHandlers.isEmpty else {
+        let known = (self.knownHandlers ?? []).sorted()
+        guard !known.isEmpty else {
             return "unknown handler \"\(name)\" (no Swift deployments are registered; use command)"
         }
-        let known = self.knownHandlers.sorted()
         let listing = known.joined(separator: ", ")
         if let suggestion = Suggestion.closest(to: name, in: known) {
             return "unknown handler \"\(name)\" (did you mean \(suggestion)? known: \(listing))"
