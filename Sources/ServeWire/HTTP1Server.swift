@@ -21,6 +21,14 @@ public struct HTTP1Configuration: Sendable, Hashable {
     /// The largest request head (all field names and values) accepted; a larger one is answered
     /// with 400 and the connection closes.
     public var maxHeaderBytes: Int = 64 << 10
+    /// The most header fields one request may carry; more is answered with 431 (RFC 6585 §5)
+    /// and the connection closes. Apache's `LimitRequestFields` default; no real client comes
+    /// near it, and each field costs work to convert and forward.
+    public var maxHeaderCount: Int = 100
+    /// A request head must be complete this long after its first bytes arrive, or the connection
+    /// closes: a client that sends its head a byte at a time (slowloris) holds a connection for
+    /// at most this long, not for `idleTimeout` after every byte. nil: only `idleTimeout` applies.
+    public var requestHeadTimeout: TimeAmount? = .seconds(10)
 
     public init() {}
 }
@@ -109,11 +117,12 @@ public final class HTTP1Server: ListeningServer, @unchecked Sendable {
         host: String,
         port: Int,
         configuration: HTTP1Configuration = .init(),
+        listener: ListenerConfiguration = .init(),
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "serve.wire.http1.server"),
         handler: @escaping Handler
     ) async throws -> HTTP1Server {
-        let channels = try await ServerChannels.bind(host: host, port: port, eventLoopGroup: eventLoopGroup) { channel in
+        let channels = try await ServerChannels.bind(host: host, port: port, eventLoopGroup: eventLoopGroup, listener: listener) { channel in
             try HTTP1ServerConnection.configure(
                 channel.pipeline.syncOperations, configuration: configuration, logger: logger, handler: handler)
         }

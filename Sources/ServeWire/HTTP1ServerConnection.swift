@@ -114,6 +114,8 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
     private(set) var exchange: Exchange?
     private var nextExchangeID: UInt64 = 0
     private var idleTimer: Scheduled<Void>?
+    /// Runs while part of a request head has arrived (`requestHeadTimeout`).
+    private var headTimer: Scheduled<Void>?
     private var lingerTimer: Scheduled<Void>?
     /// The last response end written: once it has gone out, so has everything before it
     /// (writes complete in order), and the connection may close without cutting a response.
@@ -184,6 +186,8 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        // Bytes arrived and no request is in progress: they began a head that is not complete.
+        if self.exchange == nil && self.headTimer == nil { self.armHeadTimer() }
         self.readIfAppropriate()
         context.fireChannelReadComplete()
     }
@@ -226,6 +230,8 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
         self.lifecycle = .closed
         self.idleTimer?.cancel()
         self.idleTimer = nil
+        self.headTimer?.cancel()
+        self.headTimer = nil
         self.lingerTimer?.cancel()
         self.lingerTimer = nil
         if let exchange = self.exchange {
@@ -258,6 +264,8 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
         guard self.lifecycle == .open, self.exchange == nil else { return }
         self.idleTimer?.cancel()
         self.idleTimer = nil
+        self.headTimer?.cancel()
+        self.headTimer = nil
         self.nextExchangeID &+= 1
         let id = self.nextExchangeID
         let hasBody = head.headers.isChunked || (head.headers.contentLength ?? 0) > 0
@@ -282,6 +290,14 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
             exchange.handlerDone = true
             exchange.closeAfterResponse = true
             self.respondNow(exchange, status: .badRequest, message: "malformed request method\n")
+            return
+        }
+        guard head.headers.count <= self.configuration.maxHeaderCount else {
+            exchange.handlerDone = true
+            exchange.closeAfterResponse = true
+            self.respondNow(
+                exchange, status: .requestHeaderFieldsTooLarge,
+                message: "more than \(self.configuration.maxHeaderCount) header fields\n")
             return
         }
         let request = HTTPServerRequest(
@@ -539,7 +555,9 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
         var headers = HTTPHeaders(converting: head.headerFields)
         let bodyAllowed = head.status.allowsBody && !exchange.isHead
         let http10 = !exchange.version.atLeastHTTP11
-        var close = closing || !exchange.clientKeepAlive || self.lifecycle != .open || headers.connectionHas("close")
+        var close =
+            closing || exchange.closeAfterResponse || !exchange.clientKeepAlive || self.lifecycle != .open
+            || headers.connectionHas("close")
         if http10 && bodyAllowed && headers.contentLength == nil {
             // No chunked coding for HTTP/1.0: the body ends with the connection (RFC 9112 §6.3).
             close = true
@@ -620,6 +638,19 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
             connection.idleTimer = nil
             guard connection.exchange == nil, connection.lifecycle == .open else { return }
             connection.logger.debug("closing idle HTTP/1 connection")
+            connection.closeAfterWrites(linger: false)
+        }
+    }
+
+    private func armHeadTimer() {
+        guard let timeout = self.configuration.requestHeadTimeout, let loopBound, self.lifecycle == .open else { return }
+        self.headTimer = loopBound.eventLoop.scheduleTask(in: timeout) {
+            let connection = loopBound.value
+            connection.headTimer = nil
+            guard connection.exchange == nil, connection.lifecycle == .open else { return }
+            connection.logger.debug(
+                "closing HTTP/1 connection: a request head did not complete in time",
+                metadata: ["serve.peer": "\(connection.remoteAddress.map { "\($0)" } ?? "?")"])
             connection.closeAfterWrites(linger: false)
         }
     }

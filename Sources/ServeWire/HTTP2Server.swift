@@ -83,11 +83,14 @@ public final class HTTP2Server: ListeningServer, @unchecked Sendable {
         host: String,
         port: Int,
         configuration: HTTP2Configuration = .init(),
+        listener: ListenerConfiguration = .init(),
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "serve.wire.server"),
         handler: @escaping Handler
     ) async throws -> HTTP2Server {
-        let channels = try await ServerChannels.bind(host: host, port: port, eventLoopGroup: eventLoopGroup, autoRead: true) { channel in
+        let channels = try await ServerChannels.bind(
+            host: host, port: port, eventLoopGroup: eventLoopGroup, listener: listener, autoRead: true
+        ) { channel in
             try channel.pipeline.syncOperations.addHandler(
                 HTTP2Connection(role: .server(handler), configuration: configuration, logger: logger)
             )

@@ -16,13 +16,14 @@ public final class HTTPServer: ListeningServer, @unchecked Sendable {
         port: Int,
         http1: HTTP1Configuration = .init(),
         http2: HTTP2Configuration = .init(),
+        listener: ListenerConfiguration = .init(),
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "serve.wire.server"),
         handler: @escaping Handler
     ) async throws -> HTTPServer {
         let http1Handler: HTTP1Server.Handler = { request, writer in try await handler(request, writer) }
         let http2Handler: HTTP2Server.Handler = { request, writer in try await handler(request, writer) }
-        let channels = try await ServerChannels.bind(host: host, port: port, eventLoopGroup: eventLoopGroup) { channel in
+        let channels = try await ServerChannels.bind(host: host, port: port, eventLoopGroup: eventLoopGroup, listener: listener) { channel in
             try channel.pipeline.syncOperations.addHandler(
                 HTTPProtocolSniffer(
                     idleTimeout: http1.idleTimeout,

@@ -2,6 +2,21 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
+/// Limits of one listening socket, whatever its connections speak.
+public struct ListenerConfiguration: Sendable, Hashable {
+    /// Client connections held at once. One past it is closed as soon as it is accepted, so a
+    /// flood of idle connections costs bounded memory and descriptors, and the connections
+    /// already open keep being served. nil: no limit (the process's descriptor limit applies).
+    public var maxConnections: Int? = 4096
+
+    public init(maxConnections: Int? = 4096) {
+        self.maxConnections = maxConnections
+    }
+}
+
+/// A connection refused because the server holds `ListenerConfiguration.maxConnections`.
+struct TooManyConnections: Error {}
+
 /// A listening socket and the connections it accepted: what every ServeWire server needs to
 /// shut down gracefully, whichever protocols its connections speak.
 final class ServerChannels: Sendable {
@@ -20,6 +35,7 @@ final class ServerChannels: Sendable {
         host: String,
         port: Int,
         eventLoopGroup: any EventLoopGroup,
+        listener: ListenerConfiguration,
         autoRead: Bool = false,
         initialize: @escaping @Sendable (any Channel) throws -> Void
     ) async throws -> ServerChannels {
@@ -31,7 +47,13 @@ final class ServerChannels: Sendable {
             .childChannelOption(.autoRead, value: autoRead)
             .childChannelInitializer { channel in
                 let key = ObjectIdentifier(channel)
-                connections.withLockedValue { $0[key] = channel }
+                let admitted = connections.withLockedValue { open in
+                    if let limit = listener.maxConnections, open.count >= limit { return false }
+                    open[key] = channel
+                    return true
+                }
+                // The accepting side closes a connection whose initializer fails.
+                guard admitted else { return channel.eventLoop.makeFailedFuture(TooManyConnections()) }
                 channel.closeFuture.whenComplete { _ in
                     _ = connections.withLockedValue { $0.removeValue(forKey: key) }
                 }

@@ -106,6 +106,9 @@ final class RawPeer: ChannelInboundHandler, @unchecked Sendable {
         try await self.channel.writeAndFlush(ByteBuffer(bytes: bytes))
     }
 
+    /// What the server has sent so far.
+    var receivedBytes: [UInt8] { self.received.withLockedValue { $0 } }
+
     /// Waits for the server to close the connection; fails the test if it does not in time.
     func waitForClose(timeout: Duration = .seconds(10)) async throws -> [UInt8] {
         let closed = self.channel.closeFuture

@@ -1,0 +1,135 @@
+import Foundation
+import HTTPTypes
+import NIOConcurrencyHelpers
+import NIOCore
+import Testing
+
+@testable import ServeWire
+
+/// The limits a server sets on what one client may hold: header fields, time to send a head
+/// (slowloris), connections, and HTTP/2 streams per connection.
+@Suite("Server limits", .serialized)
+struct ServerLimitsTests {
+    @Test("more header fields than maxHeaderCount get 431 and the connection closes; at the limit is fine")
+    func headerCount() async throws {
+        var configuration = HTTP1Configuration()
+        configuration.maxHeaderCount = 10
+        let server = try await startHTTP1EchoServer(configuration: configuration)
+        func head(_ count: Int) -> String {
+            "GET /h HTTP/1.1\r\nHost: a\r\n" + (1..<count).map { "X-\($0): v\r\n" }.joined() + "\r\n"
+        }
+        let over = try await RawConnection.connect(port: server.port)
+        try await over.send(head(11))
+        try await over.waitForClose()
+        #expect(over.text.hasPrefix("HTTP/1.1 431"), "\(over.text)")
+        #expect(over.text.lowercased().contains("connection: close"))
+        let fine = try await RawConnection.connect(port: server.port)
+        try await fine.send(head(10))
+        let text = try await fine.wait { $0.hasSuffix("/h") }
+        #expect(text.hasPrefix("HTTP/1.1 200"))
+        await server.close()
+    }
+
+    /// Sends a request head one field at a time, `interval` apart, until the server closes;
+    /// returns how long that took.
+    private func trickle(port: Int, interval: Duration = .milliseconds(150)) async throws -> Duration {
+        let raw = try await RawConnection.connect(port: port)
+        let start = ContinuousClock.now
+        try await raw.send("GET /slow HTTP/1.1\r\n")
+        var field = 0
+        while raw.channel.isActive && ContinuousClock.now - start < .seconds(20) {
+            try await Task.sleep(for: interval)
+            field += 1
+            try? await raw.send("X-\(field): v\r\n")
+        }
+        #expect(!raw.text.contains("200"), "the slow head should not have been answered")
+        return ContinuousClock.now - start
+    }
+
+    @Test("a head sent a field at a time is cut off after requestHeadTimeout (slowloris), on HTTP1Server and on the ingress's HTTPServer")
+    func slowHead() async throws {
+        var configuration = HTTP1Configuration()
+        configuration.requestHeadTimeout = .milliseconds(600)
+        let http1 = try await startHTTP1EchoServer(configuration: configuration)
+        let both = try await HTTPServer.bind(host: "127.0.0.1", port: 0, http1: configuration) { request, writer in
+            try await echoHandler(request, writer)
+        }
+        for port in [http1.port, both.port] {
+            let took = try await self.trickle(port: port)
+            #expect(took >= .milliseconds(500) && took < .seconds(5), "closed after \(took)")
+            // A prompt client is served as before, and so is one that is idle between requests
+            // (only an unfinished head is timed).
+            let prompt = try await RawConnection.connect(port: port)
+            try await prompt.send("GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+            _ = try await prompt.wait { $0.hasSuffix("/a") }
+            try await Task.sleep(for: .milliseconds(900))
+            try await prompt.send("GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+            let text = try await prompt.wait { $0.hasSuffix("/b") }
+            #expect(text.components(separatedBy: "HTTP/1.1 200").count == 3)
+        }
+        await http1.close()
+        await both.close()
+    }
+
+    @Test("past maxConnections a new connection is closed at once; the open ones are served, and room frees up as they close")
+    func connectionCap() async throws {
+        let server = try await HTTP1Server.bind(
+            host: "127.0.0.1", port: 0, listener: ListenerConfiguration(maxConnections: 2)
+        ) { request, writer in try await echoHandler(request, writer) }
+        let first = try await RawConnection.connect(port: server.port)
+        let second = try await RawConnection.connect(port: server.port)
+        try await first.send("GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        _ = try await first.wait { $0.hasSuffix("/1") }
+        try await second.send("GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+        _ = try await second.wait { $0.hasSuffix("/2") }
+        let third = try await RawConnection.connect(port: server.port)
+        try? await third.send("GET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
+        try await third.waitForClose()
+        #expect(third.text.isEmpty)
+        // The open ones are still served.
+        try await first.send("GET /1b HTTP/1.1\r\nHost: a\r\n\r\n")
+        _ = try await first.wait { $0.hasSuffix("/1b") }
+        try await first.channel.close()
+        let deadline = ContinuousClock.now + .seconds(5)
+        while server.connectionCount > 1 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        let fourth = try await RawConnection.connect(port: server.port)
+        try await fourth.send("GET /4 HTTP/1.1\r\nHost: a\r\n\r\n")
+        _ = try await fourth.wait { $0.hasSuffix("/4") }
+        await server.close()
+    }
+
+    @Test("HTTP/2: streams past maxConcurrentStreams are refused, and no more handlers than that run at once")
+    func streamCap() async throws {
+        var configuration = HTTP2Configuration()
+        configuration.maxConcurrentStreams = 4
+        let running = NIOLockedValueBox(0)
+        let most = NIOLockedValueBox(0)
+        let server = try await HTTP2Server.bind(host: "127.0.0.1", port: 0, configuration: configuration) { _, writer in
+            let now = running.withLockedValue { $0 += 1; return $0 }
+            most.withLockedValue { $0 = max($0, now) }
+            defer { running.withLockedValue { $0 -= 1 } }
+            try await Task.sleep(for: .seconds(3))
+            try await writer.respond(HTTPResponse(status: .ok))
+        }
+        let peer = try await RawPeer.connect(port: server.port)
+        var bytes = RawFrames.preface + RawFrames.emptySettings
+        for stream in stride(from: UInt32(1), through: 15, by: 2) {
+            bytes += RawFrames.headers(stream: stream, block: RawFrames.getBlock())
+        }
+        try await peer.send(bytes)
+        let deadline = ContinuousClock.now + .seconds(2)
+        var types: [UInt8] = []
+        while ContinuousClock.now < deadline {
+            types = RawFrames.types(in: peer.receivedBytes)
+            if types.filter({ $0 == 0x3 }).count >= 4 { break }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        // The peer never acknowledged the server's SETTINGS, so nghttp2 refuses each stream
+        // past the limit with RST_STREAM (REFUSED_STREAM) rather than ending the connection.
+        #expect(types.filter { $0 == 0x3 }.count == 4, "frames \(types)")
+        #expect(!types.contains(RawFrames.goAwayType), "frames \(types)")
+        #expect(most.withLockedValue { $0 } <= 4)
+        try? await peer.channel.close()
+        await server.close()
+    }
+}
