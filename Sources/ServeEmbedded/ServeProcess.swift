@@ -23,6 +23,8 @@ public enum ServeProcess {
                 throw ServeProcessError(description: "\(configPath) was refused:\n\(error)")
             }
         }
+        var options = options
+        options.config = config
         let cluster = try await EmbeddedCluster.start(head: options, resources: resources)
         let head = cluster.head
         let out = FileHandle.standardOutput
@@ -32,8 +34,13 @@ public enum ServeProcess {
         say("  HTTP ingress  http://\(displayHost(options.httpHost)):\(head.httpPort)")
         say("  admin API     http://\(displayHost(options.adminHost)):\(head.adminPort)")
         say("  token         \(head.tokenWasGiven ? "(given)" : head.token)")
+        say("  state dir     \(head.store.directory.path)")
+        if let restored = head.restoredConfig {
+            for app in restored.applications {
+                say("  restored \(app.name) from the state dir: curl http://\(displayHost(options.httpHost)):\(head.httpPort)\(app.routePrefix)")
+            }
+        }
         if let config {
-            await head.controller.deploy(config)
             for app in config.applications {
                 say("  deployed \(app.name): curl http://\(displayHost(options.httpHost)):\(head.httpPort)\(app.routePrefix)")
             }

@@ -12,6 +12,8 @@ struct AdminAPI: Sendable {
     let ingress: Ingress
     /// When set, mutating calls need `Authorization: Bearer <token>`.
     let requiredToken: String?
+    /// Every config change is saved here before it is deployed.
+    let store: StateStore
     let knownHandlers: Set<String>
     let logger: Logger
     let onShutdown: @Sendable () -> Void
@@ -20,7 +22,12 @@ struct AdminAPI: Sendable {
         let path = String((request.head.path ?? "/").prefix(while: { $0 != "?" }))
         let method = request.head.method
         let mutating = method != .get && method != .head
-        if mutating, let token = self.requiredToken, request.head.headerFields[.authorization] != "Bearer \(token)" {
+        if mutating, let token = self.requiredToken,
+            !ConstantTime.isBearer(request.head.headerFields[.authorization], token: token)
+        {
+            self.logger.warning(
+                "refused an admin call with a wrong or missing cluster token",
+                metadata: ["method": "\(method)", "path": "\(path)", "peer": "\(request.remoteAddress.map { "\($0)" } ?? "?")"])
             return try await self.json(writer, .unauthorized, ["error": "this call needs Authorization: Bearer <cluster token> (the serve CLI sends SERVE_TOKEN)"])
         }
         let trimmed = path.hasSuffix("/") && path.count > 1 ? String(path.dropLast()) : path
@@ -28,7 +35,7 @@ struct AdminAPI: Sendable {
         case (.get, "/api/serve/applications"):
             try await self.json(writer, .ok, await self.controller.statusJSON())
         case (.put, "/api/serve/applications"):
-            let body = try await request.body.collect(upTo: 16 << 20)
+            let body = try await request.body.collect(upTo: Self.maxConfigBytes)
             let text = String(buffer: body)
             let config: ServeConfig
             do {
@@ -41,10 +48,10 @@ struct AdminAPI: Sendable {
                     "problems": .array(error.problems.map { .object(["path": .string($0.path), "message": .string($0.message)]) }),
                 ])
             }
-            await self.controller.deploy(config)
+            guard try await self.deploy(config, writer) else { return }
             try await self.json(writer, .ok, ["result": "deployed", "applications": .array(config.applications.map { .string($0.name) })])
         case (.delete, "/api/serve/applications"):
-            await self.controller.deploy(ServeConfig(httpOptions: await self.controller.config.httpOptions, applications: []))
+            guard try await self.deploy(ServeConfig(httpOptions: await self.controller.config.httpOptions), writer) else { return }
             try await self.json(writer, .ok, ["result": "deleted all applications"])
         case (.delete, _) where trimmed.hasPrefix("/api/serve/applications/"):
             let name = String(trimmed.dropFirst("/api/serve/applications/".count))
@@ -53,7 +60,7 @@ struct AdminAPI: Sendable {
                 return try await self.json(writer, .notFound, ["error": .string("no application named '\(name)'")])
             }
             config.applications.removeAll { $0.name == name }
-            await self.controller.deploy(config)
+            guard try await self.deploy(config, writer) else { return }
             try await self.json(writer, .ok, ["result": .string("deleted \(name)")])
         case (.get, "/api/cluster/nodes"):
             try await self.json(writer, .ok, await self.controller.nodesJSON())
@@ -66,12 +73,31 @@ struct AdminAPI: Sendable {
                 body: ByteBuffer(string: text)
             )
         case (.post, "/api/serve/shutdown"):
+            // `serve shutdown` deletes every application, as Ray's does: a head started again on
+            // the state dir starts empty. (SIGTERM stops the head but keeps the config.)
+            guard try await self.deploy(ServeConfig(httpOptions: await self.controller.config.httpOptions), writer) else { return }
             try await self.json(writer, .ok, ["result": "shutting down"])
             self.onShutdown()
         case (.get, "/-/healthz"):
             try await self.json(writer, .ok, ["result": "ok"])
         default:
             try await self.json(writer, .notFound, ["error": .string("no endpoint \(method) \(path)")])
+        }
+    }
+
+    /// The largest config body accepted (a larger one gets 413).
+    static let maxConfigBytes = 16 << 20
+
+    /// Saves and deploys `config`; if the state dir cannot be written, answers 500 saying so and
+    /// returns false, and nothing changed.
+    private func deploy(_ config: ServeConfig, _ writer: any HTTPResponseWriter) async throws -> Bool {
+        do {
+            try await self.controller.deploy(config, savingTo: self.store)
+            return true
+        } catch {
+            self.logger.error("cannot save the config; nothing changed", metadata: ["error": "\(error)"])
+            try await self.json(writer, .internalServerError, ["error": .string("nothing changed: \(error)")])
+            return false
         }
     }
 

@@ -11,7 +11,7 @@ enum ClusterService {
         var router = RPCRouter()
         router.bidirectional(ControlPaths.connect) {
             (inbound: RPCInbound<PBWorkerMessage>, outbound: RPCOutbound<PBHeadMessage>, context: RPCContext) in
-            guard context.headers[.authorization] == "Bearer \(token)" else {
+            guard ConstantTime.isBearer(context.headers[.authorization], token: token) else {
                 logger.warning("refused a worker with a wrong or missing cluster token", metadata: ["peer": "\(context.remoteAddress.map { "\($0)" } ?? "?")"])
                 throw RPCError(.unauthenticated, "wrong or missing cluster token: start the worker with --token (or SERVE_TOKEN) set to the head's token")
             }

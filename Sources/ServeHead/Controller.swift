@@ -60,6 +60,9 @@ public actor Controller {
     private var sequence: UInt64 = 0
     private var connectionCounter = 0
     private var lastRoutes: RouteTable?
+    /// After a head restart, no replica starts before this, so workers that come back have the
+    /// replicas they kept running adopted (`registerNode`) instead of doubled (`holdStarts`).
+    private var holdStartsUntil: ContinuousClock.Instant?
 
     public init(ingress: Ingress, logger: Logger = Logger(label: "serve.controller")) {
         self.ingress = ingress
@@ -154,6 +157,21 @@ public actor Controller {
         runtime.target = target
         self.deployments[id] = runtime
         await self.reconcile()
+    }
+
+    /// Starts no replica for `grace` (see `HeadOptions.reconnectGrace`), or until the workers
+    /// that came back cover every deployment's target; the 1 s reconcile tick starts what is
+    /// still missing once it has passed.
+    func holdStarts(for grace: Duration) {
+        self.holdStartsUntil = .now + grace
+    }
+
+    private func everyTargetRunning() -> Bool {
+        var running: [DeploymentID: Int] = [:]
+        for entry in self.replicas.values where entry.record.state == .running {
+            running[entry.record.deployment, default: 0] += 1
+        }
+        return self.deployments.allSatisfy { running[$0.key, default: 0] >= $0.value.target }
     }
 
     // MARK: nodes
@@ -343,7 +361,10 @@ public actor Controller {
             "\(id.name)#\(String(UInt32.random(in: 0...0xFFFF_FFFF), radix: 16).suffix(6))"
         }
         let now = ContinuousClock.now
+        if let until = self.holdStartsUntil, until <= now || self.everyTargetRunning() { self.holdStartsUntil = nil }
+        let holding = self.holdStartsUntil != nil
         for action in actions {
+            if holding && !action.isStop { continue }
             switch action {
             case .start(let replicaID, let deployment, let nodeID):
                 guard let runtime = self.deployments[deployment] else { continue }
@@ -559,6 +580,9 @@ public actor Controller {
                 statuses.append(status)
                 let pendingMessage = entries.first { $0.record.state == .pending }?.record.message
                 var message = pendingMessage.map { "replicas pending: \($0)" } ?? ""
+                if self.holdStartsUntil != nil && entries.filter({ $0.record.state == .running }).count < runtime.target {
+                    message = "the head restarted: waiting for workers to reconnect with their replicas before starting new ones"
+                }
                 if runtime.consecutiveFailures > 0 {
                     message = "replicas failed to start \(runtime.consecutiveFailures) time(s); last: \(runtime.lastFailure)"
                 }
@@ -671,6 +695,12 @@ public struct ServeEvent: Sendable {
             "after": .number(Double(self.after)),
             "reason": .string(self.reason),
         ])
+    }
+}
+
+extension ReconcileAction {
+    fileprivate var isStop: Bool {
+        if case .stop = self { true } else { false }
     }
 }
 

@@ -17,7 +17,14 @@ public struct HeadOptions: Sendable {
     public var adminPort = 8265
     /// nil: SERVE_TOKEN, else the one kept in the state dir, else a new one.
     public var token: String?
+    /// The deployed config and the head-made token live here (`StateStore`).
     public var stateDirectory: URL
+    /// After a restart that restored a config from the state dir, how long the head starts no
+    /// replica, so that workers reconnecting (their retry backoff tops out at 5 s) have the
+    /// replicas they kept running adopted rather than doubled.
+    public var reconnectGrace: Duration = .seconds(10)
+    /// Deployed at start (`--config`) and saved, instead of the config in the state dir.
+    public var config: ServeConfig?
     public var registry: DeploymentRegistry = .builtIn
 
     public init(stateDirectory: URL = HeadOptions.defaultStateDirectory) {
@@ -40,6 +47,10 @@ public final class HeadRuntime: Sendable {
     public let clusterPort: Int
     public let httpPort: Int
     public let adminPort: Int
+    /// Holds the state dir's lock for as long as the head runs.
+    public let store: StateStore
+    /// The config this head found in its state dir and deployed at start (nil: none).
+    public let restoredConfig: ServeConfig?
     private let clusterServer: HTTP2Server
     private let httpServer: HTTPServer
     private let adminServer: HTTP1Server
@@ -49,9 +60,24 @@ public final class HeadRuntime: Sendable {
     private let logger: Logger
 
     public static func start(_ options: HeadOptions, logger: Logger = Logger(label: "serve.head")) async throws -> HeadRuntime {
-        let (token, given) = try Self.token(options)
+        let store = try StateStore(directory: options.stateDirectory)
+        let (token, given) = try Self.token(options, store: store)
         let ingress = Ingress(token: token, logger: logger)
         let controller = Controller(ingress: ingress, logger: logger)
+        let saved = try store.loadConfig().flatMap { $0.applications.isEmpty ? nil : $0 }
+        var restored: ServeConfig?
+        if let config = options.config {
+            try await controller.deploy(config, savingTo: store)
+        } else if let saved {
+            // A restart: workers may still run this config's replicas, and reconnect within
+            // their backoff. Starting none before then lets the controller adopt them.
+            logger.info(
+                "deploying the config kept in the state dir",
+                metadata: ["applications": "\(saved.applications.map(\.name))", "serve.state_dir": "\(store.directory.path)"])
+            await controller.holdStarts(for: options.reconnectGrace)
+            await controller.deploy(saved)
+            restored = saved
+        }
         let (stopped, stop) = AsyncStream<Void>.makeStream()
 
         let cluster = ClusterService.router(controller: controller, token: token, logger: logger)
@@ -65,6 +91,7 @@ public final class HeadRuntime: Sendable {
             controller: controller,
             ingress: ingress,
             requiredToken: given ? token : nil,
+            store: store,
             knownHandlers: options.registry.names,
             logger: logger,
             onShutdown: { stop.yield() }
@@ -78,6 +105,8 @@ public final class HeadRuntime: Sendable {
             ingress: ingress,
             token: token,
             tokenWasGiven: given,
+            store: store,
+            restoredConfig: restored,
             clusterServer: clusterServer,
             httpServer: httpServer,
             adminServer: adminServer,
@@ -94,6 +123,8 @@ public final class HeadRuntime: Sendable {
         ingress: Ingress,
         token: String,
         tokenWasGiven: Bool,
+        store: StateStore,
+        restoredConfig: ServeConfig?,
         clusterServer: HTTP2Server,
         httpServer: HTTPServer,
         adminServer: HTTP1Server,
@@ -105,6 +136,8 @@ public final class HeadRuntime: Sendable {
         self.ingress = ingress
         self.token = token
         self.tokenWasGiven = tokenWasGiven
+        self.store = store
+        self.restoredConfig = restoredConfig
         self.clusterServer = clusterServer
         self.httpServer = httpServer
         self.adminServer = adminServer
@@ -147,7 +180,8 @@ public final class HeadRuntime: Sendable {
         self.stop.yield()
     }
 
-    /// Stops everything: replicas (gracefully), then the servers.
+    /// Stops everything: replicas (gracefully), then the servers. The config stays in the state
+    /// dir: a head started again on it serves the same applications.
     public func shutdown() async {
         await self.controller.deploy(ServeConfig(httpOptions: await self.controller.config.httpOptions, applications: []))
         let tasks = self.tasks.withLockedValue { $0 }
@@ -161,24 +195,16 @@ public final class HeadRuntime: Sendable {
 
     /// The cluster token: the operator's, or the one the head keeps in its state dir (made on
     /// first start, written atomically with mode 0600).
-    static func token(_ options: HeadOptions) throws -> (String, given: Bool) {
+    static func token(_ options: HeadOptions, store: StateStore) throws -> (String, given: Bool) {
         if let token = options.token ?? ProcessInfo.processInfo.environment["SERVE_TOKEN"], !token.isEmpty {
             return (token, true)
         }
-        let file = options.stateDirectory.appendingPathComponent("token")
-        if let saved = try? String(contentsOf: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines), !saved.isEmpty {
+        if let saved = store.loadToken() {
             return (saved, false)
         }
         var generator = SystemRandomNumberGenerator()
         let token = (0..<4).map { _ in String(generator.next() as UInt64, radix: 16).leftPadded(16) }.joined()
-        try FileManager.default.createDirectory(at: options.stateDirectory, withIntermediateDirectories: true)
-        let temporary = file.appendingPathExtension("tmp")
-        try Data(token.utf8).write(to: temporary)
-        try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: temporary.path)
-        // rename(2) is atomic: a crash leaves the old token or the new one, never half of one.
-        guard rename(temporary.path, file.path) == 0 else {
-            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: file.path])
-        }
+        try store.saveToken(token)
         return (token, false)
     }
 }

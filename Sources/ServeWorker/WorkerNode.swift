@@ -78,9 +78,16 @@ public final class WorkerNode: Sendable {
     public let options: WorkerOptions
     let logger: Logger
     private let replicas = NIOLockedValueBox<[String: Replica]>([:])
-    /// State reports waiting for the control stream (kept across reconnects).
-    private let reports: AsyncStream<PBReplicaStateReport>
-    private let reportSink: AsyncStream<PBReplicaStateReport>.Continuation
+    /// State reports waiting for the control stream, kept across reconnects. (Not an
+    /// AsyncStream read by each connection in turn: cancelling the task that waits on one ends
+    /// the stream for good, so every report after the first reconnect would be lost.)
+    private let reports = NIOLockedValueBox(PendingReports())
+
+    struct PendingReports {
+        var queue: [PBReplicaStateReport] = []
+        /// Wakes the connected control stream's sender; nil while disconnected.
+        var wake: AsyncStream<Void>.Continuation?
+    }
     private let dataServer: NIOLockedValueBox<HTTP2Server?> = NIOLockedValueBox(nil)
     private let stopping = NIOLockedValueBox(false)
     private let controlConnection = NIOLockedValueBox<HTTP2ClientConnection?>(nil)
@@ -90,7 +97,6 @@ public final class WorkerNode: Sendable {
         var logger = logger
         logger[metadataKey: "serve.node"] = "\(options.nodeID)"
         self.logger = logger
-        (self.reports, self.reportSink) = AsyncStream.makeStream(bufferingPolicy: .unbounded)
     }
 
     /// The data plane's port, once `run` has bound it.
@@ -104,7 +110,6 @@ public final class WorkerNode: Sendable {
         }
         self.dataServer.withLockedValue { $0 = server }
         self.logger.info("worker data plane listening", metadata: ["port": "\(server.port)"])
-        defer { self.reportSink.finish() }
         do {
             try await self.controlLoop(dataPort: server.port)
         } catch is CancellationError {
@@ -145,7 +150,10 @@ public final class WorkerNode: Sendable {
     // MARK: data plane
 
     private func serveData(_ request: HTTPServerRequest, _ writer: HTTP2ResponseWriter) async throws {
-        guard request.head.headerFields[ServeHeaders.token] == self.options.token else {
+        guard ConstantTime.equals(request.head.headerFields[ServeHeaders.token], self.options.token) else {
+            self.logger.warning(
+                "refused a data-plane request with a wrong or missing cluster token",
+                metadata: ["peer": "\(request.remoteAddress.map { "\($0)" } ?? "?")"])
             try await writer.respond(
                 HTTPResponse(status: .unauthorized, headerFields: [.contentType: "text/plain; charset=utf-8"]),
                 body: ByteBuffer(string: "this worker needs the cluster token\n")
@@ -253,9 +261,25 @@ public final class WorkerNode: Sendable {
                     try await Task.sleep(for: interval)
                 }
             }
+            let (wakes, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+            self.reports.withLockedValue { $0.wake = wake }
+            wake.yield()  // what piled up while disconnected
+            defer { self.reports.withLockedValue { $0.wake = nil } }
             group.addTask {
-                for await report in self.reports {
-                    try await send(PBWorkerMessage.with { $0.replicaState = report })
+                for await _ in wakes {
+                    let batch = self.reports.withLockedValue { pending in
+                        defer { pending.queue.removeAll() }
+                        return pending.queue
+                    }
+                    for (index, report) in batch.enumerated() {
+                        do {
+                            try await send(PBWorkerMessage.with { $0.replicaState = report })
+                        } catch {
+                            // Sent again on the next connection (the head ignores repeats).
+                            self.reports.withLockedValue { $0.queue.insert(contentsOf: batch[index...], at: 0) }
+                            throw error
+                        }
+                    }
                 }
             }
             // The head closing the stream (or the connection failing) ends this try.
@@ -316,13 +340,17 @@ public final class WorkerNode: Sendable {
     }
 
     private func report(_ replicaID: String, _ state: PBReplicaState, _ message: String, specVersion: String) {
-        self.reportSink.yield(PBReplicaStateReport.with {
+        let report = PBReplicaStateReport.with {
             $0.replicaID = replicaID
             $0.state = state
             $0.message = message
             $0.specVersion = specVersion
             $0.atUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
-        })
+        }
+        self.reports.withLockedValue { pending in
+            pending.queue.append(report)
+            pending.wake?.yield()
+        }
     }
 
     /// The replica's environment: what its grant implies, then runtime_env.env_vars.

@@ -28,8 +28,12 @@ struct ServeHeadCommand: AsyncParsableCommand {
     @Option(name: .customLong("accelerator-type"), help: "Accelerator type of the head's GPUs, e.g. A100.") var acceleratorType: String?
     @Option(help: "Labels k=v,k2=v2.") var labels: String?
     @Option(help: "Cluster token (default: SERVE_TOKEN, else one kept in the state dir).") var token: String?
-    @Option(name: .customLong("state-dir"), help: "Where the head keeps its token.") var stateDir: String?
-    @Option(help: "A config to deploy at start (YAML or JSON).") var config: String?
+    @Option(name: .customLong("state-dir"), help: "Where the head keeps its deployed config and token (default ~/.swift-serve/head).") var stateDir: String?
+    @Option(help: "A config to deploy at start (YAML or JSON), instead of the one kept in the state dir.") var config: String?
+    @Option(
+        name: .customLong("reconnect-grace"),
+        help: "After a restart, seconds to wait for workers to reconnect with their replicas before starting new ones.")
+    var reconnectGrace: Double = 10
 
     func run() async throws {
         var options = HeadOptions()
@@ -41,6 +45,10 @@ struct ServeHeadCommand: AsyncParsableCommand {
         options.adminPort = self.adminPort
         options.token = self.token
         if let stateDir = self.stateDir { options.stateDirectory = URL(fileURLWithPath: stateDir) }
+        guard self.reconnectGrace >= 0, self.reconnectGrace.isFinite else {
+            throw ValidationError("--reconnect-grace must be a number of seconds, at least 0")
+        }
+        options.reconnectGrace = .milliseconds(Int(self.reconnectGrace * 1000))
         var local = EmbeddedCluster.LocalResources()
         local.numCPUs = self.numCPUs
         local.numGPUs = self.numGPUs

@@ -44,7 +44,7 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Cluster port.") var port = 6380
     @Option(name: .customLong("num-cpus"), help: "CPUs for replicas (default: cores).") var numCPUs: Double?
     @Option(name: .customLong("num-gpus"), help: "GPUs for replicas (default: detected).") var numGPUs: Double?
-    @Option(name: .customLong("state-dir"), help: "Where the head keeps its token.") var stateDir: String?
+    @Option(name: .customLong("state-dir"), help: "Where the head keeps its deployed config and token (default ~/.swift-serve/head).") var stateDir: String?
 
     func run() async throws {
         var options = HeadOptions()

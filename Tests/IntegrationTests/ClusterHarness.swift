@@ -85,36 +85,69 @@ final class Child: @unchecked Sendable {
 
 /// A head (and optional workers) started from the real binaries on free ports.
 final class TestCluster: @unchecked Sendable {
-    let head: Child
+    private(set) var head: Child
+    /// Heads this cluster had before a restart (their logs belong to the story).
+    private(set) var previousHeads: [Child] = []
     var workers: [Child] = []
-    let clusterPort: Int
-    let httpPort: Int
-    let adminPort: Int
+    private(set) var clusterPort: Int
+    private(set) var httpPort: Int
+    private(set) var adminPort: Int
     let token: String
     let stateDirectory: URL
-    let ingress: HTTP1ConnectionPool
-    let admin: HTTP1ConnectionPool
+    private(set) var ingress: HTTP1ConnectionPool
+    private(set) var admin: HTTP1ConnectionPool
+    private let headArguments: [String]
 
-    /// `headCPUs` 0: the head hosts nothing (replicas go to workers).
-    init(headCPUs: Double? = 0, token: String = "test-token-\(UInt32.random(in: 0...UInt32.max))") async throws {
+    /// `headCPUs` 0: the head hosts nothing (replicas go to workers). `headArguments` are added
+    /// to serve-head's, on every (re)start.
+    init(
+        headCPUs: Double? = 0,
+        token: String = "test-token-\(UInt32.random(in: 0...UInt32.max))",
+        headArguments: [String] = []
+    ) async throws {
         self.token = token
         self.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("serve-head-\(UUID().uuidString)")
         var arguments = [
-            "--port", "0", "--http-port", "0", "--admin-port", "0", "--http-host", "127.0.0.1", "--host", "127.0.0.1",
+            "--http-port", "0", "--admin-port", "0", "--http-host", "127.0.0.1", "--host", "127.0.0.1",
             "--state-dir", self.stateDirectory.path, "--token", token,
         ]
         if let headCPUs { arguments += ["--num-cpus", String(headCPUs)] }
-        self.head = try Child("serve-head", arguments)
-        let banner = try await self.head.waitForOutput(matching: "admin API")
+        self.headArguments = arguments + headArguments
+        let (head, ports) = try await Self.startHead(self.headArguments + ["--port", "0"])
+        self.head = head
+        (self.clusterPort, self.httpPort, self.adminPort) = ports
+        self.ingress = HTTP1ConnectionPool(host: "127.0.0.1", port: self.httpPort)
+        self.admin = HTTP1ConnectionPool(host: "127.0.0.1", port: self.adminPort)
+    }
+
+    /// Starts serve-head and reads its ports from its banner.
+    private static func startHead(_ arguments: [String]) async throws -> (Child, (cluster: Int, http: Int, admin: Int)) {
+        let head = try Child("serve-head", arguments)
+        let banner = try await head.waitForOutput(matching: "  state dir ")
         func port(after label: String) throws -> Int {
             guard let line = banner.split(separator: "\n").first(where: { $0.contains(label) }),
                 let match = line.firstMatch(of: /:(\d+)/), let port = Int(match.1)
             else { throw HarnessFailure("no port for '\(label)' in:\n\(banner)") }
             return port
         }
-        self.clusterPort = try port(after: "cluster port")
-        self.httpPort = try port(after: "HTTP ingress")
-        self.adminPort = try port(after: "admin API")
+        return (head, (try port(after: "cluster port"), try port(after: "HTTP ingress"), try port(after: "admin API")))
+    }
+
+    /// Kills the head with SIGKILL, as a crash would, and waits until it is gone.
+    func killHead() async throws {
+        await self.ingress.close()
+        await self.admin.close()
+        self.head.signal(SIGKILL)
+        _ = try await self.head.waitForExit()
+    }
+
+    /// Starts a head again with the same state dir, token and cluster port (the workers' retries
+    /// find it there); its HTTP and admin ports are new.
+    func restartHead() async throws {
+        let (head, ports) = try await Self.startHead(self.headArguments + ["--port", String(self.clusterPort)])
+        self.previousHeads.append(self.head)
+        self.head = head
+        (self.clusterPort, self.httpPort, self.adminPort) = ports
         self.ingress = HTTP1ConnectionPool(host: "127.0.0.1", port: self.httpPort)
         self.admin = HTTP1ConnectionPool(host: "127.0.0.1", port: self.adminPort)
     }
@@ -191,7 +224,7 @@ final class TestCluster: @unchecked Sendable {
 
     /// Every process's output, for a failing test's report.
     var logs: String {
-        (["--- serve-head ---\n" + self.head.output] + self.workers.enumerated().map { "--- serve-worker \($0.offset) ---\n" + $0.element.output })
+        (self.previousHeads.map { "--- serve-head (before a restart) ---\n" + $0.output } + ["--- serve-head ---\n" + self.head.output] + self.workers.enumerated().map { "--- serve-worker \($0.offset) ---\n" + $0.element.output })
             .joined(separator: "\n")
     }
 
@@ -209,9 +242,10 @@ final class TestCluster: @unchecked Sendable {
 /// Runs `body` with a cluster, printing every process's log if it throws.
 func withCluster(
     headCPUs: Double? = 0,
+    headArguments: [String] = [],
     _ body: (TestCluster) async throws -> Void
 ) async throws {
-    let cluster = try await TestCluster(headCPUs: headCPUs)
+    let cluster = try await TestCluster(headCPUs: headCPUs, headArguments: headArguments)
     do {
         try await body(cluster)
     } catch {
