@@ -7,7 +7,7 @@ SWIFT ?= swift
 APT_PACKAGES := libnghttp2-dev zlib1g-dev pkg-config nghttp2-client nghttp2-server gzip python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build release run test bench-wire bench-ingress bench-autoscaling protos clean
+.PHONY: deps build release run test fuzz soak bench-wire bench-ingress bench-autoscaling protos clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -36,6 +36,21 @@ run: build
 test: build
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --no-parallel
+
+# Fuzzing of the ingress's HTTP/1.1 parser, the config parser (YAML and JSON) and the control
+# plane's decoding (protobuf messages, RPC framing): FUZZ_ITERATIONS inputs each (make test runs
+# 100,000); FUZZ_SEED picks other inputs (a failure prints the seed that repeats it).
+FUZZ_ITERATIONS ?= 1000000
+fuzz: build
+	$(SWIFT) build --build-tests
+	FUZZ_ITERATIONS=$(FUZZ_ITERATIONS) $(if $(FUZZ_SEED),FUZZ_SEED=$(FUZZ_SEED)) \
+	  $(SWIFT) test --skip-build --no-parallel --filter Fuzz
+
+# Minutes of load (DURATION, default 180 s) while a worker is SIGKILLed and started again every
+# 30 s; release binaries. Writes benchmarks/results/soak-latest.md; fails if a request went
+# unanswered.
+soak: release
+	SKIP_BUILD=1 benchmarks/soak
 
 bench-wire: deps
 	benchmarks/wire
