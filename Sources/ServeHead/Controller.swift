@@ -159,19 +159,33 @@ public actor Controller {
         await self.reconcile()
     }
 
-    /// Starts no replica for `grace` (see `HeadOptions.reconnectGrace`), or until the workers
-    /// that came back cover every deployment's target; the 1 s reconcile tick starts what is
-    /// still missing once it has passed.
+    /// Starts no replica for `grace` (see `HeadOptions.reconnectGrace`) or until the next
+    /// deploy; the 1 s reconcile tick starts what is still missing once it has passed.
     func holdStarts(for grace: Duration) {
         self.holdStartsUntil = .now + grace
     }
 
-    private func everyTargetRunning() -> Bool {
-        var running: [DeploymentID: Int] = [:]
-        for entry in self.replicas.values where entry.record.state == .running {
-            running[entry.record.deployment, default: 0] += 1
+    /// While holding after a restart: an autoscaled deployment's target starts again at its
+    /// initial count, but the replicas the workers kept running are what the autoscaler had
+    /// decided. The target keeps them (within the deployment's bounds) instead of scaling them
+    /// down the moment they are adopted.
+    private func keepAdoptedReplicas() {
+        guard self.holdStartsUntil != nil else { return }
+        for (id, runtime) in self.deployments {
+            guard let autoscaling = runtime.config.autoscaling else { continue }
+            let running = self.replicas.values.filter {
+                $0.record.deployment == id && $0.record.state == .running && $0.record.specVersion == runtime.config.specVersion
+            }.count
+            let target = min(max(runtime.target, running), autoscaling.maxReplicas)
+            guard target != runtime.target else { continue }
+            self.record(.autoscale, id, before: runtime.target, after: target, reason: "kept the \(running) replicas workers still ran after a head restart")
+            self.deployments[id]?.target = target
         }
-        return self.deployments.allSatisfy { running[$0.key, default: 0] >= $0.value.target }
+    }
+
+    /// A deploy by the user ends the hold: what it asks for starts now.
+    func stopHoldingStarts() {
+        self.holdStartsUntil = nil
     }
 
     // MARK: nodes
@@ -219,6 +233,7 @@ public actor Controller {
                 }))
             }
         }
+        self.keepAdoptedReplicas()
         var answer = PBRegisterAnswer()
         answer.accepted = true
         answer.nodeID = id
@@ -361,7 +376,7 @@ public actor Controller {
             "\(id.name)#\(String(UInt32.random(in: 0...0xFFFF_FFFF), radix: 16).suffix(6))"
         }
         let now = ContinuousClock.now
-        if let until = self.holdStartsUntil, until <= now || self.everyTargetRunning() { self.holdStartsUntil = nil }
+        if let until = self.holdStartsUntil, until <= now { self.holdStartsUntil = nil }
         let holding = self.holdStartsUntil != nil
         for action in actions {
             if holding && !action.isStop { continue }

@@ -147,11 +147,13 @@ public struct StateStoreError: Error, Sendable, CustomStringConvertible {
 }
 
 extension Controller {
-    /// The one way the deployed config changes: saved to the state dir first, then deployed. If
-    /// saving fails nothing changes (the caller reports it). Saving and the controller taking
-    /// the config happen in one actor turn, so concurrent deploys persist in the order they run.
+    /// The one way the user changes the deployed config: saved to the state dir first, then
+    /// deployed. If saving fails nothing changes (the caller reports it). Saving and the
+    /// controller taking the config happen in one actor turn, so concurrent deploys persist in
+    /// the order they run. What it asks for starts at once, even while holding after a restart.
     func deploy(_ config: ServeConfig, savingTo store: StateStore) async throws(StateStoreError) {
         try store.saveConfig(config)
+        self.stopHoldingStarts()
         await self.deploy(config)
     }
 }

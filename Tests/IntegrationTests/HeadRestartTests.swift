@@ -102,6 +102,38 @@ struct HeadRestartTests {
         }
     }
 
+    @Test("an autoscaled deployment keeps the replicas its worker still runs after a head restart, not its initial count")
+    func autoscaledKeepsReplicas() async throws {
+        try await withCluster { cluster in
+            let worker = try await cluster.addWorker(cpus: 4, extra: ["--node-id", "keeper"])
+            _ = try await cluster.waitForNodes(1)
+            func config(initial: Int) -> String {
+                """
+                applications:
+                  - name: auto
+                    route_prefix: /auto
+                    deployments:
+                      - name: Auto
+                        handler: echo
+                        autoscaling_config: {min_replicas: 1, initial_replicas: \(initial), max_replicas: 4, downscale_delay_s: 600}
+                """
+            }
+            try await cluster.deploy(config(initial: 3))
+            let before = self.replicaIDs(try await cluster.waitForRunning(app: "auto", deployment: "Auto", replicas: 3), "auto", "Auto")
+            // An autoscaled target keeps its size through a redeploy; the kept config now says 1.
+            try await cluster.deploy(config(initial: 1))
+            #expect(self.replicaIDs(try await cluster.waitForRunning(app: "auto", deployment: "Auto", replicas: 3), "auto", "Auto") == before)
+
+            try await cluster.killHead()
+            try await cluster.restartHead()
+            _ = try await cluster.head.waitForOutput(matching: "kept the 3 replicas workers still ran after a head restart")
+            let status = try await cluster.waitForRunning(app: "auto", deployment: "Auto", replicas: 3)
+            #expect(self.replicaIDs(status, "auto", "Auto") == before)
+            #expect(status["applications"]?["auto"]?["deployments"]?["Auto"]?["target_replicas"]?.doubleValue == 3)
+            #expect(self.occurrences(of: "replica running", in: worker.output) == 3)
+        }
+    }
+
     @Test("an interrupted state-dir write never corrupts the live config; a second head on the dir, or a damaged config, is refused")
     func interruptedWrites() async throws {
         try await withCluster(headCPUs: 1, headArguments: ["--reconnect-grace", "0"]) { cluster in
