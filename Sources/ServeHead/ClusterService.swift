@@ -28,6 +28,12 @@ enum ClusterService {
             reply.inReplyTo = first.sequence
             reply.registerAnswer = answer
             try await outbound.send(reply)
+            guard answer.accepted else {
+                logger.warning(
+                    "refused a worker's registration",
+                    metadata: ["serve.node": "\(register.nodeID)", "reason": "\(answer.refusalReason)"])
+                return
+            }
             let nodeID = register.nodeID
             do {
                 try await withThrowingTaskGroup(of: Void.self) { group in

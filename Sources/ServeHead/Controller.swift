@@ -193,6 +193,14 @@ public actor Controller {
     /// A worker registered on its control stream. Returns the answer and the connection number
     /// that later calls from the same stream carry (a newer stream for the same node wins).
     func registerNode(_ register: PBRegisterNode, outbox: AsyncStream<PBHeadMessage>.Continuation) async -> (PBRegisterAnswer, Int) {
+        let total = ResourceSet(quantitiesE4: register.totalResources.quantitiesE4)
+        if let problem = total.reportProblem {
+            // Refused before anything changes: a node already known under this id keeps its stream.
+            var answer = PBRegisterAnswer()
+            answer.accepted = false
+            answer.refusalReason = "its resources cannot be taken: \(problem)"
+            return (answer, 0)
+        }
         self.connectionCounter += 1
         let connection = self.connectionCounter
         let id = register.nodeID
@@ -203,7 +211,7 @@ public actor Controller {
             id: id,
             address: register.address,
             port: Int(register.port),
-            total: ResourceSet(quantitiesE4: register.totalResources.quantitiesE4),
+            total: total,
             gpuIDs: gpuIDs,
             nodeType: register.nodeType,
             labels: register.labels,
@@ -213,23 +221,26 @@ public actor Controller {
             connection: connection,
             lastHeartbeat: .now
         )
-        self.record(.node, nil, before: 0, after: 1, reason: "\(rejoin ? "node rejoined" : "node joined"): \(id) at \(register.address):\(register.port) with \(ResourceSet(quantitiesE4: register.totalResources.quantitiesE4))")
-        // Replicas the worker still runs: adopt those of a current spec, stop the rest.
-        for running in register.runningReplicas {
+        self.record(.node, nil, before: 0, after: 1, reason: "\(rejoin ? "node rejoined" : "node joined"): \(id) at \(register.address):\(register.port) with \(total)")
+        // Replicas the worker still runs: adopt those of a current spec whose grants fit what the
+        // node offers (the worker's word is checked, never summed blindly), stop the rest.
+        var used = self.replicas.values.filter { $0.record.nodeID == id }.reduce(ResourceSet()) { $0.adding($1.grant) }
+        for running in register.runningReplicas where self.replicas[running.replicaID] == nil {
             let deployment = DeploymentID(app: running.appName, name: running.deploymentName)
-            if let runtime = self.deployments[deployment], runtime.config.specVersion == running.specVersion, running.state == .running {
-                if self.replicas[running.replicaID] == nil {
-                    self.replicas[running.replicaID] = ReplicaEntry(
-                        record: ReplicaRecord(id: running.replicaID, deployment: deployment, nodeID: id, state: .running, specVersion: running.specVersion, message: ""),
-                        grant: ResourceSet(quantitiesE4: running.grant.resources.quantitiesE4),
-                        gpuIDs: running.grant.gpuIds,
-                        createdAt: Date()
-                    )
-                }
-            } else if self.replicas[running.replicaID] == nil {
+            let grant = ResourceSet(quantitiesE4: running.grant.resources.quantitiesE4)
+            let fits = grant.reportProblem == nil && grant.fits(in: total.subtracting(used))
+            if fits, running.state == .running, self.deployments[deployment]?.config.specVersion == running.specVersion {
+                self.replicas[running.replicaID] = ReplicaEntry(
+                    record: ReplicaRecord(id: running.replicaID, deployment: deployment, nodeID: id, state: .running, specVersion: running.specVersion, message: ""),
+                    grant: grant,
+                    gpuIDs: running.grant.gpuIds,
+                    createdAt: Date()
+                )
+                used = used.adding(grant)
+            } else {
                 self.send(to: id, .stopReplica(PBStopReplica.with {
                     $0.replicaID = running.replicaID
-                    $0.reason = "not part of the current config"
+                    $0.reason = fits ? "not part of the current config" : "its resources do not fit what the node offers"
                 }))
             }
         }
@@ -272,7 +283,7 @@ public actor Controller {
         for load in heartbeat.replicas {
             guard let deployment = self.replicas[load.replicaID]?.record.deployment else { continue }
             self.deployments[deployment]?.metrics.record(
-                source: load.replicaID, value: Double(load.runningRequests + load.queuedRequests), at: now)
+                source: load.replicaID, value: Double(load.runningRequests) + Double(load.queuedRequests), at: now)
         }
     }
 

@@ -73,6 +73,25 @@ struct SecurityTests {
         }
     }
 
+    @Test("a worker offering resources the head cannot account for (negative, absurdly large) is refused and exits 2; the head keeps serving")
+    func impossibleResources() async throws {
+        try await withCluster { cluster in
+            for cpus in ["-1", "1e30"] {
+                let worker = try Child("serve-worker", [
+                    "--address", "127.0.0.1:\(cluster.clusterPort)", "--num-cpus=\(cpus)", "--num-gpus", "0",
+                    "--listen-host", "127.0.0.1", "--token", cluster.token,
+                ])
+                #expect(try await worker.waitForExit() == 2, "\(worker.output)")
+                #expect(worker.output.contains("its resources cannot be taken: CPU is"), "\(worker.output)")
+            }
+            _ = try await cluster.head.waitForOutput(matching: "refused a worker's registration")
+            let (_, nodes) = try await cluster.adminCall(.get, "/api/cluster/nodes")
+            #expect(!nodes.contains("ALIVE"), "\(nodes)")
+            try await cluster.addWorker(cpus: 1)
+            _ = try await cluster.waitForNodes(1)
+        }
+    }
+
     @Test("the admin API listens on loopback only unless told otherwise")
     func adminOnLoopback() async throws {
         try await withCluster { cluster in
