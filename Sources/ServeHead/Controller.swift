@@ -194,11 +194,13 @@ public actor Controller {
     /// that later calls from the same stream carry (a newer stream for the same node wins).
     func registerNode(_ register: PBRegisterNode, outbox: AsyncStream<PBHeadMessage>.Continuation) async -> (PBRegisterAnswer, Int) {
         let total = ResourceSet(quantitiesE4: register.totalResources.quantitiesE4)
-        if let problem = total.reportProblem {
+        let problem = total.reportProblem.map { "its resources cannot be taken: \($0)" }
+            ?? ((1...65535).contains(register.port) ? nil : "its data-plane port \(register.port) is not a TCP port")
+        if let problem {
             // Refused before anything changes: a node already known under this id keeps its stream.
             var answer = PBRegisterAnswer()
             answer.accepted = false
-            answer.refusalReason = "its resources cannot be taken: \(problem)"
+            answer.refusalReason = problem
             return (answer, 0)
         }
         self.connectionCounter += 1
