@@ -11,8 +11,10 @@ public enum ServeProcess {
         options: HeadOptions,
         resources: EmbeddedCluster.LocalResources,
         configPath: String?,
+        clusterConfigPath: String? = nil,
         banner: String
     ) async throws {
+        var options = options
         // Parse the config before starting anything: a bad one is refused whole.
         var config: ServeConfig?
         if let configPath {
@@ -21,6 +23,14 @@ public enum ServeProcess {
                 config = try ConfigParser.parse(text, knownHandlers: options.registry.names)
             } catch {
                 throw ServeProcessError(description: "\(configPath) was refused:\n\(error)")
+            }
+        }
+        if let clusterConfigPath {
+            let text = try String(contentsOfFile: clusterConfigPath, encoding: .utf8)
+            do {
+                options.nodeAutoscaling = .from(try ClusterConfigParser.parse(text))
+            } catch {
+                throw ServeProcessError(description: "\(clusterConfigPath) was refused:\n\(error)")
             }
         }
         let cluster = try await EmbeddedCluster.start(head: options, resources: resources)
@@ -32,6 +42,9 @@ public enum ServeProcess {
         say("  HTTP ingress  http://\(displayHost(options.httpHost)):\(head.httpPort)")
         say("  admin API     http://\(displayHost(options.adminHost)):\(head.adminPort)")
         say("  token         \(head.tokenWasGiven ? "(given)" : head.token)")
+        if let nodes = options.nodeAutoscaling {
+            say("  node autoscaler  \(nodes.config.provider.kind) provider; node types \(nodes.config.nodeTypes.map(\.name).joined(separator: ", "))")
+        }
         if let config {
             await head.controller.deploy(config)
             for app in config.applications {

@@ -30,6 +30,7 @@ struct ServeHeadCommand: AsyncParsableCommand {
     @Option(help: "Cluster token (default: SERVE_TOKEN, else one kept in the state dir).") var token: String?
     @Option(name: .customLong("state-dir"), help: "Where the head keeps its token.") var stateDir: String?
     @Option(help: "A config to deploy at start (YAML or JSON).") var config: String?
+    @Option(name: .customLong("cluster-config"), help: "A cluster config (YAML or JSON): node types and the provider the node autoscaler launches them with.") var clusterConfig: String?
 
     func run() async throws {
         var options = HeadOptions()
@@ -48,6 +49,6 @@ struct ServeHeadCommand: AsyncParsableCommand {
         local.custom = try NodeResources.parseCustom(self.resources)
         local.acceleratorType = self.acceleratorType
         local.labels = try NodeResources.parseLabels(self.labels)
-        try await ServeProcess.runHead(options: options, resources: local, configPath: self.config, banner: "serve-head")
+        try await ServeProcess.runHead(options: options, resources: local, configPath: self.config, clusterConfigPath: self.clusterConfig, banner: "serve-head")
     }
 }

@@ -95,8 +95,12 @@ final class TestCluster: @unchecked Sendable {
     let ingress: HTTP1ConnectionPool
     let admin: HTTP1ConnectionPool
 
-    /// `headCPUs` 0: the head hosts nothing (replicas go to workers).
-    init(headCPUs: Double? = 0, token: String = "test-token-\(UInt32.random(in: 0...UInt32.max))") async throws {
+    /// `headCPUs` 0: the head hosts nothing (replicas go to workers). `headArguments` and
+    /// `headEnvironment` are added to the head's.
+    init(
+        headCPUs: Double? = 0, token: String = "test-token-\(UInt32.random(in: 0...UInt32.max))",
+        headArguments: [String] = [], headEnvironment: [String: String] = [:]
+    ) async throws {
         self.token = token
         self.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("serve-head-\(UUID().uuidString)")
         var arguments = [
@@ -104,7 +108,7 @@ final class TestCluster: @unchecked Sendable {
             "--state-dir", self.stateDirectory.path, "--token", token,
         ]
         if let headCPUs { arguments += ["--num-cpus", String(headCPUs)] }
-        self.head = try Child("serve-head", arguments)
+        self.head = try Child("serve-head", arguments + headArguments, environment: headEnvironment)
         let banner = try await self.head.waitForOutput(matching: "admin API")
         func port(after label: String) throws -> Int {
             guard let line = banner.split(separator: "\n").first(where: { $0.contains(label) }),

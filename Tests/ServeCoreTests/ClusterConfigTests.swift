@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import ServeCore
@@ -130,5 +131,17 @@ struct ClusterConfigTests {
             "provider.launch: unknown field (expected one of: type, worker_path)",
             "node_types: must name at least one node type",
         ])
+    }
+}
+
+@Suite("Cluster config examples")
+struct ClusterConfigExampleTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    @Test("examples/cluster-local.yaml and examples/cluster-command.yaml parse", arguments: ["cluster-local.yaml", "cluster-command.yaml"])
+    func examplesParse(file: String) throws {
+        let text = try String(contentsOf: Self.root.appendingPathComponent("examples/\(file)"), encoding: .utf8)
+        let config = try ClusterConfigParser.parse(text)
+        #expect(!config.nodeTypes.isEmpty)
     }
 }
