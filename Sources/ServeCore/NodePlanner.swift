@@ -678,13 +678,16 @@ extension NodePlanner {
             ])
         }
         let managed: [JSONValue] = sorted.map { node in
-            .object([
+            var fields: [String: JSONValue] = [
                 "node_id": .string(node.id),
                 "node_type": .string(node.nodeType),
                 "state": .string(node.state.rawValue),
-                "idle_s": node.idleSince.map { number(now - $0) } ?? .null,
                 "reason": .string(node.reason),
-            ])
+            ]
+            let annotations = self.nodeAnnotations(node.id, now: now) ?? [:]
+            fields["idle_s"] = annotations["idle_s"] ?? .null
+            fields["idle_terminate_in_s"] = annotations["idle_terminate_in_s"] ?? .null
+            return .object(fields)
         }
         func demands(_ list: [UnmetDemand]) -> JSONValue {
             .array(list.map { demand in

@@ -80,6 +80,15 @@ struct NodeAutoscalerTests {
         }
     }
 
+    /// The nodes JSON once the autoscaler has seen its launches join (on its pass after the
+    /// registration, within a second).
+    func waitForJoins(_ cluster: TestCluster) async throws -> JSONValue {
+        try await self.waitFor("the autoscaler to see its launches joined", timeout: .seconds(10)) {
+            let nodes = try await self.nodes(cluster)
+            return (nodes["node_autoscaler"]?["launches_in_flight"]?.arrayValue?.isEmpty == true, nodes)
+        }
+    }
+
     func workerNodes(_ nodes: JSONValue) -> [JSONValue] {
         (nodes["nodes"]?.arrayValue ?? []).filter { $0["node_type"]?.stringValue != "head" }
     }
@@ -105,11 +114,7 @@ struct NodeAutoscalerTests {
                         ray_actor_options: {num_cpus: 1}
                 """)
             _ = try await cluster.waitForRunning(app: "app", deployment: "D", replicas: 5, timeout: .seconds(90))
-            // The autoscaler sees the joins on its next pass (within a second).
-            let nodes = try await self.waitFor("the autoscaler to see the 3 nodes joined", timeout: .seconds(10)) {
-                let nodes = try await self.nodes(cluster)
-                return (nodes["node_autoscaler"]?["launches_in_flight"]?.arrayValue?.isEmpty == true, nodes)
-            }
+            let nodes = try await self.waitForJoins(cluster)
             let workers = self.workerNodes(nodes).filter { $0["state"]?.stringValue == "ALIVE" }
             #expect(workers.count == 3, "\(nodes.jsonString())")
             #expect(workers.allSatisfy { $0["node_type"]?.stringValue == "cpu2" && $0["launch_state"]?.stringValue == "JOINED" })
@@ -175,7 +180,7 @@ struct NodeAutoscalerTests {
                 let replicas = status["applications"]?["g"]?["deployments"]?["D"]?["replicas"]?.arrayValue ?? []
                 return (replicas.count == 1 && replicas[0]["state"]?.stringValue == "RUNNING", status.jsonString())
             }
-            let nodes = try await self.nodes(cluster)
+            let nodes = try await self.waitForJoins(cluster)
             let workers = self.workerNodes(nodes)
             #expect(workers.map { $0["node_type"]?.stringValue } == ["gpu"], "\(nodes.jsonString())")
             #expect(workers.first?["resources_total"]?["GPU"]?.doubleValue == 1)
@@ -190,6 +195,19 @@ struct NodeAutoscalerTests {
             let events = try await self.events(cluster)
             #expect(events.filter { $0.reason.hasPrefix("infeasible:") }.count == 1, "\(events)")
             #expect(!events.contains { $0.reason.contains("× cpu2") }, "\(events)")
+
+            // `serve status` shows the same, for a person and as JSON.
+            let address = "http://127.0.0.1:\(cluster.adminPort)"
+            let human = try Child("serve", ["status", "--address", address])
+            #expect(try await human.waitForExit() == 0)
+            #expect(human.output.contains("node autoscaler (local provider, idle_timeout_s 60)"), "\(human.output)")
+            #expect(human.output.contains("  gpu  1 node(s), 0 launching, 0 draining  (min 0, max 1; CPU: 4, GPU: 1, accelerator_type:A100: 1)"), "\(human.output)")
+            #expect(human.output.contains("! infeasible: 1 × big/B (CPU: 1, GPU: 2): no node type can hold it"), "\(human.output)")
+            let json = try Child("serve", ["status", "--json", "--address", address])
+            #expect(try await json.waitForExit() == 0)
+            let parsed = try JSONValue.parse(json.output)
+            #expect(parsed["applications"]?["g"] != nil)
+            #expect(parsed["node_autoscaler"]?["infeasible_demands"]?.arrayValue?.count == 1, "\(json.output)")
         }
     }
 
