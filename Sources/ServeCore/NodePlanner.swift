@@ -92,6 +92,12 @@ public struct ManagedNode: Sendable, Hashable {
     public var terminating = false
     /// After a failed termination, when to ask again.
     public var retryTerminateAt: Double?
+
+    /// Every state change goes through here, so an illegal one is caught where it happens.
+    mutating func move(to next: ManagedNodeState) {
+        assert(self.state.legalNext.contains(next), "node \(self.id): \(self.state) → \(next) is not a legal transition")
+        self.state = next
+    }
 }
 
 public struct NodeLaunch: Sendable, Hashable {
@@ -181,7 +187,7 @@ public struct NodePlanner: Sendable {
     /// The provider accepted a launch; `listed` are the ids its answer named.
     public mutating func launchSucceeded(requestID: String, listed: Set<String>) {
         for id in self.nodes.keys where self.nodes[id]!.requestID == requestID && self.nodes[id]!.state == .requested {
-            self.nodes[id]!.state = .booting
+            self.nodes[id]!.move(to: .booting)
             if listed.contains(id) { self.nodes[id]!.seenByProvider = true }
         }
     }
@@ -211,7 +217,7 @@ public struct NodePlanner: Sendable {
     /// The controller would not drain the node (a replica was placed on it meanwhile).
     public mutating func drainRefused(nodeID: String) {
         guard var node = self.nodes[nodeID], node.state == .draining else { return }
-        node.state = .joined
+        node.move(to: .joined)
         node.terminating = false
         node.idleSince = nil
         self.nodes[nodeID] = node
@@ -408,7 +414,7 @@ public struct NodePlanner: Sendable {
                 break
             case .booting:
                 if let seen, seen.view.state == .alive {
-                    node.state = .joined
+                    node.move(to: .joined)
                     node.joinedAt = now
                     node.idleSince = seen.view.replicaCount == 0 ? now : nil
                     self.failures[node.nodeType] = nil
@@ -457,15 +463,17 @@ public struct NodePlanner: Sendable {
 
     private mutating func beginTermination(_ id: String, reason: String) -> NodeTermination {
         var node = self.nodes[id]!
-        node.state = .draining
+        if node.state != .draining { node.move(to: .draining) }
         node.terminating = true
         node.retryTerminateAt = nil
         self.nodes[id] = node
         return NodeTermination(requestID: "terminate-\(id)", nodeID: id, nodeType: node.nodeType, reason: reason)
     }
 
+    /// The node is TERMINATED: it leaves the table (its history is in the events).
     private mutating func forget(_ id: String) {
-        guard self.nodes.removeValue(forKey: id) != nil else { return }
+        guard var node = self.nodes.removeValue(forKey: id) else { return }
+        node.move(to: .terminated)
         self.terminatedIDs.append(id)
         if self.terminatedIDs.count > 1000 { self.terminatedIDs.removeFirst(self.terminatedIDs.count - 1000) }
     }

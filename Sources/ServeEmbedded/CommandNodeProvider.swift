@@ -30,6 +30,7 @@ public actor CommandNodeProvider: NodeProvider {
     private let scratch: URL
     /// Answers by request id: a launch asked again with the same id is not run again.
     private var launched: [String: [ProviderNode]] = [:]
+    private var launchOrder: [String] = []
     private var calls = 0
 
     public init(config: CommandProviderConfig, context: NodeProviderContext) {
@@ -60,7 +61,7 @@ public actor CommandNodeProvider: NodeProvider {
             answer = try Self.nodes(in: output, command: "launch", defaultType: request.nodeType.name)
                 .filter { request.nodeIDs.contains($0.nodeID) }
         }
-        self.launched[request.requestID] = answer
+        self.remember(request.requestID, answer)
         return answer
     }
 
@@ -68,6 +69,13 @@ public actor CommandNodeProvider: NodeProvider {
         _ = try await self.run(
             "terminate", self.config.terminate, arguments: nodeIDs,
             environment: ["SERVE_REQUEST_ID": requestID, "SERVE_NODE_IDS": nodeIDs.joined(separator: " ")])
+    }
+
+    /// Keeps the answer for retries of the same request (the last 100 requests).
+    private func remember(_ requestID: String, _ answer: [ProviderNode]) {
+        self.launched[requestID] = answer
+        self.launchOrder.append(requestID)
+        if self.launchOrder.count > 100 { self.launched[self.launchOrder.removeFirst()] = nil }
     }
 
     public func nonTerminatedNodes() async throws -> [ProviderNode] {

@@ -89,6 +89,40 @@ struct NodeAutoscalerTests {
         }
     }
 
+    /// Runs a command to its end and returns its status and stdout. posix_spawn and waitpid
+    /// rather than Foundation's Process, which on Linux judges a child's exit by a socket the
+    /// child inherits: a script that leaves a worker running in the background would never end.
+    func spawn(_ argv: [String], environment: [String: String]) async throws -> (Int32, String) {
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent("spawn-\(UUID().uuidString).out")
+        defer { try? FileManager.default.removeItem(at: output) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, output.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        let cArguments = argv.map { strdup($0) } + [nil]
+        let merged = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        let cEnvironment = merged.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            for pointer in cArguments { free(pointer) }
+            for pointer in cEnvironment { free(pointer) }
+        }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, argv[0], &actions, nil, cArguments, cEnvironment)
+        guard result == 0 else { throw HarnessFailure("could not start \(argv[0]): \(String(cString: strerror(result)))") }
+        var status: Int32 = 0
+        let deadline = ContinuousClock.now + .seconds(30)
+        while waitpid(pid, &status, WNOHANG) == 0 {
+            guard ContinuousClock.now < deadline else {
+                kill(pid, SIGKILL)
+                throw HarnessFailure("\(argv) did not finish")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        let code = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return (code, (try? String(contentsOf: output, encoding: .utf8)) ?? "")
+    }
+
     func workerNodes(_ nodes: JSONValue) -> [JSONValue] {
         (nodes["nodes"]?.arrayValue ?? []).filter { $0["node_type"]?.stringValue != "head" }
     }
@@ -305,6 +339,92 @@ struct NodeAutoscalerTests {
             let firstID = launches.first?.reason.firstMatch(of: /\((cpu2-[^)]+)\)/).map { String($0.1) }
             #expect(node != nil && node != firstID, "replica on \(node ?? "-"), first launch \(firstID ?? "-")")
             #expect(failure.map { $0.reason.contains(firstID ?? "?") } == true)
+        }
+    }
+
+    @Test("a launch that never joins is terminated at launch_timeout_s and retried with a growing backoff")
+    func neverJoins() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("serve-nojoin-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        // A provider whose machines never come up: it records launches and lists them as
+        // running, but starts nothing.
+        let scripts = [
+            "launch.sh": #"type=$1; shift 2; for id in "$@"; do echo "$id $type" >> "$DIR/nodes"; done"#,
+            "list.sh": #"printf '{"nodes": ['; sep=; while read -r id type; do printf '%s{"node_id": "%s", "node_type": "%s"}' "$sep" "$id" "$type"; sep=,; done < "$DIR/nodes"; printf ']}'"#,
+            "terminate.sh": #"for id in "$@"; do grep -v "^$id " "$DIR/nodes" > "$DIR/nodes.new" || true; mv "$DIR/nodes.new" "$DIR/nodes"; echo "$id" >> "$DIR/terminated"; done"#,
+        ]
+        for (name, body) in scripts {
+            try "DIR=\(directory.path)\n\(body)\n".write(to: directory.appendingPathComponent(name), atomically: true, encoding: .utf8)
+        }
+        _ = FileManager.default.createFile(atPath: directory.appendingPathComponent("nodes").path, contents: nil)
+        let config = """
+            provider:
+              type: command
+              launch: [/bin/sh, \(directory.path)/launch.sh]
+              terminate: [/bin/sh, \(directory.path)/terminate.sh]
+              list: [/bin/sh, \(directory.path)/list.sh]
+            launch_timeout_s: 1
+            node_types:
+              cpu2: {resources: {CPU: 2}, max_workers: 1}
+            """
+        try await self.withAutoscaledCluster(config) { cluster in
+            try await cluster.deploy(
+                """
+                applications:
+                  - name: app
+                    route_prefix: /app
+                    deployments:
+                      - name: D
+                        handler: echo
+                """)
+            let events = try await self.waitFor("two launches to time out", timeout: .seconds(30)) {
+                let events = try await self.events(cluster)
+                return (events.filter { $0.reason.contains("did not join within launch_timeout_s 1 s") }.count >= 2, events)
+            }
+            let timeouts = events.filter { $0.reason.contains("did not join") }
+            #expect(timeouts[0].reason.hasSuffix("a replacement follows in 1 s"), "\(timeouts)")
+            #expect(timeouts[1].reason.hasSuffix("a replacement follows in 2 s"), "\(timeouts)")
+            let launches = events.filter { $0.reason.hasPrefix("launching 1 × cpu2") }
+            #expect(launches.count >= 2)
+            // The retry came after the backoff, not at once.
+            #expect(launches[1].time - timeouts[0].time >= 1 - 0.2, "\(events)")
+            let terminated = (try? String(contentsOf: directory.appendingPathComponent("terminated"), encoding: .utf8)) ?? ""
+            #expect(terminated.split(separator: "\n").count >= 2, "\(terminated)")
+            // Never more than max_workers at a time.
+            let nodes = try String(contentsOf: directory.appendingPathComponent("nodes"), encoding: .utf8)
+            #expect(nodes.split(separator: "\n").count <= 1, "\(nodes)")
+        }
+    }
+
+    @Test("the example launch script is idempotent per node id, and list and terminate agree with it")
+    func exampleScriptsAreIdempotent() async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("serve-scripts-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let environment = [
+            "SERVE_PROVIDER_DIR": directory.path, "SERVE_WORKER_BIN": try builtBinary("serve-worker").path,
+            "SERVE_TOKEN": "t", "SERVE_WORKER_FLAGS": "--address 127.0.0.1:9 --node-type cpu2 --num-cpus 2 --num-gpus 0",
+        ]
+        func run(_ script: String, _ arguments: [String]) async throws -> String {
+            let (status, output) = try await self.spawn(
+                [packageRoot.appendingPathComponent("deploy/command-provider/\(script)").path] + arguments, environment: environment)
+            #expect(status == 0, "\(script) \(arguments)")
+            return output
+        }
+        let id = "cpu2-test-\(UInt16.random(in: 0...UInt16.max))"
+        let first = try await run("launch.sh", ["cpu2", "1", id])
+        let second = try await run("launch.sh", ["cpu2", "1", id])
+        #expect(first == second)
+        #expect(try JSONValue.parse(first)["nodes"]?.arrayValue?.first?["node_id"]?.stringValue == id)
+        #expect(self.processes(containing: id).count == 1, "\(self.processes(containing: id))")
+        let listed = try JSONValue.parse(try await run("list.sh", []))
+        #expect(listed["nodes"]?.arrayValue?.map { $0["node_type"]?.stringValue } == ["cpu2"])
+        _ = try await run("terminate.sh", [id])
+        _ = try await run("terminate.sh", [id])  // again: already gone, not an error
+        #expect(try JSONValue.parse(try await run("list.sh", []))["nodes"]?.arrayValue?.isEmpty == true)
+        try await self.waitFor("the worker to exit", timeout: .seconds(15)) {
+            let left = self.processes(containing: id)
+            return (left.isEmpty, left)
         }
     }
 }

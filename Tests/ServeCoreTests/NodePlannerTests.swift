@@ -303,3 +303,18 @@ extension JSONValue {
         return array[index]
     }
 }
+
+@Suite("Managed node lifecycle")
+struct ManagedNodeLifecycleTests {
+    @Test("the legal transitions: forward only, any state may end, a refused drain goes back to JOINED")
+    func legalTransitions() {
+        #expect(ManagedNodeState.requested.legalNext == [.booting, .terminated])
+        #expect(ManagedNodeState.booting.legalNext == [.joined, .draining, .terminated])
+        #expect(ManagedNodeState.joined.legalNext == [.draining, .terminated])
+        #expect(ManagedNodeState.draining.legalNext == [.joined, .terminated])
+        #expect(ManagedNodeState.terminated.legalNext.isEmpty)
+        for state in ManagedNodeState.allCases {
+            #expect(!state.legalNext.contains(state), "\(state) does not move to itself")
+        }
+    }
+}
