@@ -166,7 +166,9 @@ public struct NodePlanner: Sendable {
     private var sequence = 0
     private var reportedInfeasible: Set<String> = []
     private var failures: [String: (count: Int, retryAt: Double)] = [:]
-    /// Recently terminated ids, so a provider that still lists them is not adopted again.
+    /// Recently terminated ids: a provider that still lists one does not get it adopted again,
+    /// and the controller still showing one (DRAINING until its stream ends) does not count it
+    /// as a worker someone else started.
     private var terminatedIDs: [String] = []
 
     /// Launch retries back off from this, doubling to `maximumBackoffS`.
@@ -246,7 +248,7 @@ public struct NodePlanner: Sendable {
             if node.state != .draining { active[node.nodeType, default: 0] += 1 }
         }
         for node in observed where self.nodes[node.id] == nil && !node.isHead && node.view.state != .dead
-            && self.config.nodeType(named: node.nodeType) != nil
+            && self.config.nodeType(named: node.nodeType) != nil && !self.terminatedIDs.contains(node.id)
         {
             count[node.nodeType, default: 0] += 1
             if node.view.state == .alive { active[node.nodeType, default: 0] += 1 }

@@ -192,6 +192,21 @@ struct NodePlannerTests {
         #expect(Self.terminations(planner.tick(now: 52, observed: observed(busy: [], gone: [ids[0]]), demands: [], providerNodes: rest)).map(\.nodeID) == [ids[1]])
     }
 
+    @Test("a terminated node the controller still shows DRAINING does not hold the type at its max")
+    func terminatedNodeNotCounted() throws {
+        var type = Self.cpu2
+        type.maxWorkers = 1
+        var planner = NodePlanner(config: Self.config([type], idle: 1), idPrefix: "t")
+        let first = planner.tick(now: 0, observed: [], demands: Self.demands(1), providerNodes: [])
+        let joined = Self.launchAndJoin(&planner, first, now: 0)
+        _ = planner.tick(now: 1, observed: joined, demands: [], providerNodes: nil)
+        let termination = try #require(Self.terminations(planner.tick(now: 2, observed: joined, demands: [], providerNodes: nil)).first)
+        planner.terminateSucceeded(nodeID: termination.nodeID)
+        let draining = [Self.node(termination.nodeID, type: "cpu2", total: ["CPU": 2], state: .draining)]
+        let again = planner.tick(now: 3, observed: draining, demands: Self.demands(1), providerNodes: nil)
+        #expect(Self.launches(again).map(\.nodeIDs.count) == [1])
+    }
+
     @Test("a drain the controller refuses puts the node back to JOINED with a fresh idle timer")
     func drainRefused() {
         var planner = NodePlanner(config: Self.config(idle: 1), idPrefix: "t")
