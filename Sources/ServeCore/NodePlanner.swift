@@ -584,6 +584,9 @@ struct Bins {
     private var existing: [NodeView]
     private var launching: [NodeView]
     private var groupsByNode: [String: [String: Int]]
+    /// Demand shapes that fitted no existing node: room there only shrinks within a pass, so
+    /// they never will this pass (thousands of one deployment's replicas are checked once).
+    private var failedOnExisting: Set<String> = []
     /// Launching bins at and after this index were opened this pass.
     let firstNewBin: Int
     private var sequence = 0
@@ -613,7 +616,12 @@ struct Bins {
 
     /// Packs onto a node there is; returns its id.
     mutating func placeOnExisting(_ demand: ResourceDemand) -> String? {
-        guard case .node(let id) = self.choose(demand, in: self.existing) else { return nil }
+        let key = NodePlanner.key(demand)
+        guard !self.failedOnExisting.contains(key) else { return nil }
+        guard case .node(let id) = self.choose(demand, in: self.existing) else {
+            self.failedOnExisting.insert(key)
+            return nil
+        }
         let index = self.existing.firstIndex { $0.id == id }!
         self.existing[index] = self.reserve(demand, on: self.existing[index])
         return id

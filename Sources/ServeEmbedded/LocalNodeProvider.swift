@@ -68,7 +68,10 @@ public actor LocalNodeProvider: NodeProvider {
                 process = try ChildProcess(argv: argv, environment: environment, workingDirectory: nil, logPath: log)
             } catch {
                 // Stop what this request started, so a retry starts from nothing.
-                for node in started { self.workers[node.nodeID]?.process.signal(SIGKILL) }
+                for node in started {
+                    self.workers[node.nodeID]?.process.signal(SIGKILL)
+                    self.workers[node.nodeID] = nil
+                }
                 throw NodeProviderError("could not start \(self.workerPath): \(error)")
             }
             self.workers[id] = Worker(process: process, nodeType: request.nodeType.name)
