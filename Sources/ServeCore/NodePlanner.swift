@@ -582,22 +582,43 @@ public struct NodePlanner: Sendable {
 /// controller will place there.
 struct Bins {
     private var existing: [NodeView]
-    private var launching: [NodeView]
     private var groupsByNode: [String: [String: Int]]
     /// Demand shapes that fitted no existing node: room there only shrinks within a pass, so
     /// they never will this pass (thousands of one deployment's replicas are checked once).
     private var failedOnExisting: Set<String> = []
+
+    /// Launching bins in classes of identical state (room, GPU grants, replicas per
+    /// deployment): the in-flight nodes of one type are one class, so packing a demand looks at
+    /// the distinct states there are, not at every launching node.
+    private struct BinClass {
+        var view: NodeView
+        var groups: [String: Int]
+        var members: [Int]
+    }
+
+    private struct ClassKey: Hashable {
+        var total: ResourceSet
+        var available: ResourceSet
+        var gpus: GPUAllocator?
+        var replicaCount: Int
+        var groups: [String: Int]
+    }
+
+    private var classes: [BinClass] = []
+    private var classByKey: [ClassKey: Int] = [:]
+    private var binCount = 0
     /// Launching bins at and after this index were opened this pass.
-    let firstNewBin: Int
+    private(set) var firstNewBin = 0
     private var sequence = 0
 
     init(observed: [ObservedNode], inFlight: [ManagedNode], config: ClusterConfig) {
         self.existing = observed.map(\.view).filter { $0.state == .alive }
         self.groupsByNode = Dictionary(observed.map { ($0.id, $0.replicasByGroup) }, uniquingKeysWith: { first, _ in first })
-        self.launching = inFlight.sorted { $0.id < $1.id }.compactMap { node in
-            config.nodeType(named: node.nodeType).map { Self.emptyView($0, id: node.id) }
+        for node in inFlight.sorted(by: { $0.id < $1.id }) {
+            guard let type = config.nodeType(named: node.nodeType) else { continue }
+            self.addBin(Self.emptyView(type, id: ""), groups: [:])
         }
-        self.firstNewBin = self.launching.count
+        self.firstNewBin = self.binCount
     }
 
     static func emptyView(_ type: NodeTypeConfig, id: String) -> NodeView {
@@ -610,42 +631,68 @@ struct Bins {
 
     /// Opens a new bin of `type` (a node this pass launches).
     mutating func open(_ type: NodeTypeConfig) {
-        self.sequence += 1
-        self.launching.append(Self.emptyView(type, id: "+\(type.name)#\(self.sequence)"))
+        self.addBin(Self.emptyView(type, id: ""), groups: [:])
+    }
+
+    private mutating func addBin(_ view: NodeView, groups: [String: Int]) {
+        self.binCount += 1
+        self.place(bin: self.binCount - 1, view: view, groups: groups)
+    }
+
+    /// Puts a bin into the class of its state.
+    private mutating func place(bin: Int, view: NodeView, groups: [String: Int]) {
+        let key = ClassKey(total: view.total, available: view.available, gpus: view.gpus, replicaCount: view.replicaCount, groups: groups)
+        if let index = self.classByKey[key] {
+            self.classes[index].members.append(bin)
+            return
+        }
+        var representative = view
+        // Ids in class order, so that ties in placement go to the older class.
+        representative.id = "class-" + String(repeating: "0", count: max(0, 9 - String(self.classes.count).count)) + String(self.classes.count)
+        self.classByKey[key] = self.classes.count
+        self.classes.append(BinClass(view: representative, groups: groups, members: [bin]))
     }
 
     /// Packs onto a node there is; returns its id.
     mutating func placeOnExisting(_ demand: ResourceDemand) -> String? {
         let key = NodePlanner.key(demand)
         guard !self.failedOnExisting.contains(key) else { return nil }
-        guard case .node(let id) = self.choose(demand, in: self.existing) else {
+        guard case .node(let id) = self.choose(demand, in: self.existing, groups: { self.groupsByNode[$0] }) else {
             self.failedOnExisting.insert(key)
             return nil
         }
         let index = self.existing.firstIndex { $0.id == id }!
-        self.existing[index] = self.reserve(demand, on: self.existing[index])
+        let (view, groups) = self.reserve(demand, on: self.existing[index], groups: self.groupsByNode[id] ?? [:])
+        self.existing[index] = view
+        self.groupsByNode[id] = groups
         return id
     }
 
     /// Packs onto a launching node; returns its bin index.
     mutating func placeOnLaunching(_ demand: ResourceDemand) -> Int? {
-        guard case .node(let id) = self.choose(demand, in: self.launching) else { return nil }
-        let index = self.launching.firstIndex { $0.id == id }!
-        self.launching[index] = self.reserve(demand, on: self.launching[index])
-        return index
+        let live = self.classes.indices.filter { !self.classes[$0].members.isEmpty }
+        var groupsByClass: [String: [String: Int]] = [:]
+        for index in live { groupsByClass[self.classes[index].view.id] = self.classes[index].groups }
+        let views = live.map { self.classes[$0].view }
+        guard case .node(let id) = self.choose(demand, in: views, groups: { groupsByClass[$0] }) else { return nil }
+        let index = live.first { self.classes[$0].view.id == id }!
+        let bin = self.classes[index].members.removeLast()
+        let (view, groups) = self.reserve(demand, on: self.classes[index].view, groups: self.classes[index].groups)
+        self.place(bin: bin, view: view, groups: groups)
+        return bin
     }
 
-    private func choose(_ demand: ResourceDemand, in views: [NodeView]) -> PlacementDecision {
+    private func choose(_ demand: ResourceDemand, in views: [NodeView], groups: (String) -> [String: Int]?) -> PlacementDecision {
         var perNode: [String: Int] = [:]
         if demand.maxPerNode != nil {
-            for view in views { perNode[view.id] = self.groupsByNode[view.id]?[demand.group] ?? 0 }
+            for view in views { perNode[view.id] = groups(view.id)?[demand.group] ?? 0 }
         }
         return Placement.choose(
             demand: demand.resources, nodes: views, deploymentReplicasPerNode: perNode, maxReplicasPerNode: demand.maxPerNode)
     }
 
-    private mutating func reserve(_ demand: ResourceDemand, on original: NodeView) -> NodeView {
-        var view = original
+    private mutating func reserve(_ demand: ResourceDemand, on node: NodeView, groups before: [String: Int]) -> (NodeView, [String: Int]) {
+        var view = node
         view.available = view.available.subtracting(demand.resources)
         view.replicaCount += 1
         let gpu = demand.resources[ResourceSet.gpu]
@@ -653,8 +700,9 @@ struct Bins {
             self.sequence += 1
             _ = view.gpus!.allocate(replicaID: "demand#\(self.sequence)", amount: gpu)
         }
-        self.groupsByNode[view.id, default: [:]][demand.group, default: 0] += 1
-        return view
+        var groups = before
+        groups[demand.group, default: 0] += 1
+        return (view, groups)
     }
 }
 
