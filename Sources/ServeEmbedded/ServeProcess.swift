@@ -11,8 +11,10 @@ public enum ServeProcess {
         options: HeadOptions,
         resources: EmbeddedCluster.LocalResources,
         configPath: String?,
+        clusterConfigPath: String? = nil,
         banner: String
     ) async throws {
+        var options = options
         // Parse the config before starting anything: a bad one is refused whole.
         var config: ServeConfig?
         if let configPath {
@@ -23,8 +25,15 @@ public enum ServeProcess {
                 throw ServeProcessError(description: "\(configPath) was refused:\n\(error)")
             }
         }
-        var options = options
         options.config = config
+        if let clusterConfigPath {
+            let text = try String(contentsOfFile: clusterConfigPath, encoding: .utf8)
+            do {
+                options.nodeAutoscaling = .from(try ClusterConfigParser.parse(text))
+            } catch {
+                throw ServeProcessError(description: "\(clusterConfigPath) was refused:\n\(error)")
+            }
+        }
         let cluster = try await EmbeddedCluster.start(head: options, resources: resources)
         let head = cluster.head
         let out = FileHandle.standardOutput
@@ -39,6 +48,9 @@ public enum ServeProcess {
             for app in restored.applications {
                 say("  restored \(app.name) from the state dir: curl http://\(displayHost(options.httpHost)):\(head.httpPort)\(app.routePrefix)")
             }
+        }
+        if let nodes = options.nodeAutoscaling {
+            say("  node autoscaler  \(nodes.config.provider.kind) provider; node types \(nodes.config.nodeTypes.map(\.name).joined(separator: ", "))")
         }
         if let config {
             for app in config.applications {

@@ -17,6 +17,8 @@ struct AdminAPI: Sendable {
     let knownHandlers: Set<String>
     let logger: Logger
     let onShutdown: @Sendable () -> Void
+    /// The node autoscaler, when the head has a cluster config.
+    var nodeAutoscaler: NodeAutoscaler? = nil
 
     func handle(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws {
         let path = String((request.head.path ?? "/").prefix(while: { $0 != "?" }))
@@ -63,7 +65,7 @@ struct AdminAPI: Sendable {
             guard try await self.deploy(config, writer) else { return }
             try await self.json(writer, .ok, ["result": .string("deleted \(name)")])
         case (.get, "/api/cluster/nodes"):
-            try await self.json(writer, .ok, await self.controller.nodesJSON())
+            try await self.json(writer, .ok, await self.clusterNodesJSON())
         case (.get, "/api/serve/events"):
             try await self.json(writer, .ok, await self.controller.eventsJSON())
         case (.get, "/metrics"):

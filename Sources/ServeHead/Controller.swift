@@ -51,9 +51,9 @@ public actor Controller {
     private let logger: Logger
     private let ingress: Ingress
     private(set) var config = ServeConfig()
-    private var nodes: [String: NodeEntry] = [:]
-    private var replicas: [String: ReplicaEntry] = [:]
-    private var deployments: [DeploymentID: DeploymentRuntime] = [:]
+    var nodes: [String: NodeEntry] = [:]
+    var replicas: [String: ReplicaEntry] = [:]
+    var deployments: [DeploymentID: DeploymentRuntime] = [:]
     /// Apps removed from the config whose replicas are still stopping.
     private var deletingApps: Set<String> = []
     private var events: [ServeEvent] = []
@@ -428,7 +428,7 @@ public actor Controller {
         await self.publishRoutes()
     }
 
-    private func nodeViews() -> [NodeView] {
+    func nodeViews() -> [NodeView] {
         self.nodes.values.map { node in
             var used = ResourceSet()
             var count = 0
@@ -565,7 +565,7 @@ public actor Controller {
     // MARK: events and status
 
     @discardableResult
-    private func record(_ kind: ServeEvent.Kind, _ deployment: DeploymentID?, before: Int, after: Int, reason: String) -> ServeEvent {
+    func record(_ kind: ServeEvent.Kind, _ deployment: DeploymentID?, before: Int, after: Int, reason: String) -> ServeEvent {
         let event = ServeEvent(time: Date(), kind: kind, deployment: deployment, before: before, after: after, reason: reason)
         self.events.append(event)
         if self.events.count > 1000 { self.events.removeFirst(self.events.count - 1000) }
@@ -706,7 +706,7 @@ public actor Controller {
 
 /// One decision, as `GET /api/serve/events` shows it.
 public struct ServeEvent: Sendable {
-    public enum Kind: String, Sendable { case deploy, scale, autoscale, replica, node }
+    public enum Kind: String, Sendable { case deploy, scale, autoscale, replica, node, nodeAutoscale = "node_autoscale" }
     public var time: Date
     public var kind: Kind
     public var deployment: DeploymentID?

@@ -26,6 +26,8 @@ public struct HeadOptions: Sendable {
     /// Deployed at start (`--config`) and saved, instead of the config in the state dir.
     public var config: ServeConfig?
     public var registry: DeploymentRegistry = .builtIn
+    /// The node autoscaler's config and provider (`--cluster-config`); nil: no node autoscaling.
+    public var nodeAutoscaling: NodeAutoscaling?
 
     public init(stateDirectory: URL = HeadOptions.defaultStateDirectory) {
         self.stateDirectory = stateDirectory
@@ -41,6 +43,7 @@ public struct HeadOptions: Sendable {
 public final class HeadRuntime: Sendable {
     public let controller: Controller
     public let ingress: Ingress
+    public let nodeAutoscaler: NodeAutoscaler?
     public let token: String
     /// Whether the token came from the operator (then the admin API's mutating calls need it).
     public let tokenWasGiven: Bool
@@ -84,6 +87,11 @@ public final class HeadRuntime: Sendable {
         let clusterServer = try await HTTP2Server.bind(host: options.clusterHost, port: options.clusterPort) { request, writer in
             if try await !cluster.handle(request, writer) { try await RPCRouter.unimplemented(request, writer) }
         }
+        let clusterHost = options.clusterHost == "0.0.0.0" || options.clusterHost == "::" ? "127.0.0.1" : options.clusterHost
+        let nodeAutoscaler = try options.nodeAutoscaling.map { setup in
+            let context = NodeProviderContext(clusterAddress: "\(clusterHost):\(clusterServer.port)", token: token, stateDirectory: options.stateDirectory)
+            return NodeAutoscaler(config: setup.config, provider: try setup.makeProvider(context), controller: controller, logger: logger)
+        }
         let httpServer = try await HTTPServer.bind(host: options.httpHost, port: options.httpPort) { request, writer in
             try await ingress.handle(request, writer)
         }
@@ -94,7 +102,8 @@ public final class HeadRuntime: Sendable {
             store: store,
             knownHandlers: options.registry.names,
             logger: logger,
-            onShutdown: { stop.yield() }
+            onShutdown: { stop.yield() },
+            nodeAutoscaler: nodeAutoscaler
         )
         let adminServer = try await HTTP1Server.bind(host: options.adminHost, port: options.adminPort) { request, writer in
             try await admin.handle(request, writer)
@@ -103,6 +112,7 @@ public final class HeadRuntime: Sendable {
         let runtime = HeadRuntime(
             controller: controller,
             ingress: ingress,
+            nodeAutoscaler: nodeAutoscaler,
             token: token,
             tokenWasGiven: given,
             store: store,
@@ -121,6 +131,7 @@ public final class HeadRuntime: Sendable {
     private init(
         controller: Controller,
         ingress: Ingress,
+        nodeAutoscaler: NodeAutoscaler?,
         token: String,
         tokenWasGiven: Bool,
         store: StateStore,
@@ -134,6 +145,7 @@ public final class HeadRuntime: Sendable {
     ) {
         self.controller = controller
         self.ingress = ingress
+        self.nodeAutoscaler = nodeAutoscaler
         self.token = token
         self.tokenWasGiven = tokenWasGiven
         self.store = store
@@ -168,7 +180,9 @@ public final class HeadRuntime: Sendable {
                 await controller.autoscale(waitingAtRouter: await ingress.waitingRequests())
             }
         }
-        self.tasks.withLockedValue { $0 = [tick, autoscaler] }
+        // The node autoscaler's loop (its own pace: a provider call can take seconds).
+        let nodeAutoscaler = self.nodeAutoscaler.map { nodes in Task { await nodes.run() } }
+        self.tasks.withLockedValue { $0 = [tick, autoscaler] + (nodeAutoscaler.map { [$0] } ?? []) }
     }
 
     /// Waits until `shutdown()` or `POST /api/serve/shutdown`.
@@ -186,6 +200,7 @@ public final class HeadRuntime: Sendable {
         await self.controller.deploy(ServeConfig(httpOptions: await self.controller.config.httpOptions, applications: []))
         let tasks = self.tasks.withLockedValue { $0 }
         for task in tasks { task.cancel() }
+        await self.nodeAutoscaler?.shutdown()
         await self.httpServer.shutdown(gracePeriod: .seconds(2))
         await self.adminServer.shutdown(gracePeriod: .seconds(1))
         await self.clusterServer.shutdown(gracePeriod: .seconds(1))

@@ -8,14 +8,16 @@ import Glibc
 /// (the worker's threads block most signals, and Foundation's Process passes that mask on, so a
 /// child would ignore SIGTERM), in its own process group (so stopping it reaches anything it
 /// started), with its output appended to a log file and its working directory set.
-final class ChildProcess: Sendable {
-    let pid: pid_t
+package final class ChildProcess: Sendable {
+    package let pid: pid_t
 
-    struct SpawnError: Error, CustomStringConvertible {
-        var description: String
+    package struct SpawnError: Error, CustomStringConvertible {
+        package var description: String
     }
 
-    init(argv: [String], environment: [String: String], workingDirectory: String?, logPath: String) throws {
+    /// `errorPath`: where stderr goes when it should not join stdout in `logPath` (a command
+    /// whose stdout is an answer to parse).
+    package init(argv: [String], environment: [String: String], workingDirectory: String?, logPath: String, errorPath: String? = nil) throws {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -33,7 +35,11 @@ final class ChildProcess: Sendable {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        if let errorPath {
+            posix_spawn_file_actions_addopen(&actions, 2, errorPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        } else {
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
         // env(1) resolves the command through PATH like a shell would (`python3 model.py`) and
         // changes directory first (GNU env's -C; glibc's addchdir_np is not visible to Swift).
         var arguments = ["/usr/bin/env"]
@@ -55,7 +61,7 @@ final class ChildProcess: Sendable {
 
     /// Waits for the child to exit (on a thread of its own: waitpid blocks) and reports its
     /// status: the exit code, or 128 + the signal that ended it, as shells do.
-    func onExit(_ handler: @escaping @Sendable (Int32) -> Void) {
+    package func onExit(_ handler: @escaping @Sendable (Int32) -> Void) {
         let pid = self.pid
         let thread = Thread {
             var status: Int32 = 0
@@ -67,7 +73,7 @@ final class ChildProcess: Sendable {
     }
 
     /// Sends `signal` to the child's whole process group.
-    func signal(_ signal: Int32) {
+    package func signal(_ signal: Int32) {
         kill(-self.pid, signal)
     }
 }

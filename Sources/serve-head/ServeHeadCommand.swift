@@ -34,6 +34,7 @@ struct ServeHeadCommand: AsyncParsableCommand {
         name: .customLong("reconnect-grace"),
         help: "After a restart, seconds to wait for workers to reconnect with their replicas before starting new ones.")
     var reconnectGrace: Double = 10
+    @Option(name: .customLong("cluster-config"), help: "A cluster config (YAML or JSON): node types and the provider the node autoscaler launches them with.") var clusterConfig: String?
 
     func run() async throws {
         var options = HeadOptions()
@@ -56,6 +57,6 @@ struct ServeHeadCommand: AsyncParsableCommand {
         local.custom = try NodeResources.parseCustom(self.resources)
         local.acceleratorType = self.acceleratorType
         local.labels = try NodeResources.parseLabels(self.labels)
-        try await ServeProcess.runHead(options: options, resources: local, configPath: self.config, banner: "serve-head")
+        try await ServeProcess.runHead(options: options, resources: local, configPath: self.config, clusterConfigPath: self.clusterConfig, banner: "serve-head")
     }
 }

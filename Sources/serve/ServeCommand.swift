@@ -106,11 +106,17 @@ struct Status: AsyncParsableCommand {
             FileHandle.standardError.write(Data("the head answered \(status): \(body)\n".utf8))
             throw ExitCode(1)
         }
+        let nodeAutoscaler = try await NodeAutoscalerStatus.fetch(client)
         if self.json {
-            print(body, terminator: body.hasSuffix("\n") ? "" : "\n")
+            if let nodeAutoscaler, case .object(var object) = try JSONValue.parse(body) {
+                object["node_autoscaler"] = nodeAutoscaler
+                print(JSONValue.object(object).jsonString())
+            } else {
+                print(body, terminator: body.hasSuffix("\n") ? "" : "\n")
+            }
             return
         }
-        print(StatusTree.render(try JSONValue.parse(body)), terminator: "")
+        print(StatusTree.render(try JSONValue.parse(body)) + (nodeAutoscaler.map(NodeAutoscalerStatus.render) ?? ""), terminator: "")
     }
 }
 

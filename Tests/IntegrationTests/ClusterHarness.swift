@@ -97,13 +97,14 @@ final class TestCluster: @unchecked Sendable {
     private(set) var ingress: HTTP1ConnectionPool
     private(set) var admin: HTTP1ConnectionPool
     private let headArguments: [String]
+    private let headEnvironment: [String: String]
 
-    /// `headCPUs` 0: the head hosts nothing (replicas go to workers). `headArguments` are added
-    /// to serve-head's, on every (re)start.
+    /// `headCPUs` 0: the head hosts nothing (replicas go to workers). `headArguments` and
+    /// `headEnvironment` are added to serve-head's, on every (re)start.
     init(
         headCPUs: Double? = 0,
         token: String = "test-token-\(UInt32.random(in: 0...UInt32.max))",
-        headArguments: [String] = []
+        headArguments: [String] = [], headEnvironment: [String: String] = [:]
     ) async throws {
         self.token = token
         self.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("serve-head-\(UUID().uuidString)")
@@ -113,7 +114,8 @@ final class TestCluster: @unchecked Sendable {
         ]
         if let headCPUs { arguments += ["--num-cpus", String(headCPUs)] }
         self.headArguments = arguments + headArguments
-        let (head, ports) = try await Self.startHead(self.headArguments + ["--port", "0"])
+        self.headEnvironment = headEnvironment
+        let (head, ports) = try await Self.startHead(self.headArguments + ["--port", "0"], environment: headEnvironment)
         self.head = head
         (self.clusterPort, self.httpPort, self.adminPort) = ports
         self.ingress = HTTP1ConnectionPool(host: "127.0.0.1", port: self.httpPort)
@@ -121,8 +123,8 @@ final class TestCluster: @unchecked Sendable {
     }
 
     /// Starts serve-head and reads its ports from its banner.
-    private static func startHead(_ arguments: [String]) async throws -> (Child, (cluster: Int, http: Int, admin: Int)) {
-        let head = try Child("serve-head", arguments)
+    private static func startHead(_ arguments: [String], environment: [String: String]) async throws -> (Child, (cluster: Int, http: Int, admin: Int)) {
+        let head = try Child("serve-head", arguments, environment: environment)
         let banner = try await head.waitForOutput(matching: "  state dir ")
         func port(after label: String) throws -> Int {
             guard let line = banner.split(separator: "\n").first(where: { $0.contains(label) }),
@@ -144,7 +146,7 @@ final class TestCluster: @unchecked Sendable {
     /// Starts a head again with the same state dir, token and cluster port (the workers' retries
     /// find it there); its HTTP and admin ports are new.
     func restartHead() async throws {
-        let (head, ports) = try await Self.startHead(self.headArguments + ["--port", String(self.clusterPort)])
+        let (head, ports) = try await Self.startHead(self.headArguments + ["--port", String(self.clusterPort)], environment: self.headEnvironment)
         self.previousHeads.append(self.head)
         self.head = head
         (self.clusterPort, self.httpPort, self.adminPort) = ports
