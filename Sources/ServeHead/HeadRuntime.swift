@@ -19,6 +19,11 @@ public struct HeadOptions: Sendable {
     public var token: String?
     public var stateDirectory: URL
     public var registry: DeploymentRegistry = .builtIn
+    /// A worker silent this long is DEAD (`--heartbeat-timeout-s`, default 5 s).
+    public var heartbeatTimeout: Double = FailureDetector.Configuration.defaultHeartbeatTimeout
+    /// On shutdown (SIGTERM), how long requests in flight at the ingress may take to finish
+    /// before the head stops anyway (`--shutdown-timeout-s`, default 30 s).
+    public var shutdownTimeout: Double = 30
 
     public init(stateDirectory: URL = HeadOptions.defaultStateDirectory) {
         self.stateDirectory = stateDirectory
@@ -44,6 +49,8 @@ public final class HeadRuntime: Sendable {
     private let httpServer: HTTPServer
     private let adminServer: HTTP1Server
     private let tasks: NIOLockedValueBox<[Task<Void, Never>]>
+    private let shutdownTimeout: Double
+    private let ingressStopped = NIOLockedValueBox(false)
     private let stopped: AsyncStream<Void>
     private let stop: AsyncStream<Void>.Continuation
     private let logger: Logger
@@ -51,7 +58,11 @@ public final class HeadRuntime: Sendable {
     public static func start(_ options: HeadOptions, logger: Logger = Logger(label: "serve.head")) async throws -> HeadRuntime {
         let (token, given) = try Self.token(options)
         let ingress = Ingress(token: token, logger: logger)
-        let controller = Controller(ingress: ingress, logger: logger)
+        let controller = Controller(
+            ingress: ingress,
+            failureDetection: FailureDetector.Configuration(heartbeatTimeout: options.heartbeatTimeout),
+            logger: logger
+        )
         let (stopped, stop) = AsyncStream<Void>.makeStream()
 
         let cluster = ClusterService.router(controller: controller, token: token, logger: logger)
@@ -83,6 +94,7 @@ public final class HeadRuntime: Sendable {
             adminServer: adminServer,
             stopped: stopped,
             stop: stop,
+            shutdownTimeout: options.shutdownTimeout,
             logger: logger
         )
         runtime.startBackgroundTasks()
@@ -99,8 +111,10 @@ public final class HeadRuntime: Sendable {
         adminServer: HTTP1Server,
         stopped: AsyncStream<Void>,
         stop: AsyncStream<Void>.Continuation,
+        shutdownTimeout: Double,
         logger: Logger
     ) {
+        self.shutdownTimeout = shutdownTimeout
         self.controller = controller
         self.ingress = ingress
         self.token = token
@@ -135,7 +149,15 @@ public final class HeadRuntime: Sendable {
                 await controller.autoscale(waitingAtRouter: await ingress.waitingRequests())
             }
         }
-        self.tasks.withLockedValue { $0 = [tick, autoscaler] }
+        // The failure detector's timer: a silent node is declared DEAD within 100 ms of its
+        // heartbeat timeout.
+        let liveness = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(100))
+                await controller.checkLiveness()
+            }
+        }
+        self.tasks.withLockedValue { $0 = [tick, autoscaler, liveness] }
     }
 
     /// Waits until `shutdown()` or `POST /api/serve/shutdown`.
@@ -147,12 +169,27 @@ public final class HeadRuntime: Sendable {
         self.stop.yield()
     }
 
-    /// Stops everything: replicas (gracefully), then the servers.
+    /// The first step of a graceful shutdown (SIGTERM): the HTTP ingress stops accepting
+    /// connections, each open one closes after the request it is serving, and requests in
+    /// flight get up to `--shutdown-timeout-s` to finish (then their connections are closed).
+    /// Replicas keep serving until then.
+    public func stopIngress() async {
+        let first = self.ingressStopped.withLockedValue { stopped in
+            defer { stopped = true }
+            return !stopped
+        }
+        guard first else { return }
+        self.logger.info("no longer accepting HTTP requests; letting those in flight finish", metadata: ["timeout_s": "\(self.shutdownTimeout)"])
+        await self.httpServer.shutdown(gracePeriod: .milliseconds(Int64(self.shutdownTimeout * 1000)))
+    }
+
+    /// Stops everything: the ingress (in-flight requests finish), the replicas (gracefully),
+    /// then the other servers.
     public func shutdown() async {
+        await self.stopIngress()
         await self.controller.deploy(ServeConfig(httpOptions: await self.controller.config.httpOptions, applications: []))
         let tasks = self.tasks.withLockedValue { $0 }
         for task in tasks { task.cancel() }
-        await self.httpServer.shutdown(gracePeriod: .seconds(2))
         await self.adminServer.shutdown(gracePeriod: .seconds(1))
         await self.clusterServer.shutdown(gracePeriod: .seconds(1))
         await self.ingress.close()

@@ -11,6 +11,12 @@ import ServeWire
 ///
 /// Answers: 404 no route; 503 over `max_queued_requests` or no replica; 502 when the replica or
 /// its node fails mid-request; 504 past `request_timeout_s`; 413 past `max_body_bytes`.
+///
+/// Failures (README "Failure behaviour"): a request no replica has accepted yet (refused, or
+/// its node unreachable) goes to another replica, up to `maxUnreachable` unreachable ones; a
+/// GET or HEAD without a body whose replica fails before answering is sent once more to
+/// another replica; anything else whose replica or node dies mid-request is answered 502 with
+/// the reason, as soon as the connection fails or the node is declared DEAD (`nodeFailed`).
 public final class Ingress: Sendable {
     private let token: String
     private let logger: Logger
@@ -59,6 +65,16 @@ public final class Ingress: Sendable {
     public func close() async {
         await self.connections.closeAll()
     }
+
+    /// The controller declared the node at `host:port` DEAD: its connection is closed at once,
+    /// so requests in flight there fail now (502 with `reason`) rather than when TCP gives up.
+    public func nodeFailed(host: String, port: Int, reason: String) {
+        self.connections.fail(host: host, port: port, reason: reason)
+    }
+
+    /// Replicas found unreachable (connection refused or reset before the request was sent)
+    /// that one request tries before it is answered 503.
+    static let maxUnreachable = 3
 
     // MARK: serving
 
@@ -170,9 +186,14 @@ public final class Ingress: Sendable {
         head.headerFields[.transferEncoding] = nil
         let hasBody = request.head.headerFields[.contentLength].map { $0 != "0" } ?? (request.head.headerFields[.transferEncoding] != nil)
 
-        // A replica that refuses (full, stopping, gone) never saw the request: try another. The
-        // request body is only read once a replica has taken the request, so a retry is safe.
+        // A replica that refuses (full, stopping, gone) or cannot be reached never saw the
+        // request: try another. The request body is only read once a stream to a replica is
+        // open, so such a retry is safe. A GET or HEAD without a body may also be sent again
+        // once if its replica fails before answering (RFC 9110 §9.2.2: idempotent).
+        let idempotent = (request.head.method == .get || request.head.method == .head) && !hasBody
         var refusedBy: Set<String> = []
+        var unreachable = 0
+        var retriedAfterFailure = false
         while true {
             let replica: ReplicaRoute
             do {
@@ -187,11 +208,13 @@ public final class Ingress: Sendable {
 
             let stream: HTTP2ClientStream
             let response: HTTP2Response
+            var bodyStarted = false
             do {
                 let connection = try await self.connections.connection(host: replica.host, port: replica.port)
                 stream = try await connection.openStream(head, endStream: !hasBody)
                 guard progress.attach(stream) else { throw HTTP2Error.timeout }
                 if hasBody {
+                    bodyStarted = true
                     // The body streams to the replica while its response streams back.
                     Task {
                         do {
@@ -208,13 +231,26 @@ public final class Ingress: Sendable {
                     }
                 }
                 response = try await stream.response()
-            } catch let error as HTTP2Error where error.isSafeToRetry {
-                self.connections.forget(host: replica.host, port: replica.port)
-                throw IngressFailure(status: .badGateway, message: "replica \(replica.id) on node \(replica.nodeID) is unreachable: \(error)")
             } catch HTTP2Error.timeout {
                 throw IngressFailure(status: .gatewayTimeout, message: "no answer within request_timeout_s")
+            } catch let error as HTTP2Error where error.isSafeToRetry && !bodyStarted {
+                // Never reached the replica: its node is gone or going. Try another.
+                self.connections.forget(host: replica.host, port: replica.port)
+                refusedBy.insert(replica.id)
+                unreachable += 1
+                let reason = "replica \(replica.id) on node \(replica.nodeID) is unreachable: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
+                self.logger.info("retrying a request on another replica", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
+                if unreachable < Self.maxUnreachable { continue }
+                throw IngressFailure(status: .serviceUnavailable, message: "no replica of \(app.ingress.id) could be reached (\(unreachable) tried); last: \(reason)")
             } catch {
-                throw IngressFailure(status: .badGateway, message: "replica \(replica.id) on node \(replica.nodeID) failed: \(error)")
+                let reason = "replica \(replica.id) on node \(replica.nodeID) failed before answering: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
+                if idempotent && !retriedAfterFailure {
+                    retriedAfterFailure = true
+                    refusedBy.insert(replica.id)
+                    self.logger.info("retrying an idempotent request on another replica", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
+                    continue
+                }
+                throw IngressFailure(status: .badGateway, message: reason)
             }
             if response.head.status == .serviceUnavailable, response.head.headerFields[ServeHeaders.refused] != nil {
                 refusedBy.insert(replica.id)
@@ -263,6 +299,8 @@ extension Duration {
 final class NodeConnections: Sendable {
     private struct Key: Hashable { var host: String; var port: Int }
     private let connections = NIOLockedValueBox<[Key: Task<HTTP2ClientConnection, any Error>]>([:])
+    /// Why a node's connection was closed by `fail`, until a new connection to it succeeds.
+    private let reasons = NIOLockedValueBox<[Key: String]>([:])
     private let logger: Logger
 
     init(logger: Logger) {
@@ -279,7 +317,10 @@ final class NodeConnections: Sendable {
         }
         do {
             let connection = try await task.value
-            if connection.isAvailable { return connection }
+            if connection.isAvailable {
+                self.reasons.withLockedValue { _ = $0.removeValue(forKey: key) }
+                return connection
+            }
             self.forget(host: host, port: port)
             return try await self.connection(host: host, port: port)
         } catch {
@@ -290,6 +331,23 @@ final class NodeConnections: Sendable {
 
     func forget(host: String, port: Int) {
         _ = self.connections.withLockedValue { $0.removeValue(forKey: Key(host: host, port: port)) }
+    }
+
+    /// Closes the connection to a node declared DEAD (its open streams fail at once) and keeps
+    /// the reason for the answers of the requests that were on it.
+    func fail(host: String, port: Int, reason: String) {
+        let key = Key(host: host, port: port)
+        let task = self.connections.withLockedValue { connections in
+            self.reasons.withLockedValue { $0[key] = reason }
+            return connections.removeValue(forKey: key)
+        }
+        guard let task else { return }
+        Task { await (try? task.value)?.closeNow() }
+    }
+
+    /// "; <why>" when the node at `host:port` was declared DEAD, else "".
+    func reason(host: String, port: Int) -> String {
+        self.reasons.withLockedValue { $0[Key(host: host, port: port)] }.map { "; \($0)" } ?? ""
     }
 
     func closeAll() async {

@@ -69,6 +69,16 @@ final class ProcessReplica: Sendable {
         throw LaunchError(description: "the process did not accept connections on port \(self.port) within \(timeout); its output ends with:\n\(Self.tail(of: self.logURL))")
     }
 
+    /// The periodic health check: the process is alive and answers as at readiness.
+    func checkHealth() async throws {
+        if let status = self.exited.withLockedValue({ $0 }) {
+            throw LaunchError(description: "the process exited with status \(status)")
+        }
+        guard try await self.probe() else {
+            throw LaunchError(description: "\(self.healthPath ?? "its port") did not answer 2xx")
+        }
+    }
+
     private func probe() async throws -> Bool {
         guard let healthPath = self.healthPath else {
             let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)

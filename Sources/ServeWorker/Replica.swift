@@ -28,6 +28,8 @@ actor Replica {
     nonisolated let deployment: String
     nonisolated let specVersion: String
     nonisolated let grant: PBResourceGrant
+    /// `graceful_shutdown_timeout_s`: how long in-flight requests may take when it stops.
+    nonisolated let gracefulShutdownTimeout: Duration
     private nonisolated let body: ReplicaBody
     private nonisolated let logger: Logger
 
@@ -54,6 +56,7 @@ actor Replica {
         self.deployment = start.deploymentName
         self.specVersion = start.spec.version
         self.grant = start.grant
+        self.gracefulShutdownTimeout = .milliseconds(Int(start.spec.gracefulShutdownTimeoutMs > 0 ? start.spec.gracefulShutdownTimeoutMs : 20_000))
         self.body = body
         self.logger = logger
         self.maxOngoing = max(1, Int(start.spec.maxOngoingRequests))
@@ -141,6 +144,17 @@ actor Replica {
             await process.terminate(grace: timeout)
         }
         self.state = .stopped
+    }
+
+    /// One health check: a Swift deployment's `checkHealth()`; for a command deployment, that
+    /// its process is alive and answers (`health_path` with 2xx, else its port accepts).
+    nonisolated func checkHealth() async throws {
+        switch self.body {
+        case .swift(let box):
+            try await box.instance.checkHealth()
+        case .process(let process):
+            try await process.checkHealth()
+        }
     }
 
     nonisolated func reconfigure(userConfig: JSONValue?) async throws {

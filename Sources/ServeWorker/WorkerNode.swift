@@ -27,6 +27,12 @@ public struct WorkerOptions: Sendable {
     /// The address the head should dial; nil: the local address of the connection to the head.
     public var advertiseAddress: String?
     public var heartbeatInterval: Duration
+    /// The head pings every heartbeat interval; a control stream silent this long is given up
+    /// and dialled again (a partition leaves no closed socket to notice). `--head-timeout-s`.
+    public var headTimeout: Duration
+    /// How long a draining worker (SIGTERM) waits for the head to move its replicas elsewhere
+    /// before it stops them itself (`--drain-timeout-s`, `NodeDrain.defaultTimeout`).
+    public var drainTimeout: Duration
     public var registry: DeploymentRegistry
     public var logDirectory: URL
 
@@ -44,6 +50,8 @@ public struct WorkerOptions: Sendable {
         port: Int = 0,
         advertiseAddress: String? = nil,
         heartbeatInterval: Duration = .seconds(1),
+        headTimeout: Duration = .seconds(5),
+        drainTimeout: Duration = .seconds(NodeDrain.defaultTimeout),
         registry: DeploymentRegistry = .builtIn,
         logDirectory: URL = FileManager.default.temporaryDirectory.appendingPathComponent("swift-serve-logs")
     ) {
@@ -60,8 +68,21 @@ public struct WorkerOptions: Sendable {
         self.port = port
         self.advertiseAddress = advertiseAddress
         self.heartbeatInterval = heartbeatInterval
+        self.headTimeout = headTimeout
+        self.drainTimeout = drainTimeout
         self.registry = registry
         self.logDirectory = logDirectory
+    }
+}
+
+/// The head has been silent past `headTimeout`: the control stream is dialled again.
+struct HeadSilent: Error, CustomStringConvertible {
+    var description: String
+}
+
+extension Duration {
+    var seconds: Double {
+        Double(self.components.seconds) + Double(self.components.attoseconds) / 1e18
     }
 }
 
@@ -78,12 +99,22 @@ public final class WorkerNode: Sendable {
     public let options: WorkerOptions
     let logger: Logger
     private let replicas = NIOLockedValueBox<[String: Replica]>([:])
-    /// State reports waiting for the control stream (kept across reconnects).
+    /// State reports waiting for the control stream (kept across reconnects): one task reads
+    /// them for the worker's whole life and sends each on the current stream (an AsyncStream
+    /// ends for good when a reader is cancelled, so no per-connection reader may own it).
     private let reports: AsyncStream<PBReplicaStateReport>
     private let reportSink: AsyncStream<PBReplicaStateReport>.Continuation
+    /// How to send on the current control stream; nil while not registered.
+    private let sender = NIOLockedValueBox<(@Sendable (PBWorkerMessage) async throws -> Void)?>(nil)
     private let dataServer: NIOLockedValueBox<HTTP2Server?> = NIOLockedValueBox(nil)
     private let stopping = NIOLockedValueBox(false)
     private let controlConnection = NIOLockedValueBox<HTTP2ClientConnection?>(nil)
+    /// Replicas being started (not yet in `replicas`): a drain waits for them too.
+    private let starting = NIOLockedValueBox<Set<String>>([])
+    /// Whether the control stream is up and registered.
+    private let registered = NIOLockedValueBox(false)
+    /// The graceful shutdown on SIGTERM (`ServeCore.NodeDrain`).
+    private let drain = NIOLockedValueBox(NodeDrain())
 
     public init(options: WorkerOptions, logger: Logger = Logger(label: "serve.worker")) {
         self.options = options
@@ -104,7 +135,11 @@ public final class WorkerNode: Sendable {
         }
         self.dataServer.withLockedValue { $0 = server }
         self.logger.info("worker data plane listening", metadata: ["port": "\(server.port)"])
-        defer { self.reportSink.finish() }
+        let pump = Task { await self.pumpReports() }
+        defer {
+            self.reportSink.finish()
+            pump.cancel()
+        }
         do {
             try await self.controlLoop(dataPort: server.port)
         } catch is CancellationError {
@@ -116,15 +151,50 @@ public final class WorkerNode: Sendable {
         await self.shutdown()
     }
 
-    /// Asks `run` to finish: it stops talking to the head, drains its replicas and returns.
+    /// Asks `run` to finish gracefully (SIGTERM): the worker reports DRAINING, the head starts
+    /// replacements for its replicas elsewhere and then stops them here (in-flight requests
+    /// finish), and once nothing is left (or `drainTimeout` passed, or the head is unreachable)
+    /// `run` stops what remains and returns.
     public func stop() {
-        self.stopping.withLockedValue { $0 = true }
-        if let connection = self.controlConnection.withLockedValue({ $0 }) {
-            Task { await connection.closeNow() }
+        let hosted = self.hostedCount
+        let connected = self.isRegistered
+        let (again, directives) = self.drain.withLockedValue { drain -> (Bool, [NodeDrain.Directive]) in
+            let again = drain.isDraining || drain.isDone
+            return (again, drain.begin(now: Self.now, timeout: self.options.drainTimeout.seconds, replicas: hosted, connected: connected))
+        }
+        if again { return self.act([.exit(reason: "asked to stop again: not waiting for the drain")]) }
+        guard directives.isEmpty else { return self.act(directives) }
+        self.logger.info("draining: the head moves this node's replicas elsewhere, then it exits", metadata: ["replicas": "\(self.hostedCount)"])
+        Task {
+            while !self.isStopping {
+                try? await Task.sleep(for: .milliseconds(100))
+                let directives = self.drain.withLockedValue {
+                    $0.update(replicas: self.hostedCount, connected: self.isRegistered, now: Self.now)
+                }
+                self.act(directives)
+            }
+        }
+    }
+
+    private func act(_ directives: [NodeDrain.Directive]) {
+        for case .exit(let reason) in directives {
+            self.logger.info("leaving the cluster: \(reason)")
+            self.stopping.withLockedValue { $0 = true }
+            if let connection = self.controlConnection.withLockedValue({ $0 }) {
+                Task { await connection.closeNow() }
+            }
         }
     }
 
     private var isStopping: Bool { self.stopping.withLockedValue { $0 } }
+    private var isRegistered: Bool { self.registered.withLockedValue { $0 } }
+    private var hostedCount: Int {
+        self.replicas.withLockedValue { $0.count } + self.starting.withLockedValue { $0.count }
+    }
+
+    private static let origin = ContinuousClock.now
+    /// Seconds on a monotonic clock: the time input of the ServeCore machines.
+    static var now: Double { (ContinuousClock.now - Self.origin).seconds }
 
     /// Stops every replica (gracefully) and the data plane.
     public func shutdown() async {
@@ -135,7 +205,7 @@ public final class WorkerNode: Sendable {
         }
         await withTaskGroup(of: Void.self) { group in
             for replica in replicas {
-                group.addTask { await replica.stop(timeout: .seconds(5)) }
+                group.addTask { await replica.stop(timeout: replica.gracefulShutdownTimeout) }
             }
         }
         let server = self.dataServer.withLockedValue { $0 }
@@ -240,10 +310,32 @@ public final class WorkerNode: Sendable {
             throw WorkerRefused(description: "the head refused registration: \(answer.refusalReason)")
         }
         onRegistered()
+        self.registered.withLockedValue { $0 = true }
+        self.sender.withLockedValue { $0 = send }
+        defer {
+            self.registered.withLockedValue { $0 = false }
+            self.sender.withLockedValue { $0 = nil }
+        }
         self.logger.info("registered with the head", metadata: ["head": "\(self.options.headHost):\(self.options.headPort)"])
         let interval = answer.heartbeatIntervalMs > 0 ? Duration.milliseconds(Int(answer.heartbeatIntervalMs)) : self.options.heartbeatInterval
+        let lastHeard = NIOLockedValueBox(ContinuousClock.now)
+        let headTimeout = self.options.headTimeout
 
         try await withThrowingTaskGroup(of: Void.self) { group in
+            // The head pings every heartbeat interval: silence means the link or the head is
+            // gone without a closed socket to show it (a partition). Dial again.
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: .milliseconds(100))
+                    let silent = ContinuousClock.now - lastHeard.withLockedValue { $0 }
+                    if silent > headTimeout {
+                        self.logger.warning("the head has been silent; dialling it again", metadata: ["silent": "\(silent)"])
+                        // Closing ends the read below (a read cannot be cancelled).
+                        await connection.closeNow()
+                        throw HeadSilent(description: "nothing from the head for \(silent) (--head-timeout-s \(headTimeout))")
+                    }
+                }
+            }
             group.addTask {
                 var number: UInt64 = 0
                 while !Task.isCancelled {
@@ -253,15 +345,26 @@ public final class WorkerNode: Sendable {
                     try await Task.sleep(for: interval)
                 }
             }
-            group.addTask {
-                for await report in self.reports {
-                    try await send(PBWorkerMessage.with { $0.replicaState = report })
-                }
-            }
             // The head closing the stream (or the connection failing) ends this try.
             defer { group.cancelAll() }
             while let message = try await responses.next() {
+                lastHeard.withLockedValue { $0 = .now }
                 await self.handle(message, send: send)
+            }
+        }
+    }
+
+    /// Sends each state report on the current control stream, waiting for one while there is
+    /// none (reports keep their order; a report that cannot be sent waits for the next stream).
+    private func pumpReports() async {
+        for await report in self.reports {
+            while !Task.isCancelled {
+                if let send = self.sender.withLockedValue({ $0 }),
+                    (try? await send(PBWorkerMessage.with { $0.replicaState = report })) != nil
+                {
+                    break
+                }
+                try? await Task.sleep(for: .milliseconds(100))
             }
         }
     }
@@ -271,7 +374,8 @@ public final class WorkerNode: Sendable {
         heartbeat.nodeID = self.options.nodeID
         heartbeat.sequence = number
         heartbeat.sentAtUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
-        heartbeat.health = PBNodeHealth.with { $0.status = self.stopping.withLockedValue { $0 } ? .draining : .ok }
+        let draining = self.isStopping || self.drain.withLockedValue { $0.isDraining || $0.isDone }
+        heartbeat.health = PBNodeHealth.with { $0.status = draining ? .draining : .ok }
         for replica in self.replicas.withLockedValue({ Array($0.values) }) {
             let status = await replica.status
             heartbeat.replicas.append(PBReplicaLoad.with {
@@ -339,7 +443,8 @@ public final class WorkerNode: Sendable {
 
     private func startReplica(_ start: PBStartReplica) async {
         let id = start.replicaID
-        guard self.replicas.withLockedValue({ $0[id] }) == nil else { return }
+        guard self.replicas.withLockedValue({ $0[id] }) == nil, self.starting.withLockedValue({ $0.insert(id).inserted }) else { return }
+        defer { self.starting.withLockedValue { _ = $0.remove(id) } }
         self.report(id, .starting, "", specVersion: start.spec.version)
         var logger = self.logger
         logger[metadataKey: "serve.replica"] = "\(id)"
@@ -388,9 +493,83 @@ public final class WorkerNode: Sendable {
             self.replicas.withLockedValue { $0[id] = replica }
             self.report(id, .running, "", specVersion: start.spec.version)
             logger.info("replica running")
+            self.monitorHealth(replica, spec: start.spec)
         } catch {
             logger.error("replica failed to start", metadata: ["error": "\(error)"])
             self.report(id, .failed, "failed to start: \(error)", specVersion: start.spec.version)
+        }
+    }
+
+    /// Drives the replica's `HealthMonitor` (ServeCore) every `health_check_period_s` while it
+    /// runs: three failed checks in a row and it is reported FAILED (the head replaces it) and
+    /// stopped.
+    private func monitorHealth(_ replica: Replica, spec: PBReplicaSpec) {
+        let configuration = HealthMonitor.Configuration(
+            period: spec.healthCheckPeriodMs > 0 ? Double(spec.healthCheckPeriodMs) / 1000 : 10,
+            timeout: spec.healthCheckTimeoutMs > 0 ? Double(spec.healthCheckTimeoutMs) / 1000 : 30
+        )
+        Task {
+            var monitor = HealthMonitor(configuration: configuration, now: Self.now)
+            while let wake = monitor.nextWake {
+                try? await Task.sleep(for: .milliseconds(max(1, Int((wake - Self.now) * 1000))))
+                // Stopped, replaced or crashed meanwhile: nothing more to watch.
+                guard self.replicas.withLockedValue({ $0[replica.id] }) === replica, await replica.status.state == .running else { return }
+                var directives = monitor.tick(now: Self.now)
+                while !directives.isEmpty {
+                    switch directives.removeFirst() {
+                    case .runCheck(let number):
+                        let error = await Self.outcome(of: { try await replica.checkHealth() }, timeout: .milliseconds(Int(configuration.timeout * 1000)))
+                        if let error {
+                            self.logger.warning("a health check failed", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
+                            directives += monitor.failed(number: number, error, now: Self.now)
+                        } else {
+                            directives += monitor.succeeded(number: number, now: Self.now)
+                        }
+                    case .unhealthy(let reason):
+                        guard self.replicas.withLockedValue({ map in
+                            guard map[replica.id] === replica else { return false }
+                            map[replica.id] = nil
+                            return true
+                        }) else { return }
+                        self.logger.error("replica is unhealthy; stopping it", metadata: ["serve.replica": "\(replica.id)", "reason": "\(reason)"])
+                        self.report(replica.id, .failed, "unhealthy: \(reason)", specVersion: replica.specVersion)
+                        await replica.stop(timeout: replica.gracefulShutdownTimeout)
+                        return
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a health check, giving up on it after `timeout` (a hung check may go on running; its
+    /// late answer is dropped). Nil when healthy, else why not.
+    static func outcome(of check: @escaping @Sendable () async throws -> Void, timeout: Duration) async -> String? {
+        let box = NIOLockedValueBox<(continuation: CheckedContinuation<String?, Never>?, timer: Task<Void, Never>?)>((nil, nil))
+        let finish: @Sendable (String?) -> Void = { outcome in
+            let (continuation, timer) = box.withLockedValue { state in
+                defer { state = (nil, nil) }
+                return state
+            }
+            timer?.cancel()
+            continuation?.resume(returning: outcome)
+        }
+        return await withCheckedContinuation { continuation in
+            box.withLockedValue { $0.continuation = continuation }
+            let timer = Task {
+                try? await Task.sleep(for: timeout)
+                if !Task.isCancelled { finish("the health check did not answer within \(timeout)") }
+            }
+            box.withLockedValue { state in
+                if state.continuation != nil { state.timer = timer } else { timer.cancel() }
+            }
+            Task {
+                do {
+                    try await check()
+                    finish(nil)
+                } catch {
+                    finish("\(error)")
+                }
+            }
         }
     }
 
@@ -403,6 +582,7 @@ public final class WorkerNode: Sendable {
         let timeout = Duration.milliseconds(Int(stop.gracefulTimeoutMs > 0 ? stop.gracefulTimeoutMs : 20_000))
         await replica.stop(timeout: timeout)
         self.replicas.withLockedValue { $0[stop.replicaID] = nil }
+        self.logger.info("replica stopped", metadata: ["serve.replica": "\(replica.id)", "reason": "\(stop.reason)"])
         self.report(replica.id, .stopped, stop.reason, specVersion: replica.specVersion)
     }
 }

@@ -30,6 +30,10 @@ struct ServeHeadCommand: AsyncParsableCommand {
     @Option(help: "Cluster token (default: SERVE_TOKEN, else one kept in the state dir).") var token: String?
     @Option(name: .customLong("state-dir"), help: "Where the head keeps its token.") var stateDir: String?
     @Option(help: "A config to deploy at start (YAML or JSON).") var config: String?
+    @Option(name: .customLong("heartbeat-timeout-s"), help: "A worker silent this long is declared DEAD and its replicas are replaced (seconds).")
+    var heartbeatTimeoutS = FailureDetector.Configuration.defaultHeartbeatTimeout
+    @Option(name: .customLong("shutdown-timeout-s"), help: "On SIGTERM, how long requests in flight may take to finish (seconds).")
+    var shutdownTimeoutS = 30.0
 
     func run() async throws {
         var options = HeadOptions()
@@ -40,6 +44,10 @@ struct ServeHeadCommand: AsyncParsableCommand {
         options.adminHost = self.adminHost
         options.adminPort = self.adminPort
         options.token = self.token
+        guard self.heartbeatTimeoutS > 0 else { throw ValidationError("--heartbeat-timeout-s must be above 0") }
+        guard self.shutdownTimeoutS >= 0 else { throw ValidationError("--shutdown-timeout-s must be 0 or more") }
+        options.heartbeatTimeout = self.heartbeatTimeoutS
+        options.shutdownTimeout = self.shutdownTimeoutS
         if let stateDir = self.stateDir { options.stateDirectory = URL(fileURLWithPath: stateDir) }
         var local = EmbeddedCluster.LocalResources()
         local.numCPUs = self.numCPUs

@@ -28,13 +28,20 @@ final class Child: @unchecked Sendable {
     let process = Process()
     let outputURL: URL
 
-    init(_ name: String, _ arguments: [String], environment: [String: String] = [:]) throws {
+    /// `namespace`: run it inside that Linux network namespace (`ip netns exec`, which execs
+    /// the binary, so the process id and signals are the binary's own).
+    init(_ name: String, _ arguments: [String], environment: [String: String] = [:], namespace: String? = nil) throws {
         self.name = name
         self.outputURL = FileManager.default.temporaryDirectory.appendingPathComponent("serve-it-\(name)-\(UUID().uuidString).log")
         _ = FileManager.default.createFile(atPath: self.outputURL.path, contents: nil)
         let handle = try FileHandle(forWritingTo: self.outputURL)
-        self.process.executableURL = try builtBinary(name)
-        self.process.arguments = arguments
+        if let namespace {
+            self.process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+            self.process.arguments = ["netns", "exec", namespace, try builtBinary(name).path] + arguments
+        } else {
+            self.process.executableURL = try builtBinary(name)
+            self.process.arguments = arguments
+        }
         var env = ProcessInfo.processInfo.environment
         env["SERVE_TOKEN"] = nil
         for (key, value) in environment { env[key] = value }
@@ -96,7 +103,7 @@ final class TestCluster: @unchecked Sendable {
     let admin: HTTP1ConnectionPool
 
     /// `headCPUs` 0: the head hosts nothing (replicas go to workers).
-    init(headCPUs: Double? = 0, token: String = "test-token-\(UInt32.random(in: 0...UInt32.max))") async throws {
+    init(headCPUs: Double? = 0, token: String = "test-token-\(UInt32.random(in: 0...UInt32.max))", headArguments: [String] = []) async throws {
         self.token = token
         self.stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("serve-head-\(UUID().uuidString)")
         var arguments = [
@@ -104,7 +111,7 @@ final class TestCluster: @unchecked Sendable {
             "--state-dir", self.stateDirectory.path, "--token", token,
         ]
         if let headCPUs { arguments += ["--num-cpus", String(headCPUs)] }
-        self.head = try Child("serve-head", arguments)
+        self.head = try Child("serve-head", arguments + headArguments)
         let banner = try await self.head.waitForOutput(matching: "admin API")
         func port(after label: String) throws -> Int {
             guard let line = banner.split(separator: "\n").first(where: { $0.contains(label) }),
@@ -209,9 +216,10 @@ final class TestCluster: @unchecked Sendable {
 /// Runs `body` with a cluster, printing every process's log if it throws.
 func withCluster(
     headCPUs: Double? = 0,
+    headArguments: [String] = [],
     _ body: (TestCluster) async throws -> Void
 ) async throws {
-    let cluster = try await TestCluster(headCPUs: headCPUs)
+    let cluster = try await TestCluster(headCPUs: headCPUs, headArguments: headArguments)
     do {
         try await body(cluster)
     } catch {
