@@ -384,4 +384,58 @@ struct FailureTests {
         #expect(code == 200, "\(body)\n\(cluster.logs)")
         #expect(try await cluster.head.waitForExit(timeout: .seconds(30)) == 0, "\(cluster.logs)")
     }
+
+    @Test("scale-down: the stopped replica's in-flight requests get graceful_shutdown_timeout_s, then an explicit 503; the survivor's finish")
+    func scaleDownDrainBound() async throws {
+        try await withCluster { cluster in
+            try await cluster.addWorker(cpus: 2)
+            _ = try await cluster.waitForNodes(1)
+            func config(_ replicas: Int) -> String {
+                """
+                applications:
+                  - name: slow
+                    route_prefix: /slow
+                    deployments:
+                      - name: Slow
+                        handler: sleep
+                        num_replicas: \(replicas)
+                        graceful_shutdown_timeout_s: 1
+                        ray_actor_options: {num_cpus: 0.5}
+                """
+            }
+            try await cluster.deploy(config(2))
+            _ = try await cluster.waitForRunning(app: "slow", deployment: "Slow", replicas: 2)
+            // Four 6 s requests over the two replicas.
+            let requests = (0..<4).map { _ in
+                Task { () throws -> (Int, String, ContinuousClock.Instant) in
+                    let pool = HTTP1ConnectionPool(host: "127.0.0.1", port: cluster.httpPort)
+                    defer { Task { await pool.close() } }
+                    let response = try await pool.send(
+                        HTTPRequest(method: .get, scheme: "http", authority: "127.0.0.1", path: "/slow/?ms=6000"), timeout: .seconds(30))
+                    return (response.head.status.code, String(buffer: try await response.body.collect(upTo: 1 << 16)), ContinuousClock.now)
+                }
+            }
+            var ongoing: [String: Int] = [:]
+            try await Self.eventually("all four requests running, on both replicas", timeout: .seconds(5), cluster) {
+                let replicas = try await cluster.status()["applications"]?["slow"]?["deployments"]?["Slow"]?["replicas"]?.arrayValue ?? []
+                ongoing = Dictionary(uniqueKeysWithValues: replicas.map { ($0["replica_id"]?.stringValue ?? "", Int($0["ongoing_requests"]?.doubleValue ?? 0)) })
+                return ongoing.count == 2 && ongoing.values.reduce(0, +) == 4 && ongoing.values.allSatisfy { $0 > 0 }
+            }
+            let scaledAt = ContinuousClock.now
+            try await cluster.deploy(config(1))
+            let kept = try await cluster.waitForRunning(app: "slow", deployment: "Slow", replicas: 1)
+            let survivor = try #require(Self.replicas(kept, "slow", "Slow").first?.id)
+            let stoppedCount = try #require(ongoing.first { $0.key != survivor }?.value)
+            var answers: [(Int, String, ContinuousClock.Instant)] = []
+            for request in requests { answers.append(try await request.value) }
+            let cut = answers.filter { $0.0 != 200 }
+            #expect(cut.count == stoppedCount, "the stopped replica's requests: \(answers.map { ($0.0, $0.1) })")
+            for (status, body, at) in cut {
+                #expect(status == 503, "\(body)")
+                #expect(body.contains("graceful_shutdown_timeout_s"), "\(body)")
+                #expect(at - scaledAt < .seconds(4), "cut at the 1 s graceful timeout, not at the end: \(at - scaledAt)")
+            }
+            #expect(answers.filter { $0.0 == 200 }.count == 4 - stoppedCount)
+        }
+    }
 }
