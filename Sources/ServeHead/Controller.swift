@@ -573,10 +573,16 @@ public actor Controller {
                     return ReplicaRoute(id: entry.record.id, nodeID: nodeID, host: node.address, port: node.port, reportedQueueLength: (load?.running ?? 0) + (load?.queued ?? 0))
                 }
                 .sorted { $0.id < $1.id }
+            // Requests wait for a replica that is coming (cold start, PENDING), not for one that
+            // keeps failing to start: those are answered 503 with the reason.
+            let backoff = self.deployments[id]?.backoff
+            let unavailable = backoff.flatMap { $0.isUnhealthy && replicas.isEmpty ? "replicas failed to start \($0.consecutiveFailures) time(s) in a row; last: \($0.lastError)" : nil }
             applications.append(ApplicationRoute(
                 name: app.name,
                 routePrefix: app.routePrefix,
-                ingress: DeploymentRoute(id: id, maxOngoingRequests: deployment.maxOngoingRequests, maxQueuedRequests: deployment.maxQueuedRequests, replicas: replicas)
+                ingress: DeploymentRoute(
+                    id: id, maxOngoingRequests: deployment.maxOngoingRequests, maxQueuedRequests: deployment.maxQueuedRequests,
+                    replicas: replicas, unavailable: unavailable)
             ))
         }
         let table = RouteTable(

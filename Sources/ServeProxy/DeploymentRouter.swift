@@ -10,6 +10,8 @@ actor DeploymentRouter {
         case queueFull(Int)
         /// The deployment was removed while the request waited.
         case gone
+        /// No replica runs and none is coming (`DeploymentRoute.unavailable`).
+        case unavailable(String)
     }
 
     private(set) var route: DeploymentRoute
@@ -29,6 +31,11 @@ actor DeploymentRouter {
         let live = Set(route.replicas.map(\.id))
         self.inFlight = self.inFlight.filter { live.contains($0.key) || $0.value > 0 }
         self.wakeWaiters()
+        if let reason = route.unavailable, route.replicas.isEmpty {
+            let waiters = self.waiters
+            self.waiters.removeAll()
+            for waiter in waiters { waiter.continuation.resume(throwing: RouterError.unavailable(reason)) }
+        }
     }
 
     /// Fails every waiting request: the deployment is gone.
@@ -42,6 +49,9 @@ actor DeploymentRouter {
     func acquire(excluding excluded: Set<String> = []) async throws -> ReplicaRoute {
         if let replica = self.pick(excluding: excluded) {
             return replica
+        }
+        if let reason = self.route.unavailable, self.route.replicas.isEmpty {
+            throw RouterError.unavailable(reason)
         }
         let limit = self.route.maxQueuedRequests
         if limit >= 0 && self.waiters.count >= limit {

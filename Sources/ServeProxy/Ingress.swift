@@ -202,6 +202,8 @@ public final class Ingress: Sendable {
                 throw IngressFailure(status: .serviceUnavailable, message: "\(app.ingress.id) has \(limit) requests queued already (max_queued_requests); retry later")
             } catch DeploymentRouter.RouterError.gone {
                 throw IngressFailure(status: .serviceUnavailable, message: "\(app.name) was removed")
+            } catch DeploymentRouter.RouterError.unavailable(let reason) {
+                throw IngressFailure(status: .serviceUnavailable, message: "\(app.ingress.id) has no replica to take the request: \(reason)")
             }
             defer { Task { await router.release(replica.id) } }
             head.headerFields[ServeHeaders.replica] = replica.id

@@ -60,12 +60,16 @@ public struct DeploymentRoute: Sendable, Hashable {
     /// -1: unbounded.
     public var maxQueuedRequests: Int
     public var replicas: [ReplicaRoute]
+    /// Why no replica is coming (its replicas keep failing to start), when none runs: requests
+    /// are then answered 503 with this reason at once instead of waiting for a replica.
+    public var unavailable: String?
 
-    public init(id: DeploymentID, maxOngoingRequests: Int, maxQueuedRequests: Int, replicas: [ReplicaRoute]) {
+    public init(id: DeploymentID, maxOngoingRequests: Int, maxQueuedRequests: Int, replicas: [ReplicaRoute], unavailable: String? = nil) {
         self.id = id
         self.maxOngoingRequests = maxOngoingRequests
         self.maxQueuedRequests = maxQueuedRequests
         self.replicas = replicas
+        self.unavailable = unavailable
     }
 }
 

@@ -82,6 +82,23 @@ struct DeploymentRouterTests {
         await #expect(throws: DeploymentRouter.RouterError.gone) { _ = try await waiter.value }
     }
 
+    @Test("a deployment whose replicas keep failing to start fails waiting and new requests with the reason")
+    func unavailable() async throws {
+        let router = DeploymentRouter(route: self.route(replicas: 0, maxOngoing: 1, maxQueued: -1))
+        let waiter = Task { try await router.acquire() }
+        while await router.waiting == 0 { await Task.yield() }
+        var failing = self.route(replicas: 0, maxOngoing: 1, maxQueued: -1)
+        failing.unavailable = "exit 3"
+        await router.update(failing)
+        await #expect(throws: DeploymentRouter.RouterError.unavailable("exit 3")) { _ = try await waiter.value }
+        await #expect(throws: DeploymentRouter.RouterError.unavailable("exit 3")) { _ = try await router.acquire() }
+        // A replica that runs after all takes requests again, the mark notwithstanding.
+        var recovered = self.route(replicas: 1, maxOngoing: 1, maxQueued: -1)
+        recovered.unavailable = "exit 3"
+        await router.update(recovered)
+        #expect(try await router.acquire().id == "D#0")
+    }
+
     @Test("a refusing replica is skipped on retry")
     func excluding() async throws {
         let router = DeploymentRouter(route: self.route(replicas: 2, maxOngoing: 5, maxQueued: -1))
