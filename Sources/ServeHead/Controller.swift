@@ -58,6 +58,8 @@ public actor Controller {
     private var sequence: UInt64 = 0
     private var connectionCounter = 0
     private var lastRoutes: RouteTable?
+    /// Numbers the route tables given to the ingress, in the order they were made.
+    private var routesSequence: UInt64 = 0
     /// Which nodes are ALIVE, DRAINING or DEAD (`ServeCore.FailureDetector`); this actor feeds
     /// it what arrives on the control streams and a timer (`checkLiveness`).
     private var detector: FailureDetector
@@ -592,7 +594,8 @@ public actor Controller {
         )
         guard table != self.lastRoutes else { return }
         self.lastRoutes = table
-        await self.ingress.update(table)
+        self.routesSequence += 1
+        await self.ingress.update(table, sequence: self.routesSequence)
     }
 
     // MARK: events and status

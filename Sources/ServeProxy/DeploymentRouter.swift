@@ -15,6 +15,8 @@ actor DeploymentRouter {
     }
 
     private(set) var route: DeploymentRoute
+    /// The number of the route-table update `route` came from (`Ingress.update`).
+    private var sequence: UInt64
     private var inFlight: [String: Int] = [:]
     private var waiters: [(id: Int, continuation: CheckedContinuation<ReplicaRoute, any Error>)] = []
     private var nextWaiterID = 0
@@ -22,11 +24,15 @@ actor DeploymentRouter {
     /// Requests answered, for the autoscaler's "requests waiting at the router".
     var waiting: Int { self.waiters.count }
 
-    init(route: DeploymentRoute) {
+    init(route: DeploymentRoute, sequence: UInt64 = 0) {
         self.route = route
+        self.sequence = sequence
     }
 
-    func update(_ route: DeploymentRoute) {
+    /// Takes a newer route; one from an older update (delivered late) is ignored.
+    func update(_ route: DeploymentRoute, sequence: UInt64) {
+        guard sequence >= self.sequence else { return }
+        self.sequence = sequence
         self.route = route
         let live = Set(route.replicas.map(\.id))
         self.inFlight = self.inFlight.filter { live.contains($0.key) || $0.value > 0 }

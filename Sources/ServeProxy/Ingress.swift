@@ -22,6 +22,8 @@ public final class Ingress: Sendable {
     private let logger: Logger
     private let table = NIOLockedValueBox(RouteTable())
     private let routers = NIOLockedValueBox<[DeploymentID: DeploymentRouter]>([:])
+    /// The newest route-table update applied (`update`'s `sequence`).
+    private let applied = NIOLockedValueBox<UInt64>(0)
     private let connections: NodeConnections
     public let metrics = IngressMetrics()
 
@@ -32,8 +34,21 @@ public final class Ingress: Sendable {
     }
 
     /// Installs a new routing table (called by the controller on every change).
-    public func update(_ table: RouteTable) async {
-        let (changed, removed): ([(DeploymentRouter, DeploymentRoute)], [DeploymentRouter]) = self.routers.withLockedValue { routers in
+    ///
+    /// `sequence` numbers the controller's updates in the order it made them: the controller is
+    /// an actor that may publish again while an earlier update is still on its way here, so an
+    /// update older than one applied already is ignored (whole, and by each router): a stale
+    /// table must never bring back a dead replica or hide a live one.
+    public func update(_ table: RouteTable, sequence: UInt64) async {
+        // The check and the swap are one step under the routers' lock (the table's and the
+        // sequence's locks are only ever taken inside it here), so two updates cannot cross.
+        let plan: (changed: [(DeploymentRouter, DeploymentRoute)], removed: [DeploymentRouter])? = self.routers.withLockedValue { routers in
+            let fresh = self.applied.withLockedValue { applied in
+                guard sequence > applied else { return false }
+                applied = sequence
+                return true
+            }
+            guard fresh else { return nil }
             var changed: [(DeploymentRouter, DeploymentRoute)] = []
             var seen = Set<DeploymentID>()
             for app in table.applications {
@@ -42,16 +57,17 @@ public final class Ingress: Sendable {
                 if let router = routers[route.id] {
                     changed.append((router, route))
                 } else {
-                    routers[route.id] = DeploymentRouter(route: route)
+                    routers[route.id] = DeploymentRouter(route: route, sequence: sequence)
                 }
             }
             let removedIDs = routers.keys.filter { !seen.contains($0) }
             let removed = removedIDs.compactMap { routers.removeValue(forKey: $0) }
+            self.table.withLockedValue { $0 = table }
             return (changed, removed)
         }
-        self.table.withLockedValue { $0 = table }
-        for (router, route) in changed { await router.update(route) }
-        for router in removed { await router.close() }
+        guard let plan else { return }
+        for (router, route) in plan.changed { await router.update(route, sequence: sequence) }
+        for router in plan.removed { await router.close() }
     }
 
     /// Requests waiting at the router, per deployment (the autoscaler counts them as demand).
