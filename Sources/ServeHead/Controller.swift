@@ -584,7 +584,8 @@ public actor Controller {
                 routePrefix: app.routePrefix,
                 ingress: DeploymentRoute(
                     id: id, maxOngoingRequests: deployment.maxOngoingRequests, maxQueuedRequests: deployment.maxQueuedRequests,
-                    replicas: replicas, unavailable: unavailable)
+                    replicas: replicas, unavailable: unavailable),
+                idempotent: app.idempotent
             ))
         }
         let table = RouteTable(

@@ -202,11 +202,26 @@ public final class Ingress: Sendable {
         head.headerFields[.transferEncoding] = nil
         let hasBody = request.head.headerFields[.contentLength].map { $0 != "0" } ?? (request.head.headerFields[.transferEncoding] != nil)
 
+        // A route marked idempotent keeps a small body, so that it can be sent again.
+        var buffered: ByteBuffer?
+        if app.idempotent, hasBody, let length = request.head.headerFields[.contentLength].flatMap(Int.init),
+            length <= ApplicationConfig.maxRetryBodyBytes
+        {
+            do {
+                buffered = try await request.body.collect(upTo: ApplicationConfig.maxRetryBodyBytes)
+            } catch {
+                throw IngressFailure(status: .badRequest, message: "the request body could not be read: \(error)")
+            }
+        }
+
         // A replica that refuses (full, stopping, gone) or cannot be reached never saw the
         // request: try another. The request body is only read once a stream to a replica is
-        // open, so such a retry is safe. A GET or HEAD without a body may also be sent again
-        // once if its replica fails before answering (RFC 9110 §9.2.2: idempotent).
-        let idempotent = (request.head.method == .get || request.head.method == .head) && !hasBody
+        // open, so such a retry is safe. A GET or HEAD without a body, or any request to a
+        // route marked idempotent whose body was kept, may also be sent again once if its
+        // replica fails before answering (RFC 9110 §9.2.2).
+        let idempotent = hasBody
+            ? buffered != nil
+            : (request.head.method == .get || request.head.method == .head || app.idempotent)
         var refusedBy: Set<String> = []
         var unreachable = 0
         var retriedAfterFailure = false
@@ -229,9 +244,13 @@ public final class Ingress: Sendable {
             var bodyStarted = false
             do {
                 let connection = try await self.connections.connection(host: replica.host, port: replica.port)
-                stream = try await connection.openStream(head, endStream: !hasBody)
+                if let buffered {
+                    stream = try await connection.openStream(head, body: buffered)
+                } else {
+                    stream = try await connection.openStream(head, endStream: !hasBody)
+                }
                 guard progress.attach(stream) else { throw HTTP2Error.timeout }
-                if hasBody {
+                if hasBody && buffered == nil {
                     bodyStarted = true
                     // The body streams to the replica while its response streams back.
                     Task {

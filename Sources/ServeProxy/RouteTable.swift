@@ -46,11 +46,14 @@ public struct ApplicationRoute: Sendable, Hashable {
     public var routePrefix: String
     /// The deployment that takes the application's HTTP traffic.
     public var ingress: DeploymentRoute
+    /// `ApplicationConfig.idempotent`: any request may be retried once on another replica.
+    public var idempotent: Bool
 
-    public init(name: String, routePrefix: String, ingress: DeploymentRoute) {
+    public init(name: String, routePrefix: String, ingress: DeploymentRoute, idempotent: Bool = false) {
         self.name = name
         self.routePrefix = routePrefix
         self.ingress = ingress
+        self.idempotent = idempotent
     }
 }
 

@@ -438,4 +438,61 @@ struct FailureTests {
             #expect(answers.filter { $0.0 == 200 }.count == 4 - stoppedCount)
         }
     }
+
+    @Test("a route marked idempotent: POSTs whose worker is SIGKILLed mid-request are sent again to another replica, body and all")
+    func idempotentRoute() async throws {
+        try await withCluster { cluster in
+            let doomed = try await cluster.addWorker(cpus: 3)
+            try await cluster.addWorker(cpus: 3)
+            let doomedID = try await Self.nodeID(of: doomed)
+            _ = try await cluster.waitForNodes(2)
+            try await cluster.deploy("""
+                applications:
+                  - name: slow
+                    route_prefix: /slow
+                    idempotent: true
+                    deployments:
+                      - name: Slow
+                        handler: sleep
+                        num_replicas: 2
+                        placement_strategy: SPREAD
+                        ray_actor_options: {num_cpus: 1}
+                  - name: echo
+                    route_prefix: /echo
+                    idempotent: true
+                    deployments:
+                      - name: Echo
+                        handler: echo
+                        ray_actor_options: {num_cpus: 0.5}
+                """)
+            _ = try await cluster.waitForRunning(app: "slow", deployment: "Slow", replicas: 2)
+            _ = try await cluster.waitForRunning(app: "echo", deployment: "Echo", replicas: 1)
+            // The kept body is what the replica gets.
+            let body = String(repeating: "payload ", count: 1000)
+            let (echoed, echo) = try await cluster.post("/echo/", body: body)
+            #expect(echoed == 200 && echo == body)
+
+            // 300 ms POSTs from six clients: several are on the doomed worker when it dies.
+            let load = Load(port: cluster.httpPort, clients: 6) { _ in
+                (
+                    HTTPRequest(method: .post, scheme: "http", authority: "127.0.0.1", path: "/slow/?ms=300", headerFields: [.contentLength: "4"]),
+                    ByteBuffer(string: "data")
+                )
+            }
+            try await Self.eventually("requests running on the doomed worker's replica", timeout: .seconds(10), cluster) {
+                let replicas = try await cluster.status()["applications"]?["slow"]?["deployments"]?["Slow"]?["replicas"]?.arrayValue ?? []
+                return replicas.contains { $0["node_id"]?.stringValue == doomedID && ($0["ongoing_requests"]?.doubleValue ?? 0) > 0 }
+            }
+            doomed.signal(SIGKILL)
+            try await Self.eventually("both replicas on the survivor", timeout: .seconds(15), cluster) {
+                let replicas = Self.replicas(try await cluster.status(), "slow", "Slow")
+                return replicas.count == 2 && replicas.allSatisfy { $0.node != doomedID && $0.state == "RUNNING" }
+            }
+            try await load.waitForSuccesses(load.successes + 12)
+            let outcomes = await load.stop()
+            let failed = outcomes.filter { $0.status != 200 }
+            #expect(failed.isEmpty, "every POST retried elsewhere: \(failed.prefix(5))")
+            #expect(cluster.head.output.contains("retrying an idempotent request on another replica"), "no request was cut by the kill")
+        }
+    }
 }
