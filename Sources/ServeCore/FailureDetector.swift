@@ -13,8 +13,9 @@ public struct FailureDetector: Sendable {
     public struct Configuration: Sendable, Hashable {
         /// A node not heard from for this long is DEAD (seconds). Workers send a heartbeat every
         /// 0.5 s and the head pings them as often, so the default of 5 s is ten missed
-        /// heartbeats: long enough to ride out a GC-free but busy machine, short enough that a
-        /// lost node's replicas are replaced within seconds. `serve-head --heartbeat-timeout-s`.
+        /// heartbeats: long enough to ride out a busy machine or a lost packet's retransmits,
+        /// short enough that a lost node's replicas are replaced within seconds.
+        /// `serve-head --heartbeat-timeout-s`.
         public var heartbeatTimeout: Double
 
         public static let defaultHeartbeatTimeout = 5.0

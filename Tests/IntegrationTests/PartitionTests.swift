@@ -13,14 +13,19 @@ final class NetnsLab: @unchecked Sendable {
     static let ip = "/usr/sbin/ip"
     static let nft = "/usr/sbin/nft"
 
-    /// Why the lab cannot run here, or nil when it can.
-    static var unavailableReason: String? {
+    /// Why the lab cannot run here, or nil when it can (checked once, by making a namespace).
+    static let unavailableReason: String? = {
         if getuid() != 0 { return "network namespaces need root (CI runs as root)" }
-        for tool in [Self.ip, Self.nft] where !FileManager.default.isExecutableFile(atPath: tool) {
-            return "\(tool) is missing (make deps installs iproute2 and nftables)"
+        for tool in [NetnsLab.ip, NetnsLab.nft, "/usr/bin/curl"] where !FileManager.default.isExecutableFile(atPath: tool) {
+            return "\(tool) is missing (make deps installs iproute2, nftables and curl)"
         }
+        let probe = "s7-probe-\(getpid())"
+        guard let (status, _) = try? NetnsLab.run([NetnsLab.ip, "netns", "add", probe]), status == 0 else {
+            return "this machine does not allow creating network namespaces"
+        }
+        _ = try? NetnsLab.run([NetnsLab.ip, "netns", "del", probe])
         return nil
-    }
+    }()
 
     init() throws {
         // Unique per run, short (names show up in interface listings).
@@ -199,7 +204,7 @@ final class NamespacedCluster: @unchecked Sendable {
 /// in others, joined by veth links to a bridge.
 @Suite(
     "Partitions (network namespaces)", .serialized,
-    .enabled(if: NetnsLab.unavailableReason == nil, "skipped: \(NetnsLab.unavailableReason ?? "")")
+    .enabled(if: NetnsLab.unavailableReason == nil, "\(NetnsLab.unavailableReason ?? "")")
 )
 struct PartitionTests {
     /// Runs `body` with a lab and a head, and removes every namespace afterwards, failing or not.
