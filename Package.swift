@@ -135,7 +135,15 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "ServeCoreTests", dependencies: ["ServeCore"], swiftSettings: strict),
-        .testTarget(name: "ServeProxyTests", dependencies: ["ServeProxy", "ServeCore"], swiftSettings: strict),
+        .testTarget(
+            name: "ServeProxyTests",
+            dependencies: [
+                "ServeProxy", "ServeCore", "ServeWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [

@@ -92,6 +92,10 @@ public final class Ingress: Sendable {
     /// that one request tries before it is answered 503.
     static let maxUnreachable = 3
 
+    /// Request bodies up to this size (by Content-Length) are read whole before a replica is
+    /// chosen, so that a refused or unreachable attempt can be repeated elsewhere.
+    static let keptBodyBytes = 64 << 10
+
     // MARK: serving
 
     public func handle(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws {
@@ -202,11 +206,12 @@ public final class Ingress: Sendable {
         head.headerFields[.transferEncoding] = nil
         let hasBody = request.head.headerFields[.contentLength].map { $0 != "0" } ?? (request.head.headerFields[.transferEncoding] != nil)
 
-        // A route marked idempotent keeps a small body, so that it can be sent again.
+        // A small body is read first and kept, so that the request can go to another replica
+        // if the first refuses it or cannot be reached (a streamed body is consumed by the
+        // first attempt). A route marked idempotent keeps bodies up to 1 MiB, for its retry.
+        let keepLimit = app.idempotent ? ApplicationConfig.maxRetryBodyBytes : Self.keptBodyBytes
         var buffered: ByteBuffer?
-        if app.idempotent, hasBody, let length = request.head.headerFields[.contentLength].flatMap(Int.init),
-            length <= ApplicationConfig.maxRetryBodyBytes
-        {
+        if hasBody, let length = request.head.headerFields[.contentLength].flatMap(Int.init), length <= keepLimit {
             do {
                 buffered = try await request.body.collect(upTo: ApplicationConfig.maxRetryBodyBytes)
             } catch {
@@ -215,12 +220,12 @@ public final class Ingress: Sendable {
         }
 
         // A replica that refuses (full, stopping, gone) or cannot be reached never saw the
-        // request: try another. The request body is only read once a stream to a replica is
-        // open, so such a retry is safe. A GET or HEAD without a body, or any request to a
-        // route marked idempotent whose body was kept, may also be sent again once if its
-        // replica fails before answering (RFC 9110 §9.2.2).
+        // request: try another, as long as the body was kept or has not started streaming. A
+        // GET or HEAD without a body, or any request to a route marked idempotent whose body
+        // was kept, may also be sent again once if its replica fails before answering
+        // (RFC 9110 §9.2.2).
         let idempotent = hasBody
-            ? buffered != nil
+            ? app.idempotent && buffered != nil
             : (request.head.method == .get || request.head.method == .head || app.idempotent)
         var refusedBy: Set<String> = []
         var unreachable = 0
@@ -289,9 +294,16 @@ public final class Ingress: Sendable {
                 }
                 throw IngressFailure(status: .badGateway, message: reason)
             }
-            if response.head.status == .serviceUnavailable, response.head.headerFields[ServeHeaders.refused] != nil {
+            if response.head.status == .serviceUnavailable, let refusal = response.head.headerFields[ServeHeaders.refused] {
                 refusedBy.insert(replica.id)
                 _ = try? await response.body.collect(upTo: 1 << 16)
+                if bodyStarted {
+                    // Part of the body may have gone to the refusing replica: it cannot be sent
+                    // again. (Bodies up to `keptBodyBytes` are kept and never get here.)
+                    throw IngressFailure(
+                        status: .serviceUnavailable,
+                        message: "replica \(replica.id) refused the request (\(refusal)) while its body streamed; send it again")
+                }
                 continue
             }
             progress.markHeadSent()
