@@ -56,8 +56,11 @@ public struct FailureDetector: Sendable {
 
     /// Something (a heartbeat, a state report, a pong) arrived on the node's stream.
     /// `draining`: the heartbeat says the worker is shutting down.
-    public mutating func heard(from nodeID: String, connection: Int, draining: Bool = false, now: Double) -> [Directive] {
-        guard var member = self.members[nodeID], member.connection == connection, member.state != .dead else { return [] }
+    public mutating func heard(from nodeID: String, connection: Int, draining: Bool = false, now: Double) -> [Directive]
+    {
+        guard var member = self.members[nodeID], member.connection == connection, member.state != .dead else {
+            return []
+        }
         member.lastHeard = max(member.lastHeard, now)
         var directives: [Directive] = []
         if draining && member.state.canMove(to: .draining) {
@@ -70,7 +73,9 @@ public struct FailureDetector: Sendable {
 
     /// The node's control stream ended (closed, reset, or failed).
     public mutating func streamEnded(_ nodeID: String, connection: Int, now: Double) -> [Directive] {
-        guard var member = self.members[nodeID], member.connection == connection, member.state != .dead else { return [] }
+        guard var member = self.members[nodeID], member.connection == connection, member.state != .dead else {
+            return []
+        }
         member.state = .dead
         self.members[nodeID] = member
         return [.declareDead(nodeID: nodeID, reason: "its control stream closed")]
@@ -84,17 +89,20 @@ public struct FailureDetector: Sendable {
             guard silent >= self.configuration.heartbeatTimeout else { continue }
             self.members[nodeID]?.state = .dead
             let shown = (silent * 10).rounded() / 10
-            directives.append(.declareDead(
-                nodeID: nodeID,
-                reason: "no heartbeat for \(shown) s (heartbeat timeout \(self.configuration.heartbeatTimeout) s)"
-            ))
+            directives.append(
+                .declareDead(
+                    nodeID: nodeID,
+                    reason: "no heartbeat for \(shown) s (heartbeat timeout \(self.configuration.heartbeatTimeout) s)"
+                )
+            )
         }
         return directives
     }
 
     /// When the next node would time out, if none is heard from before (for the driver's timer).
     public var nextDeadline: Double? {
-        self.members.values.filter { $0.state != .dead }.map { $0.lastHeard + self.configuration.heartbeatTimeout }.min()
+        self.members.values.filter { $0.state != .dead }.map { $0.lastHeard + self.configuration.heartbeatTimeout }
+            .min()
     }
 
     public func state(of nodeID: String) -> NodeState? {
@@ -155,7 +163,9 @@ public enum ReplicaAdoption {
         guard currentSpec else { return .stop(reason: "it runs an older version of its deployment") }
         guard running else { return .stop(reason: "it was not running when its node registered") }
         guard liveCurrent < target else {
-            return .stop(reason: "its node was declared dead and replacements already run (\(liveCurrent) of \(target))")
+            return .stop(
+                reason: "its node was declared dead and replacements already run (\(liveCurrent) of \(target))"
+            )
         }
         return .adopt
     }

@@ -75,7 +75,11 @@ public struct HealthMonitor: Sendable {
             self.move(to: .checking(number: self.checks, deadline: now + self.configuration.timeout))
             return [.runCheck(number: self.checks)]
         case .checking(let number, let deadline) where now >= deadline:
-            return self.failed(number: number, "the health check did not answer within \(self.configuration.timeout) s", now: now)
+            return self.failed(
+                number: number,
+                "the health check did not answer within \(self.configuration.timeout) s",
+                now: now
+            )
         default:
             return []
         }

@@ -52,7 +52,9 @@ struct FailureTests {
             let deadline = ContinuousClock.now + timeout
             while self.successes < count {
                 guard ContinuousClock.now < deadline else {
-                    throw HarnessFailure("only \(self.successes) of \(count) successes; last outcomes: \(self.outcomes.withLockedValue { $0.suffix(5) })")
+                    throw HarnessFailure(
+                        "only \(self.successes) of \(count) successes; last outcomes: \(self.outcomes.withLockedValue { $0.suffix(5) })"
+                    )
                 }
                 try await Task.sleep(for: .milliseconds(20))
             }
@@ -65,7 +67,9 @@ struct FailureTests {
         }
     }
 
-    static func replicas(_ status: JSONValue, _ app: String, _ deployment: String) -> [(id: String, node: String, state: String)] {
+    static func replicas(_ status: JSONValue, _ app: String, _ deployment: String) -> [(
+        id: String, node: String, state: String
+    )] {
         (status["applications"]?[app]?["deployments"]?[deployment]?["replicas"]?.arrayValue ?? []).map {
             ($0["replica_id"]?.stringValue ?? "", $0["node_id"]?.stringValue ?? "", $0["state"]?.stringValue ?? "")
         }
@@ -74,13 +78,18 @@ struct FailureTests {
     /// Node ids by the worker's printed banner ("serve-worker n-… connecting").
     static func nodeID(of worker: Child) async throws -> String {
         let output = try await worker.waitForOutput(matching: "connecting to")
-        guard let match = output.firstMatch(of: /serve-worker (\S+) connecting/) else { throw HarnessFailure("no node id in:\n\(output)") }
+        guard let match = output.firstMatch(of: /serve-worker (\S+) connecting/) else {
+            throw HarnessFailure("no node id in:\n\(output)")
+        }
         return String(match.1)
     }
 
     /// Polls `condition` until it holds or `timeout` passes.
     static func eventually(
-        _ what: String, timeout: Duration, _ cluster: TestCluster, _ condition: () async throws -> Bool
+        _ what: String,
+        timeout: Duration,
+        _ cluster: TestCluster,
+        _ condition: () async throws -> Bool
     ) async throws {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
@@ -105,7 +114,9 @@ struct FailureTests {
         """
     }
 
-    @Test("SIGKILL one of two workers under load: replicas move to the other within the heartbeat timeout plus start time, every request is answered")
+    @Test(
+        "SIGKILL one of two workers under load: replicas move to the other within the heartbeat timeout plus start time, every request is answered"
+    )
     func killWorkerUnderLoad() async throws {
         try await withCluster(headArguments: ["--heartbeat-timeout-s", "2"]) { cluster in
             let doomed = try await cluster.addWorker(cpus: 4)
@@ -125,7 +136,13 @@ struct FailureTests {
                 }
                 let body = "post from \(client)"
                 return (
-                    HTTPRequest(method: .post, scheme: "http", authority: "127.0.0.1", path: "/hello/post", headerFields: [.contentLength: String(body.utf8.count)]),
+                    HTTPRequest(
+                        method: .post,
+                        scheme: "http",
+                        authority: "127.0.0.1",
+                        path: "/hello/post",
+                        headerFields: [.contentLength: String(body.utf8.count)]
+                    ),
                     ByteBuffer(string: body)
                 )
             }
@@ -150,19 +167,28 @@ struct FailureTests {
             let failures = outcomes.filter { $0.status != nil && $0.status != 200 }
             for failure in failures {
                 #expect(failure.status == 502 || failure.status == 503, "\(failure)")
-                #expect(failure.body.contains("replica") || failure.body.contains("node"), "an error must say why: \(failure)")
+                #expect(
+                    failure.body.contains("replica") || failure.body.contains("node"),
+                    "an error must say why: \(failure)"
+                )
             }
             #expect(outcomes.count > 400)
-            print("kill under load: \(outcomes.count) requests, \(failures.count) answered 502/503, replaced in \(replacedIn)")
+            print(
+                "kill under load: \(outcomes.count) requests, \(failures.count) answered 502/503, replaced in \(replacedIn)"
+            )
             let (_, nodesBody) = try await cluster.adminCall(.get, "/api/cluster/nodes")
-            let states = Dictionary(uniqueKeysWithValues: (try JSONValue.parse(nodesBody))["nodes"]?.arrayValue?.compactMap { node in
-                node["node_id"]?.stringValue.map { ($0, node["state"]?.stringValue ?? "") }
-            } ?? [])
+            let states = Dictionary(
+                uniqueKeysWithValues: (try JSONValue.parse(nodesBody))["nodes"]?.arrayValue?.compactMap { node in
+                    node["node_id"]?.stringValue.map { ($0, node["state"]?.stringValue ?? "") }
+                } ?? []
+            )
             #expect(states[doomedID] == "DEAD" && states[survivorID] == "ALIVE")
         }
     }
 
-    @Test("a frozen worker (SIGSTOP) is declared DEAD by the heartbeat timeout; requests on it get 502 with the reason; thawed, it rejoins and its stale replica is stopped")
+    @Test(
+        "a frozen worker (SIGSTOP) is declared DEAD by the heartbeat timeout; requests on it get 502 with the reason; thawed, it rejoins and its stale replica is stopped"
+    )
     func frozenWorker() async throws {
         try await withCluster(headArguments: ["--heartbeat-timeout-s", "1.5"]) { cluster in
             let frozen = try await cluster.addWorker(cpus: 2, extra: ["--head-timeout-s", "1"])
@@ -183,14 +209,24 @@ struct FailureTests {
                         defer { Task { await pool.close() } }
                         let body = "x"
                         let response = try await pool.send(
-                            HTTPRequest(method: .post, scheme: "http", authority: "127.0.0.1", path: "/hello/?ms=6000", headerFields: [.contentLength: "1"]),
-                            body: ByteBuffer(string: body), timeout: .seconds(20))
+                            HTTPRequest(
+                                method: .post,
+                                scheme: "http",
+                                authority: "127.0.0.1",
+                                path: "/hello/?ms=6000",
+                                headerFields: [.contentLength: "1"]
+                            ),
+                            body: ByteBuffer(string: body),
+                            timeout: .seconds(20)
+                        )
                         let text = String(buffer: try await response.body.collect(upTo: 1 << 16))
                         return (response.head.status.code, text, ContinuousClock.now - started)
                     }
                 }
                 try await Self.eventually("requests running on both replicas", timeout: .seconds(5), cluster) {
-                    let replicas = try await cluster.status()["applications"]?["hello"]?["deployments"]?["Hello"]?["replicas"]?.arrayValue ?? []
+                    let replicas =
+                        try await cluster.status()["applications"]?["hello"]?["deployments"]?["Hello"]?["replicas"]?
+                        .arrayValue ?? []
                     return replicas.count == 2 && replicas.allSatisfy { ($0["ongoing_requests"]?.doubleValue ?? 0) > 0 }
                 }
                 frozen.signal(SIGSTOP)
@@ -222,7 +258,10 @@ struct FailureTests {
                 let nodes = try await cluster.waitForNodes(1)
                 return nodes.contains { $0["node_id"]?.stringValue == frozenID && $0["state"]?.stringValue == "ALIVE" }
             }
-            _ = try await cluster.head.waitForOutput(matching: "stopping replica \(frozenReplica) on node \(frozenID)", timeout: .seconds(10))
+            _ = try await cluster.head.waitForOutput(
+                matching: "stopping replica \(frozenReplica) on node \(frozenID)",
+                timeout: .seconds(10)
+            )
             let after = try await cluster.waitForRunning(app: "hello", deployment: "Hello", replicas: 2)
             #expect(Self.replicas(after, "hello", "Hello").allSatisfy { $0.node == otherID })
             _ = try await frozen.waitForOutput(matching: "replica stopped", timeout: .seconds(10))
@@ -257,7 +296,9 @@ struct FailureTests {
         ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
         """
 
-    @Test("a command replica that fails three health checks in a row, or crashes, is replaced; the request that crashed it gets 502 with the reason")
+    @Test(
+        "a command replica that fails three health checks in a row, or crashes, is replaced; the request that crashed it gets 502 with the reason"
+    )
     func unhealthyAndCrashingReplicas() async throws {
         let script = FileManager.default.temporaryDirectory.appendingPathComponent("flaky-\(UUID().uuidString).py")
         try Self.flakyServer.write(to: script, atomically: true, encoding: .utf8)
@@ -265,7 +306,8 @@ struct FailureTests {
         try await withCluster { cluster in
             try await cluster.addWorker(cpus: 2)
             _ = try await cluster.waitForNodes(1)
-            try await cluster.deploy("""
+            try await cluster.deploy(
+                """
                 applications:
                   - name: flaky
                     route_prefix: /flaky
@@ -277,7 +319,8 @@ struct FailureTests {
                         health_check_timeout_s: 2
                         num_replicas: 1
                         ray_actor_options: {num_cpus: 0.5}
-                """)
+                """
+            )
             func replicaID() async throws -> String? {
                 let replicas = Self.replicas(try await cluster.status(), "flaky", "Flaky")
                 return replicas.count == 1 && replicas[0].state == "RUNNING" ? replicas[0].id : nil
@@ -315,11 +358,16 @@ struct FailureTests {
             // A replica that dies after serving is replaced at once, not held back as a start
             // failure: the deployment stays HEALTHY.
             let status = try await cluster.status()
-            #expect(status["applications"]?["flaky"]?["deployments"]?["Flaky"]?["status"]?.stringValue == "HEALTHY", "\(status.jsonString())")
+            #expect(
+                status["applications"]?["flaky"]?["deployments"]?["Flaky"]?["status"]?.stringValue == "HEALTHY",
+                "\(status.jsonString())"
+            )
         }
     }
 
-    @Test("SIGTERM on a worker under load: DRAINING, replacements start elsewhere first, in-flight requests finish, it exits 0, and no request fails")
+    @Test(
+        "SIGTERM on a worker under load: DRAINING, replacements start elsewhere first, in-flight requests finish, it exits 0, and no request fails"
+    )
     func drainWorker() async throws {
         try await withCluster { cluster in
             let leaving = try await cluster.addWorker(cpus: 2)
@@ -333,10 +381,18 @@ struct FailureTests {
 
             let load = Load(port: cluster.httpPort, clients: 4) { client in
                 if client % 2 == 0 {
-                    return (HTTPRequest(method: .get, scheme: "http", authority: "127.0.0.1", path: "/hello/?ms=150"), nil)
+                    return (
+                        HTTPRequest(method: .get, scheme: "http", authority: "127.0.0.1", path: "/hello/?ms=150"), nil
+                    )
                 }
                 return (
-                    HTTPRequest(method: .post, scheme: "http", authority: "127.0.0.1", path: "/hello/?ms=150", headerFields: [.contentLength: "2"]),
+                    HTTPRequest(
+                        method: .post,
+                        scheme: "http",
+                        authority: "127.0.0.1",
+                        path: "/hello/?ms=150",
+                        headerFields: [.contentLength: "2"]
+                    ),
                     ByteBuffer(string: "hi")
                 )
             }
@@ -365,11 +421,18 @@ struct FailureTests {
         let cluster = try await TestCluster(headCPUs: 1, headArguments: ["--shutdown-timeout-s", "10"])
         defer { Task { await cluster.stop() } }
         _ = try await cluster.waitForNodes(1)
-        try await cluster.deploy(Self.spreadConfig(handler: "sleep", replicas: 1).replacingOccurrences(of: "num_cpus: 1", with: "num_cpus: 0.5"))
+        try await cluster.deploy(
+            Self.spreadConfig(handler: "sleep", replicas: 1).replacingOccurrences(
+                of: "num_cpus: 1",
+                with: "num_cpus: 0.5"
+            )
+        )
         _ = try await cluster.waitForRunning(app: "hello", deployment: "Hello", replicas: 1)
         let slow = Task { try await cluster.get("/hello/?ms=1500") }
         try await Self.eventually("the slow request running", timeout: .seconds(5), cluster) {
-            let replicas = try await cluster.status()["applications"]?["hello"]?["deployments"]?["Hello"]?["replicas"]?.arrayValue ?? []
+            let replicas =
+                try await cluster.status()["applications"]?["hello"]?["deployments"]?["Hello"]?["replicas"]?.arrayValue
+                ?? []
             return (replicas.first?["ongoing_requests"]?.doubleValue ?? 0) > 0
         }
         cluster.head.signal(SIGTERM)
@@ -377,7 +440,10 @@ struct FailureTests {
         // New connections are refused while the old request finishes.
         let fresh = HTTP1ConnectionPool(host: "127.0.0.1", port: cluster.httpPort)
         await #expect(throws: (any Error).self) {
-            _ = try await fresh.send(HTTPRequest(method: .get, scheme: "http", authority: "127.0.0.1", path: "/hello/?ms=1"), timeout: .seconds(5))
+            _ = try await fresh.send(
+                HTTPRequest(method: .get, scheme: "http", authority: "127.0.0.1", path: "/hello/?ms=1"),
+                timeout: .seconds(5)
+            )
         }
         await fresh.close()
         let (code, body, _) = try await slow.value
@@ -385,7 +451,9 @@ struct FailureTests {
         #expect(try await cluster.head.waitForExit(timeout: .seconds(30)) == 0, "\(cluster.logs)")
     }
 
-    @Test("scale-down: the stopped replica's in-flight requests get graceful_shutdown_timeout_s, then an explicit 503; the survivor's finish")
+    @Test(
+        "scale-down: the stopped replica's in-flight requests get graceful_shutdown_timeout_s, then an explicit 503; the survivor's finish"
+    )
     func scaleDownDrainBound() async throws {
         try await withCluster { cluster in
             try await cluster.addWorker(cpus: 2)
@@ -411,14 +479,25 @@ struct FailureTests {
                     let pool = HTTP1ConnectionPool(host: "127.0.0.1", port: cluster.httpPort)
                     defer { Task { await pool.close() } }
                     let response = try await pool.send(
-                        HTTPRequest(method: .get, scheme: "http", authority: "127.0.0.1", path: "/slow/?ms=6000"), timeout: .seconds(30))
-                    return (response.head.status.code, String(buffer: try await response.body.collect(upTo: 1 << 16)), ContinuousClock.now)
+                        HTTPRequest(method: .get, scheme: "http", authority: "127.0.0.1", path: "/slow/?ms=6000"),
+                        timeout: .seconds(30)
+                    )
+                    return (
+                        response.head.status.code, String(buffer: try await response.body.collect(upTo: 1 << 16)),
+                        ContinuousClock.now
+                    )
                 }
             }
             var ongoing: [String: Int] = [:]
             try await Self.eventually("all four requests running, on both replicas", timeout: .seconds(5), cluster) {
-                let replicas = try await cluster.status()["applications"]?["slow"]?["deployments"]?["Slow"]?["replicas"]?.arrayValue ?? []
-                ongoing = Dictionary(uniqueKeysWithValues: replicas.map { ($0["replica_id"]?.stringValue ?? "", Int($0["ongoing_requests"]?.doubleValue ?? 0)) })
+                let replicas =
+                    try await cluster.status()["applications"]?["slow"]?["deployments"]?["Slow"]?["replicas"]?
+                    .arrayValue ?? []
+                ongoing = Dictionary(
+                    uniqueKeysWithValues: replicas.map {
+                        ($0["replica_id"]?.stringValue ?? "", Int($0["ongoing_requests"]?.doubleValue ?? 0))
+                    }
+                )
                 return ongoing.count == 2 && ongoing.values.reduce(0, +) == 4 && ongoing.values.allSatisfy { $0 > 0 }
             }
             let scaledAt = ContinuousClock.now
@@ -433,20 +512,26 @@ struct FailureTests {
             for (status, body, at) in cut {
                 #expect(status == 503, "\(body)")
                 #expect(body.contains("graceful_shutdown_timeout_s"), "\(body)")
-                #expect(at - scaledAt < .seconds(4), "cut at the 1 s graceful timeout, not at the end: \(at - scaledAt)")
+                #expect(
+                    at - scaledAt < .seconds(4),
+                    "cut at the 1 s graceful timeout, not at the end: \(at - scaledAt)"
+                )
             }
             #expect(answers.filter { $0.0 == 200 }.count == 4 - stoppedCount)
         }
     }
 
-    @Test("a route marked idempotent: POSTs whose worker is SIGKILLed mid-request are sent again to another replica, body and all")
+    @Test(
+        "a route marked idempotent: POSTs whose worker is SIGKILLed mid-request are sent again to another replica, body and all"
+    )
     func idempotentRoute() async throws {
         try await withCluster { cluster in
             let doomed = try await cluster.addWorker(cpus: 3)
             try await cluster.addWorker(cpus: 3)
             let doomedID = try await Self.nodeID(of: doomed)
             _ = try await cluster.waitForNodes(2)
-            try await cluster.deploy("""
+            try await cluster.deploy(
+                """
                 applications:
                   - name: slow
                     route_prefix: /slow
@@ -464,7 +549,8 @@ struct FailureTests {
                       - name: Echo
                         handler: echo
                         ray_actor_options: {num_cpus: 0.5}
-                """)
+                """
+            )
             _ = try await cluster.waitForRunning(app: "slow", deployment: "Slow", replicas: 2)
             _ = try await cluster.waitForRunning(app: "echo", deployment: "Echo", replicas: 1)
             // The kept body is what the replica gets.
@@ -475,13 +561,24 @@ struct FailureTests {
             // 300 ms POSTs from six clients: several are on the doomed worker when it dies.
             let load = Load(port: cluster.httpPort, clients: 6) { _ in
                 (
-                    HTTPRequest(method: .post, scheme: "http", authority: "127.0.0.1", path: "/slow/?ms=300", headerFields: [.contentLength: "4"]),
+                    HTTPRequest(
+                        method: .post,
+                        scheme: "http",
+                        authority: "127.0.0.1",
+                        path: "/slow/?ms=300",
+                        headerFields: [.contentLength: "4"]
+                    ),
                     ByteBuffer(string: "data")
                 )
             }
-            try await Self.eventually("requests running on the doomed worker's replica", timeout: .seconds(10), cluster) {
-                let replicas = try await cluster.status()["applications"]?["slow"]?["deployments"]?["Slow"]?["replicas"]?.arrayValue ?? []
-                return replicas.contains { $0["node_id"]?.stringValue == doomedID && ($0["ongoing_requests"]?.doubleValue ?? 0) > 0 }
+            try await Self.eventually("requests running on the doomed worker's replica", timeout: .seconds(10), cluster)
+            {
+                let replicas =
+                    try await cluster.status()["applications"]?["slow"]?["deployments"]?["Slow"]?["replicas"]?
+                    .arrayValue ?? []
+                return replicas.contains {
+                    $0["node_id"]?.stringValue == doomedID && ($0["ongoing_requests"]?.doubleValue ?? 0) > 0
+                }
             }
             doomed.signal(SIGKILL)
             try await Self.eventually("both replicas on the survivor", timeout: .seconds(15), cluster) {
@@ -492,7 +589,10 @@ struct FailureTests {
             let outcomes = await load.stop()
             let failed = outcomes.filter { $0.status != 200 }
             #expect(failed.isEmpty, "every POST retried elsewhere: \(failed.prefix(5))")
-            #expect(cluster.head.output.contains("retrying an idempotent request on another replica"), "no request was cut by the kill")
+            #expect(
+                cluster.head.output.contains("retrying an idempotent request on another replica"),
+                "no request was cut by the kill"
+            )
         }
     }
 }

@@ -16,7 +16,8 @@ final class NetnsLab: @unchecked Sendable {
     /// Why the lab cannot run here, or nil when it can (checked once, by making a namespace).
     static let unavailableReason: String? = {
         if getuid() != 0 { return "network namespaces need root (CI runs as root)" }
-        for tool in [NetnsLab.ip, NetnsLab.nft, "/usr/bin/curl"] where !FileManager.default.isExecutableFile(atPath: tool) {
+        for tool in [NetnsLab.ip, NetnsLab.nft, "/usr/bin/curl"]
+        where !FileManager.default.isExecutableFile(atPath: tool) {
             return "\(tool) is missing (make deps installs iproute2, nftables and curl)"
         }
         let probe = "s7-probe-\(getpid())"
@@ -47,7 +48,21 @@ final class NetnsLab: @unchecked Sendable {
     func addHost(_ host: String, address: String) throws {
         try self.addNamespace(host)
         let port = "p-\(host)"
-        try self.sh(Self.ip, "-n", self.ns(host), "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", self.ns("sw"))
+        try self.sh(
+            Self.ip,
+            "-n",
+            self.ns(host),
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
+            self.ns("sw")
+        )
         try self.sh(Self.ip, "-n", self.ns("sw"), "link", "set", port, "master", "br0")
         try self.sh(Self.ip, "-n", self.ns("sw"), "link", "set", port, "up")
         try self.sh(Self.ip, "-n", self.ns(host), "addr", "add", "\(address)/24", "dev", "eth0")
@@ -69,8 +84,40 @@ final class NetnsLab: @unchecked Sendable {
         let ns = self.ns(host)
         try self.sh(Self.ip, "netns", "exec", ns, Self.nft, "add", "table", "inet", "loss")
         for (chain, hook, match) in [("in", "input", "iifname"), ("out", "output", "oifname")] {
-            try self.sh(Self.ip, "netns", "exec", ns, Self.nft, "add", "chain", "inet", "loss", chain, "{ type filter hook \(hook) priority 0; policy accept; }")
-            try self.sh(Self.ip, "netns", "exec", ns, Self.nft, "add", "rule", "inet", "loss", chain, match, "eth0", "numgen", "random", "mod", "100", "<", String(percent), "drop")
+            try self.sh(
+                Self.ip,
+                "netns",
+                "exec",
+                ns,
+                Self.nft,
+                "add",
+                "chain",
+                "inet",
+                "loss",
+                chain,
+                "{ type filter hook \(hook) priority 0; policy accept; }"
+            )
+            try self.sh(
+                Self.ip,
+                "netns",
+                "exec",
+                ns,
+                Self.nft,
+                "add",
+                "rule",
+                "inet",
+                "loss",
+                chain,
+                match,
+                "eth0",
+                "numgen",
+                "random",
+                "mod",
+                "100",
+                "<",
+                String(percent),
+                "drop"
+            )
         }
     }
 
@@ -95,7 +142,9 @@ final class NetnsLab: @unchecked Sendable {
     @discardableResult
     private func sh(_ arguments: String...) throws -> String {
         let (status, output) = try Self.run(arguments)
-        guard status == 0 else { throw HarnessFailure("\(arguments.joined(separator: " ")) failed (\(status)): \(output)") }
+        guard status == 0 else {
+            throw HarnessFailure("\(arguments.joined(separator: " ")) failed (\(status)): \(output)")
+        }
         return output
     }
 
@@ -118,7 +167,9 @@ final class NetnsLab: @unchecked Sendable {
 final class NamespacedCluster: @unchecked Sendable {
     let lab: NetnsLab
     let token = "netns-token-\(UInt32.random(in: 0...UInt32.max))"
-    let stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("serve-netns-\(UUID().uuidString)")
+    let stateDirectory = FileManager.default.temporaryDirectory.appendingPathComponent(
+        "serve-netns-\(UUID().uuidString)"
+    )
     let head: Child
     var workers: [String: Child] = [:]
     static let headAddress = "10.77.0.1"
@@ -126,11 +177,16 @@ final class NamespacedCluster: @unchecked Sendable {
     init(lab: NetnsLab, heartbeatTimeout: Double) async throws {
         self.lab = lab
         try lab.addHost("head", address: Self.headAddress)
-        self.head = try Child("serve-head", [
-            "--host", Self.headAddress, "--port", "6380", "--http-host", "127.0.0.1", "--http-port", "8000",
-            "--admin-port", "8265", "--num-cpus", "0", "--token", self.token, "--state-dir", self.stateDirectory.path,
-            "--heartbeat-timeout-s", String(heartbeatTimeout),
-        ], namespace: lab.ns("head"))
+        self.head = try Child(
+            "serve-head",
+            [
+                "--host", Self.headAddress, "--port", "6380", "--http-host", "127.0.0.1", "--http-port", "8000",
+                "--admin-port", "8265", "--num-cpus", "0", "--token", self.token, "--state-dir",
+                self.stateDirectory.path,
+                "--heartbeat-timeout-s", String(heartbeatTimeout),
+            ],
+            namespace: lab.ns("head")
+        )
         _ = try await self.head.waitForOutput(matching: "admin API")
     }
 
@@ -138,16 +194,23 @@ final class NamespacedCluster: @unchecked Sendable {
     func addWorker(_ host: String, address: String) async throws -> String {
         try self.lab.addHost(host, address: address)
         let nodeID = "node-\(host)"
-        self.workers[host] = try Child("serve-worker", [
-            "--address", "\(Self.headAddress):6380", "--num-cpus", "2", "--num-gpus", "0", "--token", self.token,
-            "--node-id", nodeID, "--head-timeout-s", "1",
-        ], namespace: self.lab.ns(host))
+        self.workers[host] = try Child(
+            "serve-worker",
+            [
+                "--address", "\(Self.headAddress):6380", "--num-cpus", "2", "--num-gpus", "0", "--token", self.token,
+                "--node-id", nodeID, "--head-timeout-s", "1",
+            ],
+            namespace: self.lab.ns(host)
+        )
         return nodeID
     }
 
     /// curl inside the head's namespace: (status, body).
     func curl(_ url: String, _ extra: [String] = []) throws -> (Int, String) {
-        let (_, output) = try self.lab.run(in: "head", ["curl", "-sS", "-m", "20", "-w", "\n%{http_code}"] + extra + [url])
+        let (_, output) = try self.lab.run(
+            in: "head",
+            ["curl", "-sS", "-m", "20", "-w", "\n%{http_code}"] + extra + [url]
+        )
         guard let newline = output.lastIndex(of: "\n"), let code = Int(output[output.index(after: newline)...]) else {
             return (0, output)
         }
@@ -167,9 +230,11 @@ final class NamespacedCluster: @unchecked Sendable {
     func nodeStates() throws -> [String: String] {
         let (_, body) = try self.admin("/api/cluster/nodes")
         let nodes = (try? JSONValue.parse(body))?["nodes"]?.arrayValue ?? []
-        return Dictionary(uniqueKeysWithValues: nodes.compactMap { node in
-            node["node_id"]?.stringValue.map { ($0, node["state"]?.stringValue ?? "") }
-        })
+        return Dictionary(
+            uniqueKeysWithValues: nodes.compactMap { node in
+                node["node_id"]?.stringValue.map { ($0, node["state"]?.stringValue ?? "") }
+            }
+        )
     }
 
     func replicas(_ app: String, _ deployment: String) throws -> [(id: String, node: String, state: String)] {
@@ -178,7 +243,8 @@ final class NamespacedCluster: @unchecked Sendable {
     }
 
     var logs: String {
-        (["--- serve-head ---\n" + self.head.output] + self.workers.sorted { $0.key < $1.key }.map { "--- serve-worker \($0.key) ---\n" + $0.value.output })
+        (["--- serve-head ---\n" + self.head.output]
+            + self.workers.sorted { $0.key < $1.key }.map { "--- serve-worker \($0.key) ---\n" + $0.value.output })
             .joined(separator: "\n")
     }
 
@@ -203,7 +269,8 @@ final class NamespacedCluster: @unchecked Sendable {
 /// Multi-host failures in Linux network namespaces (issue 7 item 6): the head in one, workers
 /// in others, joined by veth links to a bridge.
 @Suite(
-    "Partitions (network namespaces)", .serialized,
+    "Partitions (network namespaces)",
+    .serialized,
     .enabled(if: NetnsLab.unavailableReason == nil, "\(NetnsLab.unavailableReason ?? "")")
 )
 struct PartitionTests {
@@ -234,7 +301,9 @@ struct PartitionTests {
                 ray_actor_options: {num_cpus: 1}
         """
 
-    @Test("a worker cut off from the head is declared DEAD and replaced; when the link heals it registers again and its stale replica is stopped")
+    @Test(
+        "a worker cut off from the head is declared DEAD and replaced; when the link heals it registers again and its stale replica is stopped"
+    )
     func cutAndHeal() async throws {
         try await withLab(heartbeatTimeout: 2) { cluster in
             let cutOff = try await cluster.addWorker("w1", address: "10.77.0.2")
@@ -246,14 +315,18 @@ struct PartitionTests {
             #expect(deployed == 200, "\(answer)")
             try await cluster.eventually("one RUNNING replica per worker", timeout: .seconds(60)) {
                 let replicas = try cluster.replicas("hello", "Hello")
-                return replicas.count == 2 && replicas.allSatisfy { $0.state == "RUNNING" } && Set(replicas.map(\.node)) == [cutOff, other]
+                return replicas.count == 2 && replicas.allSatisfy { $0.state == "RUNNING" }
+                    && Set(replicas.map(\.node)) == [cutOff, other]
             }
             let stale = try #require(try cluster.replicas("hello", "Hello").first { $0.node == cutOff }?.id)
             #expect(try cluster.get("/hello/before").0 == 200)
 
             try cluster.lab.cut("w1")
             let cutAt = ContinuousClock.now
-            try await cluster.eventually("the cut-off worker DEAD and both replicas on the other", timeout: .seconds(20)) {
+            try await cluster.eventually(
+                "the cut-off worker DEAD and both replicas on the other",
+                timeout: .seconds(20)
+            ) {
                 let replicas = try cluster.replicas("hello", "Hello")
                 return try cluster.nodeStates()[cutOff] == "DEAD"
                     && replicas.count == 2 && replicas.allSatisfy { $0.node == other && $0.state == "RUNNING" }
@@ -269,7 +342,10 @@ struct PartitionTests {
             try await cluster.eventually("the healed worker ALIVE again", timeout: .seconds(30)) {
                 try cluster.nodeStates()[cutOff] == "ALIVE"
             }
-            _ = try await cluster.head.waitForOutput(matching: "stopping replica \(stale) on node \(cutOff)", timeout: .seconds(10))
+            _ = try await cluster.head.waitForOutput(
+                matching: "stopping replica \(stale) on node \(cutOff)",
+                timeout: .seconds(10)
+            )
             try await cluster.eventually("still two replicas, both on the other worker", timeout: .seconds(10)) {
                 let replicas = try cluster.replicas("hello", "Hello")
                 return replicas.count == 2 && replicas.allSatisfy { $0.node == other && $0.state == "RUNNING" }
@@ -311,14 +387,19 @@ struct PartitionTests {
                 try cluster.nodeStates()[worker] == "ALIVE"
             }
             let (deployed, answer) = try cluster.admin(
-                "/api/serve/applications/", method: "PUT",
-                body: Self.config.replacingOccurrences(of: "num_cpus: 1", with: "num_cpus: 0.5"))
+                "/api/serve/applications/",
+                method: "PUT",
+                body: Self.config.replacingOccurrences(of: "num_cpus: 1", with: "num_cpus: 0.5")
+            )
             #expect(deployed == 200, "\(answer)")
             try await cluster.eventually("two RUNNING replicas", timeout: .seconds(60)) {
                 try cluster.replicas("hello", "Hello").filter { $0.state == "RUNNING" }.count == 2
             }
             try cluster.lab.dropRandomly("head", percent: 5)
-            let (status, output) = try cluster.lab.run(in: "head", ["python3", "-c", Self.loadScript, "8000", "8", "/hello/lossy"])
+            let (status, output) = try cluster.lab.run(
+                in: "head",
+                ["python3", "-c", Self.loadScript, "8000", "8", "/hello/lossy"]
+            )
             try cluster.lab.stopDropping("head")
             #expect(status == 0, "\(output)")
             let result = try JSONValue.parse(output.split(separator: "\n").last.map(String.init) ?? "")

@@ -12,7 +12,11 @@ struct DrainTests {
         #expect(drain.isDraining)
         #expect(drain.update(replicas: 2, connected: true, now: 1).isEmpty)
         #expect(drain.update(replicas: 1, connected: true, now: 2).isEmpty)
-        #expect(drain.update(replicas: 0, connected: true, now: 3) == [.exit(reason: "drained: no replica left on this node")])
+        #expect(
+            drain.update(replicas: 0, connected: true, now: 3) == [
+                .exit(reason: "drained: no replica left on this node")
+            ]
+        )
         #expect(drain.isDone)
         #expect(drain.update(replicas: 0, connected: true, now: 4).isEmpty, "exit is said once")
     }
@@ -20,7 +24,11 @@ struct DrainTests {
     @Test("an empty node exits at once")
     func empty() {
         var drain = NodeDrain()
-        #expect(drain.begin(now: 0, timeout: 30, replicas: 0, connected: true) == [.exit(reason: "drained: no replica left on this node")])
+        #expect(
+            drain.begin(now: 0, timeout: 30, replicas: 0, connected: true) == [
+                .exit(reason: "drained: no replica left on this node")
+            ]
+        )
     }
 
     @Test("the drain timeout bounds the wait")

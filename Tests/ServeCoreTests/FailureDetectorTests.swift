@@ -21,7 +21,11 @@ struct FailureDetectorTests {
             if t < 2 {
                 #expect(directives.isEmpty)
             } else if t == 2 {
-                #expect(directives == [.declareDead(nodeID: "b", reason: "no heartbeat for 2.0 s (heartbeat timeout 2.0 s)")])
+                #expect(
+                    directives == [
+                        .declareDead(nodeID: "b", reason: "no heartbeat for 2.0 s (heartbeat timeout 2.0 s)")
+                    ]
+                )
             } else {
                 #expect(directives.isEmpty, "DEAD is declared once")
             }
@@ -51,7 +55,11 @@ struct FailureDetectorTests {
         detector.registered("a", connection: 2, now: 1)
         #expect(detector.streamEnded("a", connection: 1, now: 1.1).isEmpty, "the old stream was replaced")
         #expect(detector.state(of: "a") == .alive)
-        #expect(detector.streamEnded("a", connection: 2, now: 1.2) == [.declareDead(nodeID: "a", reason: "its control stream closed")])
+        #expect(
+            detector.streamEnded("a", connection: 2, now: 1.2) == [
+                .declareDead(nodeID: "a", reason: "its control stream closed")
+            ]
+        )
         #expect(detector.streamEnded("a", connection: 2, now: 1.3).isEmpty)
         #expect(detector.tick(now: 100).isEmpty)
     }
@@ -79,7 +87,11 @@ struct FailureDetectorTests {
         #expect(detector.heard(from: "a", connection: 1, draining: true, now: 1).isEmpty)
         #expect(detector.heard(from: "a", connection: 1, draining: false, now: 1.5).isEmpty)
         #expect(detector.state(of: "a") == .draining, "DRAINING does not go back to ALIVE on the same stream")
-        #expect(detector.tick(now: 3.5) == [.declareDead(nodeID: "a", reason: "no heartbeat for 2.0 s (heartbeat timeout 2.0 s)")])
+        #expect(
+            detector.tick(now: 3.5) == [
+                .declareDead(nodeID: "a", reason: "no heartbeat for 2.0 s (heartbeat timeout 2.0 s)")
+            ]
+        )
     }
 
     @Test("legal node transitions: ALIVE → DRAINING → DEAD, and DEAD is final")
@@ -106,8 +118,22 @@ struct FailureDetectorTests {
 struct ReplicaAdoptionTests {
     @Test("a known replica is kept whatever it is; an unknown one only when it is current, running and needed")
     func decisions() {
-        func decide(deployed: Bool = true, currentSpec: Bool = true, running: Bool = true, known: Bool = false, live: Int, target: Int) -> ReplicaAdoption.Decision {
-            ReplicaAdoption.decide(deployed: deployed, currentSpec: currentSpec, running: running, known: known, liveCurrent: live, target: target)
+        func decide(
+            deployed: Bool = true,
+            currentSpec: Bool = true,
+            running: Bool = true,
+            known: Bool = false,
+            live: Int,
+            target: Int
+        ) -> ReplicaAdoption.Decision {
+            ReplicaAdoption.decide(
+                deployed: deployed,
+                currentSpec: currentSpec,
+                running: running,
+                known: known,
+                liveCurrent: live,
+                target: target
+            )
         }
         #expect(decide(known: true, live: 5, target: 1) == .adopt)
         #expect(decide(live: 0, target: 2) == .adopt, "a head that lost track (restart) adopts what it needs")
@@ -118,7 +144,12 @@ struct ReplicaAdoptionTests {
         }
         #expect(reason.contains("declared dead"))
         #expect(decide(deployed: false, live: 0, target: 0) == .stop(reason: "its deployment is no longer deployed"))
-        #expect(decide(currentSpec: false, live: 0, target: 2) == .stop(reason: "it runs an older version of its deployment"))
-        #expect(decide(running: false, live: 0, target: 2) == .stop(reason: "it was not running when its node registered"))
+        #expect(
+            decide(currentSpec: false, live: 0, target: 2)
+                == .stop(reason: "it runs an older version of its deployment")
+        )
+        #expect(
+            decide(running: false, live: 0, target: 2) == .stop(reason: "it was not running when its node registered")
+        )
     }
 }

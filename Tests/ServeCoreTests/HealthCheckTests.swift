@@ -54,7 +54,13 @@ struct HealthCheckTests {
         #expect(monitor.tick(now: 4) == [.runCheck(number: 2)])
         #expect(monitor.tick(now: 6).isEmpty)
         #expect(monitor.tick(now: 7) == [.runCheck(number: 3)])
-        #expect(monitor.tick(now: 9) == [.unhealthy(reason: "failed 3 health checks in a row; last: the health check did not answer within 2.0 s")])
+        #expect(
+            monitor.tick(now: 9) == [
+                .unhealthy(
+                    reason: "failed 3 health checks in a row; last: the health check did not answer within 2.0 s"
+                )
+            ]
+        )
     }
 
     @Test("flaky checks that never fail three times in a row keep the replica")

@@ -16,7 +16,10 @@ struct IngressFailoverTests {
         let refusing = try await HTTP2Server.bind(host: "127.0.0.1", port: 0) { _, writer in
             var fields = HTTPFields()
             fields[ServeHeaders.refused] = "STOPPING"
-            try await writer.respond(HTTPResponse(status: .serviceUnavailable, headerFields: fields), body: ByteBuffer(string: "stopping\n"))
+            try await writer.respond(
+                HTTPResponse(status: .serviceUnavailable, headerFields: fields),
+                body: ByteBuffer(string: "stopping\n")
+            )
         }
         let echoing = try await HTTP2Server.bind(host: "127.0.0.1", port: 0) { request, writer in
             let received = try await request.body.collect(upTo: 1 << 22)
@@ -27,16 +30,22 @@ struct IngressFailoverTests {
         await ingress.update(
             RouteTable(applications: [
                 ApplicationRoute(
-                    name: "a", routePrefix: "/",
+                    name: "a",
+                    routePrefix: "/",
                     ingress: DeploymentRoute(
-                        id: id, maxOngoingRequests: 100, maxQueuedRequests: -1,
+                        id: id,
+                        maxOngoingRequests: 100,
+                        maxQueuedRequests: -1,
                         replicas: [
                             ReplicaRoute(id: "D#refusing", nodeID: "n1", host: "127.0.0.1", port: refusing.port),
                             ReplicaRoute(id: "D#echoing", nodeID: "n2", host: "127.0.0.1", port: echoing.port),
-                        ]),
-                    idempotent: idempotent)
+                        ]
+                    ),
+                    idempotent: idempotent
+                )
             ]),
-            sequence: 1)
+            sequence: 1
+        )
         let server = try await HTTPServer.bind(host: "127.0.0.1", port: 0) { request, writer in
             try await ingress.handle(request, writer)
         }
@@ -54,8 +63,16 @@ struct IngressFailoverTests {
 
     func post(_ pool: HTTP1ConnectionPool, _ body: String) async throws -> (Int, String) {
         let response = try await pool.send(
-            HTTPRequest(method: .post, scheme: "http", authority: "127.0.0.1", path: "/p", headerFields: [.contentLength: String(body.utf8.count)]),
-            body: ByteBuffer(string: body), timeout: .seconds(20))
+            HTTPRequest(
+                method: .post,
+                scheme: "http",
+                authority: "127.0.0.1",
+                path: "/p",
+                headerFields: [.contentLength: String(body.utf8.count)]
+            ),
+            body: ByteBuffer(string: body),
+            timeout: .seconds(20)
+        )
         return (response.head.status.code, String(buffer: try await response.body.collect(upTo: 1 << 22)))
     }
 
