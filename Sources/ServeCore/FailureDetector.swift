@@ -144,12 +144,14 @@ public enum ReplicaAdoption {
     /// - A replica the head still knows (a reconnect the head never saw fail): keep it; the
     ///   reconciler goes on managing it as before.
     /// - A replica of a deployment no longer deployed, of an older spec, or not RUNNING: stop.
-    /// - A replica the head had given up on (its node was declared DEAD, so replacements were
-    ///   started): adopt it only while its deployment has fewer live current replicas than its
-    ///   target (the replacements are still PENDING, say); otherwise stop it, so the healed
-    ///   node never runs more than the config asks for.
-    /// - `liveCurrent` counts the deployment's live current-spec replicas the head knows,
-    ///   adoptions made so far in this registration included.
+    /// - A replica the head does not know (its node was declared DEAD and replacements were
+    ///   started, or the head itself restarted): adopt it while its deployment has fewer placed
+    ///   current replicas than its target; otherwise stop it, so the healed node never runs
+    ///   more than the config asks for.
+    /// - `liveCurrent` counts the deployment's current-spec replicas the head has placed on a
+    ///   node (STARTING or RUNNING), adoptions made so far in this registration included.
+    ///   PENDING ones do not count: a running replica is worth more than one waiting for room,
+    ///   and the reconciler drops surplus PENDING replicas first.
     public static func decide(
         deployed: Bool,
         currentSpec: Bool,

@@ -197,7 +197,8 @@ public actor Controller {
             let deployment = DeploymentID(app: running.appName, name: running.deploymentName)
             let runtime = self.deployments[deployment]
             let liveCurrent = self.replicas.values.filter {
-                $0.record.deployment == deployment && $0.record.state.isLive && $0.record.specVersion == runtime?.config.specVersion
+                $0.record.deployment == deployment && ($0.record.state == .starting || $0.record.state == .running)
+                    && $0.record.specVersion == runtime?.config.specVersion
             }.count
             let decision = ReplicaAdoption.decide(
                 deployed: runtime != nil,
