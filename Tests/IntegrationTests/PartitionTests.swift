@@ -121,6 +121,17 @@ final class NetnsLab: @unchecked Sendable {
         }
     }
 
+    /// Drops everything the host sends (a one-way partition: it still hears the others).
+    func dropOutgoing(_ host: String) throws {
+        let ns = self.ns(host)
+        try self.sh(Self.ip, "netns", "exec", ns, Self.nft, "add", "table", "inet", "loss")
+        try self.sh(
+            Self.ip, "netns", "exec", ns, Self.nft, "add", "chain", "inet", "loss", "out",
+            "{ type filter hook output priority 0; policy accept; }"
+        )
+        try self.sh(Self.ip, "netns", "exec", ns, Self.nft, "add", "rule", "inet", "loss", "out", "oifname", "eth0", "drop")
+    }
+
     func stopDropping(_ host: String) throws {
         try self.sh(Self.ip, "netns", "exec", self.ns(host), Self.nft, "delete", "table", "inet", "loss")
     }
@@ -412,6 +423,49 @@ struct PartitionTests {
             #expect(ok >= 0.95 * total, "\(output)\n\(cluster.logs)")
             #expect(Set(counts.keys).isSubset(of: ["200", "502", "503"]), "\(output)")
             #expect(try cluster.nodeStates()[worker] == "ALIVE")
+            #expect(try cluster.get("/hello/after").0 == 200)
+        }
+    }
+
+    @Test("a one-way partition (nftables drops all a worker sends): DEAD and replaced, GETs keep being answered, and it rejoins when the rule goes")
+    func oneWayPartition() async throws {
+        try await withLab(heartbeatTimeout: 2) { cluster in
+            let cutOff = try await cluster.addWorker("w1", address: "10.77.0.2")
+            let other = try await cluster.addWorker("w2", address: "10.77.0.3")
+            try await cluster.eventually("two workers ALIVE", timeout: .seconds(60)) {
+                try cluster.nodeStates().values.filter { $0 == "ALIVE" }.count == 2
+            }
+            let (deployed, answer) = try cluster.admin("/api/serve/applications/", method: "PUT", body: Self.config)
+            #expect(deployed == 200, "\(answer)")
+            try await cluster.eventually("one RUNNING replica per worker", timeout: .seconds(60)) {
+                let replicas = try cluster.replicas("hello", "Hello")
+                return replicas.count == 2 && replicas.allSatisfy { $0.state == "RUNNING" }
+                    && Set(replicas.map(\.node)) == [cutOff, other]
+            }
+
+            try cluster.lab.dropOutgoing("w1")
+            // Requests go on while the head has not noticed yet: each is answered (a GET whose
+            // replica never answers is sent again elsewhere once the node is declared DEAD).
+            let started = ContinuousClock.now
+            for _ in 0..<8 {
+                let (code, body) = try cluster.get("/hello/during")
+                #expect(code == 200, "\(body)")
+            }
+            #expect(ContinuousClock.now - started < .seconds(15))
+            try await cluster.eventually("the silent worker DEAD and both replicas on the other", timeout: .seconds(20)) {
+                let replicas = try cluster.replicas("hello", "Hello")
+                return try cluster.nodeStates()[cutOff] == "DEAD"
+                    && replicas.count == 2 && replicas.allSatisfy { $0.node == other && $0.state == "RUNNING" }
+            }
+
+            try cluster.lab.stopDropping("w1")
+            try await cluster.eventually("the worker ALIVE again", timeout: .seconds(40)) {
+                try cluster.nodeStates()[cutOff] == "ALIVE"
+            }
+            try await cluster.eventually("still two replicas, both on the other worker", timeout: .seconds(10)) {
+                let replicas = try cluster.replicas("hello", "Hello")
+                return replicas.count == 2 && replicas.allSatisfy { $0.node == other && $0.state == "RUNNING" }
+            }
             #expect(try cluster.get("/hello/after").0 == 200)
         }
     }
