@@ -190,7 +190,7 @@ struct FailureTests {
         "a frozen worker (SIGSTOP) is declared DEAD by the heartbeat timeout; requests on it get 502 with the reason; thawed, it rejoins and its stale replica is stopped"
     )
     func frozenWorker() async throws {
-        try await withCluster(headArguments: ["--heartbeat-timeout-s", "1.5"]) { cluster in
+        try await withCluster(headArguments: ["--heartbeat-timeout-s", "2"]) { cluster in
             let frozen = try await cluster.addWorker(cpus: 2, extra: ["--head-timeout-s", "1"])
             let other = try await cluster.addWorker(cpus: 2)
             let frozenID = try await Self.nodeID(of: frozen)
