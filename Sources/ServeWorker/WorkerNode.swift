@@ -162,7 +162,10 @@ public final class WorkerNode: Sendable {
             let again = drain.isDraining || drain.isDone
             return (again, drain.begin(now: Self.now, timeout: self.options.drainTimeout.seconds, replicas: hosted, connected: connected))
         }
-        if again { return self.act([.exit(reason: "asked to stop again: not waiting for the drain")]) }
+        if again {
+            self.logger.info("asked to stop again: leaving without waiting for the drain")
+            return self.leave()
+        }
         guard directives.isEmpty else { return self.act(directives) }
         self.logger.info("draining: the head moves this node's replicas elsewhere, then it exits", metadata: ["replicas": "\(self.hostedCount)"])
         Task {
@@ -179,10 +182,21 @@ public final class WorkerNode: Sendable {
     private func act(_ directives: [NodeDrain.Directive]) {
         for case .exit(let reason) in directives {
             self.logger.info("leaving the cluster: \(reason)")
-            self.stopping.withLockedValue { $0 = true }
-            if let connection = self.controlConnection.withLockedValue({ $0 }) {
-                Task { await connection.closeNow() }
+            Task {
+                // What still runs here stops first, each replica finishing its requests, while
+                // the head still hears this node (it is told of each stop, and does not declare
+                // the node DEAD and cut those requests); then the control stream closes.
+                await self.stopReplicas(reason: "the node is leaving: \(reason)")
+                self.leave()
             }
+        }
+    }
+
+    /// Ends the control stream: `run` then stops whatever is left and returns.
+    private func leave() {
+        self.stopping.withLockedValue { $0 = true }
+        if let connection = self.controlConnection.withLockedValue({ $0 }) {
+            Task { await connection.closeNow() }
         }
     }
 
@@ -199,17 +213,26 @@ public final class WorkerNode: Sendable {
     /// Stops every replica (gracefully) and the data plane.
     public func shutdown() async {
         self.stopping.withLockedValue { $0 = true }
+        await self.stopReplicas(reason: "the worker is shutting down")
+        let server = self.dataServer.withLockedValue { $0 }
+        await server?.shutdown(gracePeriod: .seconds(2))
+    }
+
+    /// Stops every replica here at once, each within its `graceful_shutdown_timeout_s`, and
+    /// reports them stopped.
+    private func stopReplicas(reason: String) async {
         let replicas = self.replicas.withLockedValue { dict in
             defer { dict.removeAll() }
             return Array(dict.values)
         }
         await withTaskGroup(of: Void.self) { group in
             for replica in replicas {
-                group.addTask { await replica.stop(timeout: replica.gracefulShutdownTimeout) }
+                group.addTask {
+                    await replica.stop(timeout: replica.gracefulShutdownTimeout)
+                    self.report(replica.id, .stopped, reason, specVersion: replica.specVersion)
+                }
             }
         }
-        let server = self.dataServer.withLockedValue { $0 }
-        await server?.shutdown(gracePeriod: .seconds(2))
     }
 
     // MARK: data plane

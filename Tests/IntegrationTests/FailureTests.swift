@@ -595,4 +595,28 @@ struct FailureTests {
             )
         }
     }
+
+    @Test("a draining worker with nowhere to move its replicas stops them itself after --drain-timeout-s, letting their requests finish")
+    func drainTimeout() async throws {
+        try await withCluster { cluster in
+            let only = try await cluster.addWorker(cpus: 2, extra: ["--drain-timeout-s", "1"])
+            _ = try await cluster.waitForNodes(1)
+            try await cluster.deploy(
+                Self.spreadConfig(handler: "sleep", replicas: 1)
+                    .replacingOccurrences(of: "ray_actor_options: {num_cpus: 1}", with: "ray_actor_options: {num_cpus: 1}\n        graceful_shutdown_timeout_s: 10")
+            )
+            _ = try await cluster.waitForRunning(app: "hello", deployment: "Hello", replicas: 1)
+            let slow = Task { try await cluster.get("/hello/?ms=3000") }
+            try await Self.eventually("the slow request running", timeout: .seconds(5), cluster) {
+                let replicas =
+                    try await cluster.status()["applications"]?["hello"]?["deployments"]?["Hello"]?["replicas"]?.arrayValue ?? []
+                return (replicas.first?["ongoing_requests"]?.doubleValue ?? 0) > 0
+            }
+            only.signal(SIGTERM)
+            let (code, body, _) = try await slow.value
+            #expect(code == 200, "the request in flight finishes: \(body)")
+            #expect(try await only.waitForExit(timeout: .seconds(20)) == 0, "\(only.output)")
+            #expect(only.output.contains("the drain timeout passed with 1 replica(s) still here"), "\(only.output)")
+        }
+    }
 }
