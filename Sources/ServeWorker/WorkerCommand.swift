@@ -50,6 +50,11 @@ public struct WorkerCommand: AsyncParsableCommand {
             throw ValidationError("--address must be HOST:PORT, e.g. 10.0.0.1:6380")
         }
         let headHost = String(self.address[..<colon])
+        // The head pings every 0.5 s: a shorter timeout would drop a healthy control stream.
+        guard self.headTimeoutS > 0.5 else {
+            throw ValidationError("--head-timeout-s must be more than the head's 0.5 s ping interval (the default is 5)")
+        }
+        guard self.drainTimeoutS >= 0 else { throw ValidationError("--drain-timeout-s must be 0 or more") }
         guard let token = self.token ?? ProcessInfo.processInfo.environment["SERVE_TOKEN"], !token.isEmpty else {
             throw ValidationError("the worker needs the cluster token: --token or SERVE_TOKEN (serve-head prints it)")
         }

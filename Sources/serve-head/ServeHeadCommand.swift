@@ -44,7 +44,10 @@ struct ServeHeadCommand: AsyncParsableCommand {
         options.adminHost = self.adminHost
         options.adminPort = self.adminPort
         options.token = self.token
-        guard self.heartbeatTimeoutS > 0 else { throw ValidationError("--heartbeat-timeout-s must be above 0") }
+        // Workers heartbeat every 0.5 s: a shorter timeout would declare healthy nodes dead.
+        guard self.heartbeatTimeoutS > 0.5 else {
+            throw ValidationError("--heartbeat-timeout-s must be more than the 0.5 s heartbeat interval (the default is 5)")
+        }
         guard self.shutdownTimeoutS >= 0 else { throw ValidationError("--shutdown-timeout-s must be 0 or more") }
         options.heartbeatTimeout = self.heartbeatTimeoutS
         options.shutdownTimeout = self.shutdownTimeoutS
