@@ -280,6 +280,7 @@ public final class Ingress: Sendable {
                 self.connections.forget(host: replica.host, port: replica.port)
                 refusedBy.insert(replica.id)
                 unreachable += 1
+                self.metrics.recordRetry(deployment: app.ingress.id, .unreachable)
                 let reason = "replica \(replica.id) on node \(replica.nodeID) is unreachable: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
                 self.logger.info("retrying a request on another replica", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
                 if unreachable < Self.maxUnreachable { continue }
@@ -289,6 +290,7 @@ public final class Ingress: Sendable {
                 if idempotent && !retriedAfterFailure {
                     retriedAfterFailure = true
                     refusedBy.insert(replica.id)
+                    self.metrics.recordRetry(deployment: app.ingress.id, .failed)
                     self.logger.info("retrying an idempotent request on another replica", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
                     continue
                 }
@@ -304,6 +306,7 @@ public final class Ingress: Sendable {
                         status: .serviceUnavailable,
                         message: "replica \(replica.id) refused the request (\(refusal)) while its body streamed; send it again")
                 }
+                self.metrics.recordRetry(deployment: app.ingress.id, .refused)
                 continue
             }
             progress.markHeadSent()

@@ -183,6 +183,9 @@ struct FailureTests {
                 } ?? []
             )
             #expect(states[doomedID] == "DEAD" && states[survivorID] == "ALIVE")
+            let (_, metrics) = try await cluster.adminCall(.get, "/metrics")
+            #expect(metrics.contains("serve_nodes{state=\"DEAD\"} 1") && metrics.contains("serve_nodes{state=\"ALIVE\"} 1"), "\(metrics)")
+            #expect(metrics.contains("# TYPE serve_request_retries_total counter"))
         }
     }
 
