@@ -242,10 +242,13 @@ public actor Controller {
         await self.apply(self.detector.streamEnded(id, connection: connection, now: Self.seconds(.now)))
     }
 
-    /// The failure detector's timer (every 100 ms): declares DEAD the nodes silent past the
-    /// heartbeat timeout, and pings the live ones every heartbeat interval so that a worker
-    /// can tell a silent head from a quiet one.
-    public func checkLiveness(now instant: ContinuousClock.Instant = .now) async {
+    /// The failure detector's timer: declares DEAD the nodes silent past the heartbeat
+    /// timeout, and pings the live ones every heartbeat interval so that a worker can tell a
+    /// silent head from a quiet one. Returns the seconds until it should run again: the next
+    /// ping or the earliest deadline (which only moves later until then: hearing from a node
+    /// extends its deadline, and a node that registers gets the latest one).
+    @discardableResult
+    public func checkLiveness(now instant: ContinuousClock.Instant = .now) async -> Double {
         let now = Self.seconds(instant)
         if now - self.lastPing >= Self.heartbeatInterval {
             self.lastPing = now
@@ -255,6 +258,8 @@ public actor Controller {
             }
         }
         await self.apply(self.detector.tick(now: now))
+        let nextPing = self.lastPing + Self.heartbeatInterval
+        return min(nextPing, self.detector.nextDeadline ?? nextPing) - now
     }
 
     /// Carries out the failure detector's directives.

@@ -149,12 +149,12 @@ public final class HeadRuntime: Sendable {
                 await controller.autoscale(waitingAtRouter: await ingress.waitingRequests())
             }
         }
-        // The failure detector's timer: a silent node is declared DEAD within 100 ms of its
-        // heartbeat timeout.
+        // The failure detector's timer, woken for the next ping or deadline: a silent node is
+        // declared DEAD within milliseconds of its heartbeat timeout.
         let liveness = Task {
             while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(100))
-                await controller.checkLiveness()
+                let wait = await controller.checkLiveness()
+                try? await Task.sleep(for: .milliseconds(Int(min(500, max(5, (wait * 1000).rounded(.up))))))
             }
         }
         self.tasks.withLockedValue { $0 = [tick, autoscaler, liveness] }
