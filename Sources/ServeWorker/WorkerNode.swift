@@ -109,8 +109,9 @@ public final class WorkerNode: Sendable {
     private let dataServer: NIOLockedValueBox<HTTP2Server?> = NIOLockedValueBox(nil)
     private let stopping = NIOLockedValueBox(false)
     private let controlConnection = NIOLockedValueBox<HTTP2ClientConnection?>(nil)
-    /// Replicas being started (not yet in `replicas`): a drain waits for them too.
-    private let starting = NIOLockedValueBox<Set<String>>([])
+    /// Replicas being started (not yet in `replicas`), each with whether a stop came for it
+    /// meanwhile (it is then stopped as soon as it is up). A drain waits for them too.
+    private let starting = NIOLockedValueBox<[String: Bool]>([:])
     /// Whether the control stream is up and registered.
     private let registered = NIOLockedValueBox(false)
     /// The graceful shutdown on SIGTERM (`ServeCore.NodeDrain`).
@@ -466,8 +467,13 @@ public final class WorkerNode: Sendable {
 
     private func startReplica(_ start: PBStartReplica) async {
         let id = start.replicaID
-        guard self.replicas.withLockedValue({ $0[id] }) == nil, self.starting.withLockedValue({ $0.insert(id).inserted }) else { return }
-        defer { self.starting.withLockedValue { _ = $0.remove(id) } }
+        let fresh = self.starting.withLockedValue { starting in
+            guard starting[id] == nil else { return false }
+            starting[id] = false
+            return true
+        }
+        guard fresh, self.replicas.withLockedValue({ $0[id] }) == nil else { return }
+        defer { self.starting.withLockedValue { _ = $0.removeValue(forKey: id) } }
         self.report(id, .starting, "", specVersion: start.spec.version)
         var logger = self.logger
         logger[metadataKey: "serve.replica"] = "\(id)"
@@ -513,7 +519,15 @@ public final class WorkerNode: Sendable {
             }
             let replica = Replica(start: start, body: body, logger: logger)
             await replica.setState(.running)
+            // In `replicas` before it leaves `starting`, so a stop always finds it in one.
             self.replicas.withLockedValue { $0[id] = replica }
+            if self.starting.withLockedValue({ $0.removeValue(forKey: id) }) == true {
+                self.replicas.withLockedValue { _ = $0.removeValue(forKey: id) }
+                await replica.stop(timeout: replica.gracefulShutdownTimeout)
+                logger.info("replica stopped: a stop came while it started")
+                self.report(id, .stopped, "stopped while it started", specVersion: start.spec.version)
+                return
+            }
             self.report(id, .running, "", specVersion: start.spec.version)
             logger.info("replica running")
             self.monitorHealth(replica, spec: start.spec)
@@ -598,7 +612,13 @@ public final class WorkerNode: Sendable {
 
     private func stopReplica(_ stop: PBStopReplica) async {
         guard let replica = self.replicas.withLockedValue({ $0[stop.replicaID] }) else {
-            self.report(stop.replicaID, .stopped, "not running on this node", specVersion: "")
+            let starting = self.starting.withLockedValue { starting in
+                guard starting[stop.replicaID] != nil else { return false }
+                starting[stop.replicaID] = true
+                return true
+            }
+            // One still starting is stopped (and reported) as soon as it is up.
+            if !starting { self.report(stop.replicaID, .stopped, "not running on this node", specVersion: "") }
             return
         }
         self.report(replica.id, .stopping, stop.reason, specVersion: replica.specVersion)

@@ -622,4 +622,46 @@ struct FailureTests {
             #expect(only.output.contains("the drain timeout passed with 1 replica(s) still here"), "\(only.output)")
         }
     }
+
+    @Test("a replica stopped while it is still starting is stopped once up, not left running unseen")
+    func stopWhileStarting() async throws {
+        let pidFile = FileManager.default.temporaryDirectory.appendingPathComponent("slow-start-\(UUID().uuidString).pid")
+        defer { try? FileManager.default.removeItem(at: pidFile) }
+        let script = """
+            import os, time
+            from http.server import BaseHTTPRequestHandler, HTTPServer
+            open("\(pidFile.path)", "w").write(str(os.getpid()))
+            time.sleep(1.5)
+            HTTPServer(("127.0.0.1", int(os.environ["PORT"])), BaseHTTPRequestHandler).serve_forever()
+            """
+        try await withCluster { cluster in
+            let worker = try await cluster.addWorker(cpus: 2)
+            _ = try await cluster.waitForNodes(1)
+            try await cluster.deploy(
+                """
+                applications:
+                  - name: slow
+                    route_prefix: /slow
+                    deployments:
+                      - name: SlowStart
+                        command: ["python3", "-c", \(JSONValue.string(script).jsonString())]
+                        graceful_shutdown_timeout_s: 1
+                        ray_actor_options: {num_cpus: 0.5}
+                """
+            )
+            try await Self.eventually("the child process started", timeout: .seconds(10), cluster) {
+                FileManager.default.fileExists(atPath: pidFile.path)
+            }
+            let pid = try #require(Int32(try String(contentsOf: pidFile, encoding: .utf8)))
+            // Deleted while the replica is still STARTING (the child is not listening yet).
+            let (deleted, _) = try await cluster.adminCall(.delete, "/api/serve/applications/slow")
+            #expect(deleted == 200)
+            _ = try await worker.waitForOutput(matching: "a stop came while it started", timeout: .seconds(20))
+            try await Self.eventually("the child process gone", timeout: .seconds(10), cluster) {
+                kill(pid, 0) != 0
+            }
+            let status = try await cluster.status()
+            #expect(status["applications"]?["slow"] == nil, "\(status.jsonString())")
+        }
+    }
 }
