@@ -269,6 +269,7 @@ public actor Controller {
             switch directive {
             case .declareDead(let id, let reason):
                 guard var node = self.nodes[id] else { continue }
+                let drained = node.state == .draining
                 node.state = .dead
                 // Ends the node's control stream (ClusterService), so a worker cut off by a
                 // partition must register again, and is reconciled then, when the link heals.
@@ -281,7 +282,11 @@ public actor Controller {
                     self.replicas[entry.record.id] = nil
                     self.deployments[entry.record.deployment]?.metrics.remove(source: entry.record.id)
                 }
-                self.record(.node, nil, before: 1, after: 0, reason: "node \(id) is DEAD: \(reason); \(lost.count) replica(s) lost, replacing them")
+                if drained && lost.isEmpty {
+                    self.record(.node, nil, before: 1, after: 0, reason: "node \(id) left after draining (\(reason))")
+                } else {
+                    self.record(.node, nil, before: 1, after: 0, reason: "node \(id) is DEAD: \(reason); \(lost.count) replica(s) lost, replacing them")
+                }
                 // Requests in flight there are answered now (502 with this reason), not when
                 // the TCP connection finally gives up.
                 self.ingress.nodeFailed(host: node.address, port: node.port, reason: "node \(id) is DEAD: \(reason)")

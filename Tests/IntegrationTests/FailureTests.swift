@@ -416,6 +416,7 @@ struct FailureTests {
             let bad = outcomes.filter { $0.status != 200 }
             #expect(bad.isEmpty, "a graceful drain fails no request: \(bad.prefix(5))")
             #expect(leaving.output.contains("drained: no replica left on this node"), "\(leaving.output)")
+            _ = try await cluster.head.waitForOutput(matching: "node \(leavingID) left after draining", timeout: .seconds(10))
         }
     }
 
