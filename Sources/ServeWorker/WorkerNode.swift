@@ -172,8 +172,9 @@ public final class WorkerNode: Sendable {
         Task {
             while !self.isStopping {
                 try? await Task.sleep(for: .milliseconds(100))
+                let (hosted, connected) = (self.hostedCount, self.isRegistered)
                 let directives = self.drain.withLockedValue {
-                    $0.update(replicas: self.hostedCount, connected: self.isRegistered, now: Self.now)
+                    $0.update(replicas: hosted, connected: connected, now: Self.now)
                 }
                 self.act(directives)
             }
