@@ -3,8 +3,9 @@
 
 SWIFT ?= swift
 # Debian packages: build (libnghttp2-dev, zlib1g-dev, pkg-config), tests and benchmarks
-# (nghttp2-client: nghttp and h2load; nghttp2-server: nghttpd; gzip and python3 for zlib interop).
-APT_PACKAGES := libnghttp2-dev zlib1g-dev pkg-config nghttp2-client nghttp2-server gzip python3
+# (nghttp2-client: nghttp and h2load; nghttp2-server: nghttpd; gzip and python3 for zlib interop;
+# iproute2, nftables and curl for the partition tests, which run nodes in network namespaces).
+APT_PACKAGES := libnghttp2-dev zlib1g-dev pkg-config nghttp2-client nghttp2-server gzip python3 iproute2 nftables curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps build release run test fuzz soak bench-wire bench-ingress bench-autoscaling protos clean

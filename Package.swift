@@ -135,11 +135,19 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "ServeCoreTests", dependencies: ["ServeCore"], swiftSettings: strict),
-        .testTarget(name: "ServeProxyTests", dependencies: ["ServeProxy", "ServeCore"], swiftSettings: strict),
+        .testTarget(
+            name: "ServeProxyTests",
+            dependencies: [
+                "ServeProxy", "ServeCore", "ServeWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "ServeWire", "ServeCore",
+                "ServeWire", "ServeCore", "Serve", "ServeHead", "ServeEmbedded",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

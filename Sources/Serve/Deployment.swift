@@ -108,8 +108,9 @@ public protocol Deployment: Sendable {
     func handle(_ request: ServeRequest) async throws -> ServeResponse
     /// Called with a new `user_config` when only it changed (no restart), as Ray's `reconfigure`.
     func reconfigure(userConfig: JSONValue?) async throws
-    /// Throws when the replica is unhealthy. (Periodic health checks every
-    /// `health_check_period_s` are not driven yet: the reliability issue adds them.)
+    /// Throws when the replica is unhealthy. The worker calls it every `health_check_period_s`;
+    /// a call that throws, or takes longer than `health_check_timeout_s`, is a failed check, and
+    /// three in a row get the replica replaced (Ray Serve's `check_health`).
     func checkHealth() async throws
 }
 

@@ -51,11 +51,21 @@ public struct ApplicationConfig: Sendable, Hashable {
     public var routePrefix: String
     /// At least one; the first takes the application's HTTP traffic (`ingress`).
     public var deployments: [DeploymentConfig]
+    /// `idempotent: true` (default false): every request to this route may be sent once more to
+    /// another replica when its replica fails before answering, whatever its method (a model's
+    /// `POST /predict` usually is). GET and HEAD are retried without it. Bodies up to
+    /// `ApplicationConfig.maxRetryBodyBytes` are buffered for the retry; larger ones are not
+    /// retried. Not part of Ray's schema.
+    public var idempotent: Bool
 
-    public init(name: String, routePrefix: String = "/", deployments: [DeploymentConfig]) {
+    /// The largest request body an idempotent route keeps to send again (1 MiB).
+    public static let maxRetryBodyBytes = 1 << 20
+
+    public init(name: String, routePrefix: String = "/", deployments: [DeploymentConfig], idempotent: Bool = false) {
         self.name = name
         self.routePrefix = routePrefix
         self.deployments = deployments
+        self.idempotent = idempotent
     }
 
     /// The deployment that takes the application's HTTP traffic: the first one listed, as in a

@@ -157,7 +157,7 @@ struct ConfigValidator {
     static let httpFields = [
         FieldSpec("host"), FieldSpec("port"), FieldSpec("request_timeout_s"), FieldSpec("max_body_bytes"),
     ]
-    static let applicationFields = [FieldSpec("name"), FieldSpec("route_prefix"), FieldSpec("deployments")]
+    static let applicationFields = [FieldSpec("name"), FieldSpec("route_prefix"), FieldSpec("deployments"), FieldSpec("idempotent")]
     static let deploymentFields = [
         FieldSpec("name"), FieldSpec("handler"), FieldSpec("command"), FieldSpec("health_path"),
         FieldSpec("num_replicas"), FieldSpec("autoscaling_config"),
@@ -403,6 +403,13 @@ struct ConfigValidator {
                 application.routePrefix = ""
             } else {
                 application.routePrefix = prefix
+            }
+        }
+        if let node = fields["idempotent"] {
+            if case .bool(let idempotent) = node {
+                application.idempotent = idempotent
+            } else {
+                self.report(fields.path("idempotent"), Self.typeMessage("true or false", node))
             }
         }
         guard let deploymentsNode = fields["deployments"] else {

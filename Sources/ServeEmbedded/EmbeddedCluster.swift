@@ -75,8 +75,10 @@ public final class EmbeddedCluster: Sendable {
         self.workerTask = workerTask
     }
 
-    /// Stops the applications (gracefully), the worker, then the head.
+    /// Stops the ingress (requests in flight finish), the applications (gracefully), the
+    /// worker, then the head.
     public func shutdown() async {
+        await self.head.stopIngress()
         await self.head.controller.deploy(ServeConfig(applications: []))
         // The worker's run drains its replicas and returns.
         self.worker?.stop()

@@ -151,6 +151,19 @@ enum Metrics {
         for (id, count) in await controller.ongoingRequests().sorted(by: { "\($0.key)" < "\($1.key)" }) {
             lines.append("serve_ongoing_requests{\(labels(id))} \(count)")
         }
+        lines.append("# HELP serve_request_retries_total Requests the ingress sent to another replica, by why.")
+        lines.append("# TYPE serve_request_retries_total counter")
+        for (id, reasons) in ingress.metrics.retries.sorted(by: { "\($0.key)" < "\($1.key)" }) {
+            for (reason, count) in reasons.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
+                lines.append("serve_request_retries_total{\(labels(id)),reason=\"\(reason.rawValue)\"} \(count)")
+            }
+        }
+        lines.append("# HELP serve_nodes Nodes the head knows, by state.")
+        lines.append("# TYPE serve_nodes gauge")
+        let nodeStates = await controller.nodeStates.values.reduce(into: [NodeState: Int]()) { $0[$1, default: 0] += 1 }
+        for state in NodeState.allCases {
+            lines.append("serve_nodes{state=\"\(state.rawValue)\"} \(nodeStates[state] ?? 0)")
+        }
         lines.append("# HELP serve_router_queued_requests Requests waiting at the ingress for a replica.")
         lines.append("# TYPE serve_router_queued_requests gauge")
         for (id, count) in await ingress.waitingRequests().sorted(by: { "\($0.key)" < "\($1.key)" }) {

@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import ServeCore
 import ServeProto
 import ServeWire
@@ -35,26 +36,47 @@ enum ClusterService {
                 return
             }
             let nodeID = register.nodeID
-            do {
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    group.addTask {
-                        for await command in commands { try await outbound.send(command) }
-                    }
-                    defer { group.cancelAll() }
-                    while let message = try await messages.next() {
+            // The worker's messages are read on a task of their own: a read cannot be
+            // cancelled, and this stream must end as soon as the controller drops the node (it
+            // finishes the outbox when the node is declared DEAD or registers again), even when
+            // a partition means nothing more will ever arrive to read.
+            let rest = IteratorBox(messages)
+            let workerLeft = NIOLockedValueBox(false)
+            Task {
+                do {
+                    while let message = try await rest.iterator.next() {
                         switch message.kind {
-                        case .heartbeat(let heartbeat): await controller.heartbeat(heartbeat, from: nodeID)
-                        case .replicaState(let report): await controller.replicaReport(report, from: nodeID)
-                        case .register, .pong, .ack, .none: break
+                        case .heartbeat(let heartbeat): await controller.heartbeat(heartbeat, from: nodeID, connection: connection)
+                        case .replicaState(let report): await controller.replicaReport(report, from: nodeID, connection: connection)
+                        case .pong, .ack: await controller.heard(from: nodeID, connection: connection)
+                        case .register, .none: break
                         }
                     }
+                } catch {
+                    logger.info("a worker's control stream failed", metadata: ["serve.node": "\(nodeID)", "error": "\(error)"])
                 }
+                workerLeft.withLockedValue { $0 = true }
+                outbox.finish()
+                await controller.nodeDisconnected(nodeID, connection: connection)
+            }
+            do {
+                for await command in commands { try await outbound.send(command) }
             } catch {
                 logger.info("a worker's control stream failed", metadata: ["serve.node": "\(nodeID)", "error": "\(error)"])
             }
-            outbox.finish()
             await controller.nodeDisconnected(nodeID, connection: connection)
+            if !workerLeft.withLockedValue({ $0 }) {
+                // The controller dropped the node: tell the worker why (it registers again).
+                throw RPCError(.unavailable, "the head declared this node dead or took a newer control stream for it; register again")
+            }
         }
         return router
     }
+}
+
+/// Hands the control stream's message iterator to the task that reads it (only that task
+/// touches it from then on).
+private final class IteratorBox: @unchecked Sendable {
+    var iterator: RPCInbound<PBWorkerMessage>.AsyncIterator
+    init(_ iterator: RPCInbound<PBWorkerMessage>.AsyncIterator) { self.iterator = iterator }
 }

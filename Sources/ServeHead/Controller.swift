@@ -21,7 +21,6 @@ public actor Controller {
         var state: NodeState
         var outbox: AsyncStream<PBHeadMessage>.Continuation?
         var connection: Int
-        var lastHeartbeat: ContinuousClock.Instant
         var loads: [String: (running: Int, queued: Int)] = [:]
     }
 
@@ -36,9 +35,8 @@ public actor Controller {
         var config: DeploymentConfig
         var app: String
         var target: Int
-        var consecutiveFailures = 0
-        var retryAfter: ContinuousClock.Instant?
-        var lastFailure = ""
+        /// Start failures in a row and the retry backoff (`ServeCore.StartBackoff`).
+        var backoff = StartBackoff()
         var everRunning = false
         /// The autoscaler's view: total ongoing requests over `look_back_period_s`, and what the
         /// policy remembers between decisions.
@@ -63,9 +61,20 @@ public actor Controller {
     /// After a head restart, no replica starts before this, so workers that come back have the
     /// replicas they kept running adopted (`registerNode`) instead of doubled (`holdStarts`).
     private var holdStartsUntil: ContinuousClock.Instant?
+    /// Numbers the route tables given to the ingress, in the order they were made.
+    private var routesSequence: UInt64 = 0
+    /// Which nodes are ALIVE, DRAINING or DEAD (`ServeCore.FailureDetector`); this actor feeds
+    /// it what arrives on the control streams and a timer (`checkLiveness`).
+    private var detector: FailureDetector
+    private var lastPing: Double = 0
 
-    public init(ingress: Ingress, logger: Logger = Logger(label: "serve.controller")) {
+    public init(
+        ingress: Ingress,
+        failureDetection: FailureDetector.Configuration = FailureDetector.Configuration(),
+        logger: Logger = Logger(label: "serve.controller")
+    ) {
         self.ingress = ingress
+        self.detector = FailureDetector(configuration: failureDetection)
         self.logger = logger
     }
 
@@ -90,8 +99,7 @@ public actor Controller {
                         runtime.metrics = MetricsWindow(lookBack: deployment.autoscaling?.lookBackPeriodS ?? 30)
                     }
                     if oldConfig.specVersion != deployment.specVersion {
-                        runtime.consecutiveFailures = 0
-                        runtime.retryAfter = nil
+                        runtime.backoff.reset()
                     }
                     self.deployments[id] = runtime
                     if before != runtime.target {
@@ -220,29 +228,57 @@ public actor Controller {
             handlerNames: Set(register.handlerNames),
             state: .alive,
             outbox: outbox,
-            connection: connection,
-            lastHeartbeat: .now
+            connection: connection
         )
+        self.detector.registered(id, connection: connection, now: Self.seconds(.now))
         self.record(.node, nil, before: 0, after: 1, reason: "\(rejoin ? "node rejoined" : "node joined"): \(id) at \(register.address):\(register.port) with \(total)")
-        // Replicas the worker still runs: adopt those of a current spec whose grants fit what the
-        // node offers (the worker's word is checked, never summed blindly), stop the rest.
+        // Replicas the worker still runs: adopted, or stopped where the config no longer wants
+        // them (`ServeCore.ReplicaAdoption`: a node that was declared DEAD had its replicas
+        // replaced, so the healed node's copies are stopped rather than served twice). The
+        // worker's word is checked: a grant that does not fit what the node offers is stopped,
+        // never summed blindly. While holding after a head restart, an autoscaled deployment
+        // may keep up to its max_replicas of what its workers still run (`keepAdoptedReplicas`).
         var used = self.replicas.values.filter { $0.record.nodeID == id }.reduce(ResourceSet()) { $0.adding($1.grant) }
-        for running in register.runningReplicas where self.replicas[running.replicaID] == nil {
+        for running in register.runningReplicas {
             let deployment = DeploymentID(app: running.appName, name: running.deploymentName)
+            let runtime = self.deployments[deployment]
+            let liveCurrent = self.replicas.values.filter {
+                $0.record.deployment == deployment && ($0.record.state == .starting || $0.record.state == .running)
+                    && $0.record.specVersion == runtime?.config.specVersion
+            }.count
+            let known = self.replicas[running.replicaID] != nil
             let grant = ResourceSet(quantitiesE4: running.grant.resources.quantitiesE4)
-            let fits = grant.reportProblem == nil && grant.fits(in: total.subtracting(used))
-            if fits, running.state == .running, self.deployments[deployment]?.config.specVersion == running.specVersion {
-                self.replicas[running.replicaID] = ReplicaEntry(
-                    record: ReplicaRecord(id: running.replicaID, deployment: deployment, nodeID: id, state: .running, specVersion: running.specVersion, message: ""),
-                    grant: grant,
-                    gpuIDs: running.grant.gpuIds,
-                    createdAt: Date()
+            let fits = known || (grant.reportProblem == nil && grant.fits(in: total.subtracting(used)))
+            let target = self.holdStartsUntil != nil
+                ? max(runtime?.target ?? 0, runtime?.config.autoscaling?.maxReplicas ?? 0) : runtime?.target ?? 0
+            let decision = fits
+                ? ReplicaAdoption.decide(
+                    deployed: runtime != nil,
+                    currentSpec: runtime?.config.specVersion == running.specVersion,
+                    running: running.state == .running,
+                    known: known,
+                    liveCurrent: liveCurrent,
+                    target: target
                 )
-                used = used.adding(grant)
-            } else {
+                : .stop(reason: "its resources do not fit what the node offers")
+            switch decision {
+            case .adopt:
+                if !known {
+                    self.replicas[running.replicaID] = ReplicaEntry(
+                        record: ReplicaRecord(id: running.replicaID, deployment: deployment, nodeID: id, state: .running, specVersion: running.specVersion, message: ""),
+                        grant: grant,
+                        gpuIDs: running.grant.gpuIds,
+                        createdAt: Date()
+                    )
+                    used = used.adding(grant)
+                    self.record(.replica, deployment, before: liveCurrent, after: liveCurrent + 1, reason: "adopted replica \(running.replicaID) from node \(id)")
+                }
+            case .stop(let reason):
+                self.record(.replica, deployment, before: liveCurrent, after: liveCurrent, reason: "stopping replica \(running.replicaID) on node \(id): \(reason)")
                 self.send(to: id, .stopReplica(PBStopReplica.with {
                     $0.replicaID = running.replicaID
-                    $0.reason = fits ? "not part of the current config" : "its resources do not fit what the node offers"
+                    $0.gracefulTimeoutMs = UInt32((runtime?.config.gracefulShutdownTimeoutS ?? 20) * 1000)
+                    $0.reason = reason
                 }))
             }
         }
@@ -256,18 +292,66 @@ public actor Controller {
         return (answer, connection)
     }
 
-    /// The node's control stream ended. Its replicas are gone with it; requests on them fail
-    /// at the ingress with 502, and the reconciler starts replacements elsewhere.
+    /// The node's control stream ended: the node is DEAD (`FailureDetector.streamEnded`).
     func nodeDisconnected(_ id: String, connection: Int) async {
-        guard var node = self.nodes[id], node.connection == connection else { return }
-        node.state = .dead
-        node.outbox = nil
-        self.nodes[id] = node
-        let lost = self.replicas.values.filter { $0.record.nodeID == id }
-        for entry in lost {
-            self.replicas[entry.record.id] = nil
+        await self.apply(self.detector.streamEnded(id, connection: connection, now: Self.seconds(.now)))
+    }
+
+    /// The failure detector's timer: declares DEAD the nodes silent past the heartbeat
+    /// timeout, and pings the live ones every heartbeat interval so that a worker can tell a
+    /// silent head from a quiet one. Returns the seconds until it should run again: the next
+    /// ping or the earliest deadline (which only moves later until then: hearing from a node
+    /// extends its deadline, and a node that registers gets the latest one).
+    @discardableResult
+    public func checkLiveness(now instant: ContinuousClock.Instant = .now) async -> Double {
+        let now = Self.seconds(instant)
+        if now - self.lastPing >= Self.heartbeatInterval {
+            self.lastPing = now
+            let ping = PBPing.with { $0.sentAtUnixMs = Int64(Date().timeIntervalSince1970 * 1000) }
+            for node in self.nodes.values where node.state != .dead {
+                self.send(to: node.id, .ping(ping))
+            }
         }
-        self.record(.node, nil, before: 1, after: 0, reason: "node \(id) disconnected; \(lost.count) replica(s) lost")
+        await self.apply(self.detector.tick(now: now))
+        let nextPing = self.lastPing + Self.heartbeatInterval
+        return min(nextPing, self.detector.nextDeadline ?? nextPing) - now
+    }
+
+    /// Carries out the failure detector's directives.
+    private func apply(_ directives: [FailureDetector.Directive]) async {
+        guard !directives.isEmpty else { return }
+        for directive in directives {
+            switch directive {
+            case .declareDead(let id, let reason):
+                guard var node = self.nodes[id] else { continue }
+                let drained = node.state == .draining
+                node.state = .dead
+                // Ends the node's control stream (ClusterService), so a worker cut off by a
+                // partition must register again, and is reconciled then, when the link heals.
+                node.outbox?.finish()
+                node.outbox = nil
+                node.loads = [:]
+                self.nodes[id] = node
+                let lost = self.replicas.values.filter { $0.record.nodeID == id }
+                for entry in lost {
+                    self.replicas[entry.record.id] = nil
+                    self.deployments[entry.record.deployment]?.metrics.remove(source: entry.record.id)
+                }
+                if drained && lost.isEmpty {
+                    self.record(.node, nil, before: 1, after: 0, reason: "node \(id) left after draining (\(reason))")
+                } else {
+                    self.record(.node, nil, before: 1, after: 0, reason: "node \(id) is DEAD: \(reason); \(lost.count) replica(s) lost, replacing them")
+                }
+                // Requests in flight there are answered now (502 with this reason), not when
+                // the TCP connection finally gives up.
+                self.ingress.nodeFailed(host: node.address, port: node.port, reason: "node \(id) is DEAD: \(reason)")
+            case .markDraining(let id):
+                guard self.nodes[id]?.state == .alive else { continue }
+                self.nodes[id]?.state = .draining
+                let count = self.replicas.values.filter { $0.record.nodeID == id }.count
+                self.record(.node, nil, before: 1, after: 1, reason: "node \(id) is DRAINING: moving its \(count) replica(s) to other nodes")
+            }
+        }
         await self.reconcile()
     }
 
@@ -276,9 +360,10 @@ public actor Controller {
     /// often only makes scaling react sooner).
     static let heartbeatInterval = 0.5
 
-    func heartbeat(_ heartbeat: PBHeartbeat, from id: String) {
-        guard var node = self.nodes[id] else { return }
-        node.lastHeartbeat = .now
+    func heartbeat(_ heartbeat: PBHeartbeat, from id: String, connection: Int) async {
+        let directives = self.detector.heard(
+            from: id, connection: connection, draining: heartbeat.health.status == .draining, now: Self.seconds(.now))
+        guard var node = self.nodes[id], node.connection == connection, node.state != .dead else { return }
         node.loads = Dictionary(heartbeat.replicas.map { ($0.replicaID, (Int($0.runningRequests), Int($0.queuedRequests))) }, uniquingKeysWith: { a, _ in a })
         self.nodes[id] = node
         let now = Self.seconds(.now)
@@ -287,6 +372,12 @@ public actor Controller {
             self.deployments[deployment]?.metrics.record(
                 source: load.replicaID, value: Double(load.runningRequests) + Double(load.queuedRequests), at: now)
         }
+        await self.apply(directives)
+    }
+
+    /// Any other message on a node's control stream (a pong) shows it is alive.
+    func heard(from id: String, connection: Int) async {
+        await self.apply(self.detector.heard(from: id, connection: connection, now: Self.seconds(.now)))
     }
 
     // MARK: the application autoscaler
@@ -334,8 +425,12 @@ public actor Controller {
         if changed { await self.reconcile() }
     }
 
-    func replicaReport(_ report: PBReplicaStateReport, from nodeID: String) async {
-        guard var entry = self.replicas[report.replicaID] else { return }
+    func replicaReport(_ report: PBReplicaStateReport, from nodeID: String, connection: Int) async {
+        await self.apply(self.detector.heard(from: nodeID, connection: connection, now: Self.seconds(.now)))
+        // Only the replica's own node speaks for it, and only on its current stream.
+        guard var entry = self.replicas[report.replicaID], entry.record.nodeID == nodeID,
+            self.detector.isCurrent(nodeID, connection: connection)
+        else { return }
         let id = entry.record.deployment
         switch report.state {
         case .running:
@@ -344,22 +439,23 @@ public actor Controller {
             entry.record.message = ""
             self.replicas[report.replicaID] = entry
             if var runtime = self.deployments[id] {
-                runtime.consecutiveFailures = 0
-                runtime.retryAfter = nil
+                runtime.backoff.reset()
                 runtime.everRunning = true
                 self.deployments[id] = runtime
             }
         case .failed:
             self.replicas[report.replicaID] = nil
             self.deployments[id]?.metrics.remove(source: report.replicaID)
-            if var runtime = self.deployments[id] {
-                runtime.consecutiveFailures += 1
-                runtime.lastFailure = report.message
-                let delay = min(30.0, pow(2.0, Double(runtime.consecutiveFailures - 1)) * 0.5)
-                runtime.retryAfter = .now + .milliseconds(Int(delay * 1000))
-                self.deployments[id] = runtime
+            if entry.record.state == .stopping {
+                // Failed while being stopped: it was on its way out anyway.
+            } else if entry.record.state == .running {
+                // It served, then crashed or failed its health checks: replace it at once
+                // (Ray replaces an unhealthy replica without backoff).
+                self.record(.replica, id, before: 1, after: 0, reason: "replica \(report.replicaID) died, replacing it: \(report.message)")
+            } else {
+                self.deployments[id]?.backoff.startFailed(report.message, now: Self.seconds(.now))
+                self.record(.replica, id, before: 1, after: 0, reason: "replica \(report.replicaID) failed: \(report.message)")
             }
-            self.record(.replica, id, before: 1, after: 0, reason: "replica \(report.replicaID) failed: \(report.message)")
         case .stopped:
             self.replicas[report.replicaID] = nil
             self.deployments[id]?.metrics.remove(source: report.replicaID)
@@ -388,19 +484,19 @@ public actor Controller {
         let actions = Reconciler.plan(targets: targets, replicas: records, nodes: views) { id in
             "\(id.name)#\(String(UInt32.random(in: 0...0xFFFF_FFFF), radix: 16).suffix(6))"
         }
-        let now = ContinuousClock.now
-        if let until = self.holdStartsUntil, until <= now { self.holdStartsUntil = nil }
+        if let until = self.holdStartsUntil, until <= .now { self.holdStartsUntil = nil }
         let holding = self.holdStartsUntil != nil
+        let now = Self.seconds(.now)
         for action in actions {
             if holding && !action.isStop { continue }
             switch action {
             case .start(let replicaID, let deployment, let nodeID):
-                guard let runtime = self.deployments[deployment] else { continue }
-                if let retryAfter = runtime.retryAfter, retryAfter > now { continue }
+                guard let runtime = self.deployments[deployment], runtime.backoff.mayStart(now: now) else { continue }
                 self.start(replicaID, deployment, runtime, on: nodeID)
             case .place(let replicaID, let nodeID):
-                guard var entry = self.replicas[replicaID], let runtime = self.deployments[entry.record.deployment] else { continue }
-                if let retryAfter = runtime.retryAfter, retryAfter > now { continue }
+                guard var entry = self.replicas[replicaID], let runtime = self.deployments[entry.record.deployment],
+                    runtime.backoff.mayStart(now: now)
+                else { continue }
                 entry.record.state = .starting
                 entry.record.nodeID = nodeID
                 entry.record.message = ""
@@ -541,15 +637,24 @@ public actor Controller {
             let replicas = self.replicas.values
                 .filter { $0.record.deployment == id && $0.record.state == .running }
                 .compactMap { entry -> ReplicaRoute? in
-                    guard let nodeID = entry.record.nodeID, let node = self.nodes[nodeID], node.state == .alive else { return nil }
+                    // A DRAINING node's replicas serve until they are stopped (after their
+                // replacements run); a DEAD node's are gone.
+                guard let nodeID = entry.record.nodeID, let node = self.nodes[nodeID], node.state != .dead else { return nil }
                     let load = node.loads[entry.record.id]
                     return ReplicaRoute(id: entry.record.id, nodeID: nodeID, host: node.address, port: node.port, reportedQueueLength: (load?.running ?? 0) + (load?.queued ?? 0))
                 }
                 .sorted { $0.id < $1.id }
+            // Requests wait for a replica that is coming (cold start, PENDING), not for one that
+            // keeps failing to start: those are answered 503 with the reason.
+            let backoff = self.deployments[id]?.backoff
+            let unavailable = backoff.flatMap { $0.isUnhealthy && replicas.isEmpty ? "replicas failed to start \($0.consecutiveFailures) time(s) in a row; last: \($0.lastError)" : nil }
             applications.append(ApplicationRoute(
                 name: app.name,
                 routePrefix: app.routePrefix,
-                ingress: DeploymentRoute(id: id, maxOngoingRequests: deployment.maxOngoingRequests, maxQueuedRequests: deployment.maxQueuedRequests, replicas: replicas)
+                ingress: DeploymentRoute(
+                    id: id, maxOngoingRequests: deployment.maxOngoingRequests, maxQueuedRequests: deployment.maxQueuedRequests,
+                    replicas: replicas, unavailable: unavailable),
+                idempotent: app.idempotent
             ))
         }
         let table = RouteTable(
@@ -559,7 +664,8 @@ public actor Controller {
         )
         guard table != self.lastRoutes else { return }
         self.lastRoutes = table
-        await self.ingress.update(table)
+        self.routesSequence += 1
+        await self.ingress.update(table, sequence: self.routesSequence)
     }
 
     // MARK: events and status
@@ -611,8 +717,8 @@ public actor Controller {
                 if self.holdStartsUntil != nil && entries.filter({ $0.record.state == .running }).count < runtime.target {
                     message = "the head restarted: waiting for workers to reconnect with their replicas before starting new ones"
                 }
-                if runtime.consecutiveFailures > 0 {
-                    message = "replicas failed to start \(runtime.consecutiveFailures) time(s); last: \(runtime.lastFailure)"
+                if runtime.backoff.consecutiveFailures > 0 {
+                    message = "replicas failed to start \(runtime.backoff.consecutiveFailures) time(s) in a row; last: \(runtime.backoff.lastError)"
                 }
                 var autoscaling: JSONValue = .null
                 if let config = runtime.config.autoscaling {
@@ -663,7 +769,7 @@ public actor Controller {
     }
 
     private func deploymentStatus(_ runtime: DeploymentRuntime, _ entries: [ReplicaEntry]) -> String {
-        if runtime.consecutiveFailures >= 3 { return "UNHEALTHY" }
+        if runtime.backoff.isUnhealthy { return "UNHEALTHY" }
         let current = entries.filter { $0.record.specVersion == runtime.config.specVersion && $0.record.state != .stopping }
         let running = current.filter { $0.record.state == .running }.count
         let old = entries.contains { $0.record.specVersion != runtime.config.specVersion && $0.record.state != .stopping }

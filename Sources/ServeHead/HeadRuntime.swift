@@ -28,6 +28,11 @@ public struct HeadOptions: Sendable {
     public var registry: DeploymentRegistry = .builtIn
     /// The node autoscaler's config and provider (`--cluster-config`); nil: no node autoscaling.
     public var nodeAutoscaling: NodeAutoscaling?
+    /// A worker silent this long is DEAD (`--heartbeat-timeout-s`, default 5 s).
+    public var heartbeatTimeout: Double = FailureDetector.Configuration.defaultHeartbeatTimeout
+    /// On shutdown (SIGTERM), how long requests in flight at the ingress may take to finish
+    /// before the head stops anyway (`--shutdown-timeout-s`, default 30 s).
+    public var shutdownTimeout: Double = 30
 
     public init(stateDirectory: URL = HeadOptions.defaultStateDirectory) {
         self.stateDirectory = stateDirectory
@@ -58,6 +63,8 @@ public final class HeadRuntime: Sendable {
     private let httpServer: HTTPServer
     private let adminServer: HTTP1Server
     private let tasks: NIOLockedValueBox<[Task<Void, Never>]>
+    private let shutdownTimeout: Double
+    private let ingressStopped = NIOLockedValueBox(false)
     private let stopped: AsyncStream<Void>
     private let stop: AsyncStream<Void>.Continuation
     private let logger: Logger
@@ -66,7 +73,11 @@ public final class HeadRuntime: Sendable {
         let store = try StateStore(directory: options.stateDirectory)
         let (token, given) = try Self.token(options, store: store)
         let ingress = Ingress(token: token, logger: logger)
-        let controller = Controller(ingress: ingress, logger: logger)
+        let controller = Controller(
+            ingress: ingress,
+            failureDetection: FailureDetector.Configuration(heartbeatTimeout: options.heartbeatTimeout),
+            logger: logger
+        )
         let saved = try store.loadConfig().flatMap { $0.applications.isEmpty ? nil : $0 }
         var restored: ServeConfig?
         if let config = options.config {
@@ -122,6 +133,7 @@ public final class HeadRuntime: Sendable {
             adminServer: adminServer,
             stopped: stopped,
             stop: stop,
+            shutdownTimeout: options.shutdownTimeout,
             logger: logger
         )
         runtime.startBackgroundTasks()
@@ -141,8 +153,10 @@ public final class HeadRuntime: Sendable {
         adminServer: HTTP1Server,
         stopped: AsyncStream<Void>,
         stop: AsyncStream<Void>.Continuation,
+        shutdownTimeout: Double,
         logger: Logger
     ) {
+        self.shutdownTimeout = shutdownTimeout
         self.controller = controller
         self.ingress = ingress
         self.nodeAutoscaler = nodeAutoscaler
@@ -180,9 +194,17 @@ public final class HeadRuntime: Sendable {
                 await controller.autoscale(waitingAtRouter: await ingress.waitingRequests())
             }
         }
+        // The failure detector's timer, woken for the next ping or deadline: a silent node is
+        // declared DEAD within milliseconds of its heartbeat timeout.
+        let liveness = Task {
+            while !Task.isCancelled {
+                let wait = await controller.checkLiveness()
+                try? await Task.sleep(for: .milliseconds(Int(min(500, max(5, (wait * 1000).rounded(.up))))))
+            }
+        }
         // The node autoscaler's loop (its own pace: a provider call can take seconds).
         let nodeAutoscaler = self.nodeAutoscaler.map { nodes in Task { await nodes.run() } }
-        self.tasks.withLockedValue { $0 = [tick, autoscaler] + (nodeAutoscaler.map { [$0] } ?? []) }
+        self.tasks.withLockedValue { $0 = [tick, autoscaler, liveness] + (nodeAutoscaler.map { [$0] } ?? []) }
     }
 
     /// Waits until `shutdown()` or `POST /api/serve/shutdown`.
@@ -194,14 +216,29 @@ public final class HeadRuntime: Sendable {
         self.stop.yield()
     }
 
-    /// Stops everything: replicas (gracefully), then the servers. The config stays in the state
-    /// dir: a head started again on it serves the same applications.
+    /// The first step of a graceful shutdown (SIGTERM): the HTTP ingress stops accepting
+    /// connections, each open one closes after the request it is serving, and requests in
+    /// flight get up to `--shutdown-timeout-s` to finish (then their connections are closed).
+    /// Replicas keep serving until then.
+    public func stopIngress() async {
+        let first = self.ingressStopped.withLockedValue { stopped in
+            defer { stopped = true }
+            return !stopped
+        }
+        guard first else { return }
+        self.logger.info("no longer accepting HTTP requests; letting those in flight finish", metadata: ["timeout_s": "\(self.shutdownTimeout)"])
+        await self.httpServer.shutdown(gracePeriod: .milliseconds(Int64(self.shutdownTimeout * 1000)))
+    }
+
+    /// Stops everything: the ingress (in-flight requests finish), the replicas (gracefully),
+    /// then the other servers. The config stays in the state dir: a head started again on it
+    /// serves the same applications.
     public func shutdown() async {
+        await self.stopIngress()
         await self.controller.deploy(ServeConfig(httpOptions: await self.controller.config.httpOptions, applications: []))
         let tasks = self.tasks.withLockedValue { $0 }
         for task in tasks { task.cancel() }
         await self.nodeAutoscaler?.shutdown()
-        await self.httpServer.shutdown(gracePeriod: .seconds(2))
         await self.adminServer.shutdown(gracePeriod: .seconds(1))
         await self.clusterServer.shutdown(gracePeriod: .seconds(1))
         await self.ingress.close()

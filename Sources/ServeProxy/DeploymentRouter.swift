@@ -10,9 +10,13 @@ actor DeploymentRouter {
         case queueFull(Int)
         /// The deployment was removed while the request waited.
         case gone
+        /// No replica runs and none is coming (`DeploymentRoute.unavailable`).
+        case unavailable(String)
     }
 
     private(set) var route: DeploymentRoute
+    /// The number of the route-table update `route` came from (`Ingress.update`).
+    private var sequence: UInt64
     private var inFlight: [String: Int] = [:]
     private var waiters: [(id: Int, continuation: CheckedContinuation<ReplicaRoute, any Error>)] = []
     private var nextWaiterID = 0
@@ -20,15 +24,24 @@ actor DeploymentRouter {
     /// Requests answered, for the autoscaler's "requests waiting at the router".
     var waiting: Int { self.waiters.count }
 
-    init(route: DeploymentRoute) {
+    init(route: DeploymentRoute, sequence: UInt64 = 0) {
         self.route = route
+        self.sequence = sequence
     }
 
-    func update(_ route: DeploymentRoute) {
+    /// Takes a newer route; one from an older update (delivered late) is ignored.
+    func update(_ route: DeploymentRoute, sequence: UInt64) {
+        guard sequence >= self.sequence else { return }
+        self.sequence = sequence
         self.route = route
         let live = Set(route.replicas.map(\.id))
         self.inFlight = self.inFlight.filter { live.contains($0.key) || $0.value > 0 }
         self.wakeWaiters()
+        if let reason = route.unavailable, route.replicas.isEmpty {
+            let waiters = self.waiters
+            self.waiters.removeAll()
+            for waiter in waiters { waiter.continuation.resume(throwing: RouterError.unavailable(reason)) }
+        }
     }
 
     /// Fails every waiting request: the deployment is gone.
@@ -42,6 +55,9 @@ actor DeploymentRouter {
     func acquire(excluding excluded: Set<String> = []) async throws -> ReplicaRoute {
         if let replica = self.pick(excluding: excluded) {
             return replica
+        }
+        if let reason = self.route.unavailable, self.route.replicas.isEmpty {
+            throw RouterError.unavailable(reason)
         }
         let limit = self.route.maxQueuedRequests
         if limit >= 0 && self.waiters.count >= limit {

@@ -11,11 +11,19 @@ import ServeWire
 ///
 /// Answers: 404 no route; 503 over `max_queued_requests` or no replica; 502 when the replica or
 /// its node fails mid-request; 504 past `request_timeout_s`; 413 past `max_body_bytes`.
+///
+/// Failures (README "Failure behaviour"): a request no replica has accepted yet (refused, or
+/// its node unreachable) goes to another replica, up to `maxUnreachable` unreachable ones; a
+/// GET or HEAD without a body whose replica fails before answering is sent once more to
+/// another replica; anything else whose replica or node dies mid-request is answered 502 with
+/// the reason, as soon as the connection fails or the node is declared DEAD (`nodeFailed`).
 public final class Ingress: Sendable {
     private let token: String
     private let logger: Logger
     private let table = NIOLockedValueBox(RouteTable())
     private let routers = NIOLockedValueBox<[DeploymentID: DeploymentRouter]>([:])
+    /// The newest route-table update applied (`update`'s `sequence`).
+    private let applied = NIOLockedValueBox<UInt64>(0)
     private let connections: NodeConnections
     public let metrics = IngressMetrics()
 
@@ -26,8 +34,21 @@ public final class Ingress: Sendable {
     }
 
     /// Installs a new routing table (called by the controller on every change).
-    public func update(_ table: RouteTable) async {
-        let (changed, removed): ([(DeploymentRouter, DeploymentRoute)], [DeploymentRouter]) = self.routers.withLockedValue { routers in
+    ///
+    /// `sequence` numbers the controller's updates in the order it made them: the controller is
+    /// an actor that may publish again while an earlier update is still on its way here, so an
+    /// update older than one applied already is ignored (whole, and by each router): a stale
+    /// table must never bring back a dead replica or hide a live one.
+    public func update(_ table: RouteTable, sequence: UInt64) async {
+        // The check and the swap are one step under the routers' lock (the table's and the
+        // sequence's locks are only ever taken inside it here), so two updates cannot cross.
+        let plan: (changed: [(DeploymentRouter, DeploymentRoute)], removed: [DeploymentRouter])? = self.routers.withLockedValue { routers in
+            let fresh = self.applied.withLockedValue { applied in
+                guard sequence > applied else { return false }
+                applied = sequence
+                return true
+            }
+            guard fresh else { return nil }
             var changed: [(DeploymentRouter, DeploymentRoute)] = []
             var seen = Set<DeploymentID>()
             for app in table.applications {
@@ -36,16 +57,17 @@ public final class Ingress: Sendable {
                 if let router = routers[route.id] {
                     changed.append((router, route))
                 } else {
-                    routers[route.id] = DeploymentRouter(route: route)
+                    routers[route.id] = DeploymentRouter(route: route, sequence: sequence)
                 }
             }
             let removedIDs = routers.keys.filter { !seen.contains($0) }
             let removed = removedIDs.compactMap { routers.removeValue(forKey: $0) }
+            self.table.withLockedValue { $0 = table }
             return (changed, removed)
         }
-        self.table.withLockedValue { $0 = table }
-        for (router, route) in changed { await router.update(route) }
-        for router in removed { await router.close() }
+        guard let plan else { return }
+        for (router, route) in plan.changed { await router.update(route, sequence: sequence) }
+        for router in plan.removed { await router.close() }
     }
 
     /// Requests waiting at the router, per deployment (the autoscaler counts them as demand).
@@ -59,6 +81,20 @@ public final class Ingress: Sendable {
     public func close() async {
         await self.connections.closeAll()
     }
+
+    /// The controller declared the node at `host:port` DEAD: its connection is closed at once,
+    /// so requests in flight there fail now (502 with `reason`) rather than when TCP gives up.
+    public func nodeFailed(host: String, port: Int, reason: String) {
+        self.connections.fail(host: host, port: port, reason: reason)
+    }
+
+    /// Replicas found unreachable (connection refused or reset before the request was sent)
+    /// that one request tries before it is answered 503.
+    static let maxUnreachable = 3
+
+    /// Request bodies up to this size (by Content-Length) are read whole before a replica is
+    /// chosen, so that a refused or unreachable attempt can be repeated elsewhere.
+    static let keptBodyBytes = 64 << 10
 
     // MARK: serving
 
@@ -170,9 +206,30 @@ public final class Ingress: Sendable {
         head.headerFields[.transferEncoding] = nil
         let hasBody = request.head.headerFields[.contentLength].map { $0 != "0" } ?? (request.head.headerFields[.transferEncoding] != nil)
 
-        // A replica that refuses (full, stopping, gone) never saw the request: try another. The
-        // request body is only read once a replica has taken the request, so a retry is safe.
+        // A small body is read first and kept, so that the request can go to another replica
+        // if the first refuses it or cannot be reached (a streamed body is consumed by the
+        // first attempt). A route marked idempotent keeps bodies up to 1 MiB, for its retry.
+        let keepLimit = app.idempotent ? ApplicationConfig.maxRetryBodyBytes : Self.keptBodyBytes
+        var buffered: ByteBuffer?
+        if hasBody, let length = request.head.headerFields[.contentLength].flatMap(Int.init), length <= keepLimit {
+            do {
+                buffered = try await request.body.collect(upTo: ApplicationConfig.maxRetryBodyBytes)
+            } catch {
+                throw IngressFailure(status: .badRequest, message: "the request body could not be read: \(error)")
+            }
+        }
+
+        // A replica that refuses (full, stopping, gone) or cannot be reached never saw the
+        // request: try another, as long as the body was kept or has not started streaming. A
+        // GET or HEAD without a body, or any request to a route marked idempotent whose body
+        // was kept, may also be sent again once if its replica fails before answering
+        // (RFC 9110 §9.2.2).
+        let idempotent = hasBody
+            ? app.idempotent && buffered != nil
+            : (request.head.method == .get || request.head.method == .head || app.idempotent)
         var refusedBy: Set<String> = []
+        var unreachable = 0
+        var retriedAfterFailure = false
         while true {
             let replica: ReplicaRoute
             do {
@@ -181,17 +238,25 @@ public final class Ingress: Sendable {
                 throw IngressFailure(status: .serviceUnavailable, message: "\(app.ingress.id) has \(limit) requests queued already (max_queued_requests); retry later")
             } catch DeploymentRouter.RouterError.gone {
                 throw IngressFailure(status: .serviceUnavailable, message: "\(app.name) was removed")
+            } catch DeploymentRouter.RouterError.unavailable(let reason) {
+                throw IngressFailure(status: .serviceUnavailable, message: "\(app.ingress.id) has no replica to take the request: \(reason)")
             }
             defer { Task { await router.release(replica.id) } }
             head.headerFields[ServeHeaders.replica] = replica.id
 
             let stream: HTTP2ClientStream
             let response: HTTP2Response
+            var bodyStarted = false
             do {
                 let connection = try await self.connections.connection(host: replica.host, port: replica.port)
-                stream = try await connection.openStream(head, endStream: !hasBody)
+                if let buffered {
+                    stream = try await connection.openStream(head, body: buffered)
+                } else {
+                    stream = try await connection.openStream(head, endStream: !hasBody)
+                }
                 guard progress.attach(stream) else { throw HTTP2Error.timeout }
-                if hasBody {
+                if hasBody && buffered == nil {
+                    bodyStarted = true
                     // The body streams to the replica while its response streams back.
                     Task {
                         do {
@@ -208,17 +273,40 @@ public final class Ingress: Sendable {
                     }
                 }
                 response = try await stream.response()
-            } catch let error as HTTP2Error where error.isSafeToRetry {
-                self.connections.forget(host: replica.host, port: replica.port)
-                throw IngressFailure(status: .badGateway, message: "replica \(replica.id) on node \(replica.nodeID) is unreachable: \(error)")
             } catch HTTP2Error.timeout {
                 throw IngressFailure(status: .gatewayTimeout, message: "no answer within request_timeout_s")
+            } catch let error as HTTP2Error where error.isSafeToRetry && !bodyStarted {
+                // Never reached the replica: its node is gone or going. Try another.
+                self.connections.forget(host: replica.host, port: replica.port)
+                refusedBy.insert(replica.id)
+                unreachable += 1
+                self.metrics.recordRetry(deployment: app.ingress.id, .unreachable)
+                let reason = "replica \(replica.id) on node \(replica.nodeID) is unreachable: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
+                self.logger.info("retrying a request on another replica", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
+                if unreachable < Self.maxUnreachable { continue }
+                throw IngressFailure(status: .serviceUnavailable, message: "no replica of \(app.ingress.id) could be reached (\(unreachable) tried); last: \(reason)")
             } catch {
-                throw IngressFailure(status: .badGateway, message: "replica \(replica.id) on node \(replica.nodeID) failed: \(error)")
+                let reason = "replica \(replica.id) on node \(replica.nodeID) failed before answering: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
+                if idempotent && !retriedAfterFailure {
+                    retriedAfterFailure = true
+                    refusedBy.insert(replica.id)
+                    self.metrics.recordRetry(deployment: app.ingress.id, .failed)
+                    self.logger.info("retrying an idempotent request on another replica", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
+                    continue
+                }
+                throw IngressFailure(status: .badGateway, message: reason)
             }
-            if response.head.status == .serviceUnavailable, response.head.headerFields[ServeHeaders.refused] != nil {
+            if response.head.status == .serviceUnavailable, let refusal = response.head.headerFields[ServeHeaders.refused] {
                 refusedBy.insert(replica.id)
                 _ = try? await response.body.collect(upTo: 1 << 16)
+                if bodyStarted {
+                    // Part of the body may have gone to the refusing replica: it cannot be sent
+                    // again. (Bodies up to `keptBodyBytes` are kept and never get here.)
+                    throw IngressFailure(
+                        status: .serviceUnavailable,
+                        message: "replica \(replica.id) refused the request (\(refusal)) while its body streamed; send it again")
+                }
+                self.metrics.recordRetry(deployment: app.ingress.id, .refused)
                 continue
             }
             progress.markHeadSent()
@@ -263,6 +351,8 @@ extension Duration {
 final class NodeConnections: Sendable {
     private struct Key: Hashable { var host: String; var port: Int }
     private let connections = NIOLockedValueBox<[Key: Task<HTTP2ClientConnection, any Error>]>([:])
+    /// Why a node's connection was closed by `fail`, until a new connection to it succeeds.
+    private let reasons = NIOLockedValueBox<[Key: String]>([:])
     private let logger: Logger
 
     init(logger: Logger) {
@@ -279,7 +369,10 @@ final class NodeConnections: Sendable {
         }
         do {
             let connection = try await task.value
-            if connection.isAvailable { return connection }
+            if connection.isAvailable {
+                self.reasons.withLockedValue { _ = $0.removeValue(forKey: key) }
+                return connection
+            }
             self.forget(host: host, port: port)
             return try await self.connection(host: host, port: port)
         } catch {
@@ -290,6 +383,23 @@ final class NodeConnections: Sendable {
 
     func forget(host: String, port: Int) {
         _ = self.connections.withLockedValue { $0.removeValue(forKey: Key(host: host, port: port)) }
+    }
+
+    /// Closes the connection to a node declared DEAD (its open streams fail at once) and keeps
+    /// the reason for the answers of the requests that were on it.
+    func fail(host: String, port: Int, reason: String) {
+        let key = Key(host: host, port: port)
+        let task = self.connections.withLockedValue { connections in
+            self.reasons.withLockedValue { $0[key] = reason }
+            return connections.removeValue(forKey: key)
+        }
+        guard let task else { return }
+        Task { await (try? task.value)?.closeNow() }
+    }
+
+    /// "; <why>" when the node at `host:port` was declared DEAD, else "".
+    func reason(host: String, port: Int) -> String {
+        self.reasons.withLockedValue { $0[Key(host: host, port: port)] }.map { "; \($0)" } ?? ""
     }
 
     func closeAll() async {

@@ -15,6 +15,17 @@ public final class IngressMetrics: Sendable {
     }
 
     private let series = NIOLockedValueBox<[DeploymentID: Series]>([:])
+    private let retryCounts = NIOLockedValueBox<[DeploymentID: [RetryReason: Int]]>([:])
+
+    /// Why a request went to another replica.
+    public enum RetryReason: String, Sendable, Hashable, CaseIterable {
+        /// The replica refused it (full, stopping, unknown) before it reached user code.
+        case refused
+        /// The replica's node could not be reached.
+        case unreachable
+        /// An idempotent request's replica failed before answering.
+        case failed
+    }
 
     public init() {}
 
@@ -29,6 +40,15 @@ public final class IngressMetrics: Sendable {
             }
             all[deployment] = series
         }
+    }
+
+    func recordRetry(deployment: DeploymentID, _ reason: RetryReason) {
+        self.retryCounts.withLockedValue { $0[deployment, default: [:]][reason, default: 0] += 1 }
+    }
+
+    /// Requests sent to another replica, by deployment and why.
+    public var retries: [DeploymentID: [RetryReason: Int]] {
+        self.retryCounts.withLockedValue { $0 }
     }
 
     public var snapshot: [DeploymentID: Series] {

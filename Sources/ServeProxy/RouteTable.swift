@@ -46,11 +46,14 @@ public struct ApplicationRoute: Sendable, Hashable {
     public var routePrefix: String
     /// The deployment that takes the application's HTTP traffic.
     public var ingress: DeploymentRoute
+    /// `ApplicationConfig.idempotent`: any request may be retried once on another replica.
+    public var idempotent: Bool
 
-    public init(name: String, routePrefix: String, ingress: DeploymentRoute) {
+    public init(name: String, routePrefix: String, ingress: DeploymentRoute, idempotent: Bool = false) {
         self.name = name
         self.routePrefix = routePrefix
         self.ingress = ingress
+        self.idempotent = idempotent
     }
 }
 
@@ -60,12 +63,16 @@ public struct DeploymentRoute: Sendable, Hashable {
     /// -1: unbounded.
     public var maxQueuedRequests: Int
     public var replicas: [ReplicaRoute]
+    /// Why no replica is coming (its replicas keep failing to start), when none runs: requests
+    /// are then answered 503 with this reason at once instead of waiting for a replica.
+    public var unavailable: String?
 
-    public init(id: DeploymentID, maxOngoingRequests: Int, maxQueuedRequests: Int, replicas: [ReplicaRoute]) {
+    public init(id: DeploymentID, maxOngoingRequests: Int, maxQueuedRequests: Int, replicas: [ReplicaRoute], unavailable: String? = nil) {
         self.id = id
         self.maxOngoingRequests = maxOngoingRequests
         self.maxQueuedRequests = maxQueuedRequests
         self.replicas = replicas
+        self.unavailable = unavailable
     }
 }
 

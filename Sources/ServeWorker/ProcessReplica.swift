@@ -18,6 +18,8 @@ final class ProcessReplica: Sendable {
     private let logURL: URL
     private let pool: HTTP1ConnectionPool
     private let exited = NIOLockedValueBox<Int32?>(nil)
+    /// Set by `terminate`: a request cut short by it was stopped, not failed.
+    private let terminating = NIOLockedValueBox(false)
 
     struct LaunchError: Error, CustomStringConvertible {
         var description: String
@@ -69,6 +71,16 @@ final class ProcessReplica: Sendable {
         throw LaunchError(description: "the process did not accept connections on port \(self.port) within \(timeout); its output ends with:\n\(Self.tail(of: self.logURL))")
     }
 
+    /// The periodic health check: the process is alive and answers as at readiness.
+    func checkHealth() async throws {
+        if let status = self.exited.withLockedValue({ $0 }) {
+            throw LaunchError(description: "the process exited with status \(status)")
+        }
+        guard try await self.probe() else {
+            throw LaunchError(description: "\(self.healthPath ?? "its port") did not answer 2xx")
+        }
+    }
+
     private func probe() async throws -> Bool {
         guard let healthPath = self.healthPath else {
             let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -95,6 +107,14 @@ final class ProcessReplica: Sendable {
         do {
             response = try await self.pool.send(head, body: request.body)
         } catch {
+            if self.terminating.withLockedValue({ $0 }) {
+                // `terminate` killed it: its stop ran past `graceful_shutdown_timeout_s`.
+                try await writer.respond(
+                    HTTPResponse(status: .serviceUnavailable, headerFields: [.contentType: "text/plain; charset=utf-8"]),
+                    body: ByteBuffer(string: "replica \(self.replicaID) was stopped before this request finished (graceful_shutdown_timeout_s passed)\n")
+                )
+                return
+            }
             try await writer.respond(
                 HTTPResponse(status: .badGateway, headerFields: [.contentType: "text/plain; charset=utf-8"]),
                 body: ByteBuffer(string: "replica \(self.replicaID) failed: \(error)\n")
@@ -110,6 +130,7 @@ final class ProcessReplica: Sendable {
 
     /// SIGTERM, then SIGKILL if it has not exited after `grace` (to its whole process group).
     func terminate(grace: Duration) async {
+        self.terminating.withLockedValue { $0 = true }
         // Mark the exit as ours first, so it is not reported as a failure.
         let wasRunning = self.exited.withLockedValue { value -> Bool in
             guard value == nil else { return false }

@@ -28,6 +28,8 @@ actor Replica {
     nonisolated let deployment: String
     nonisolated let specVersion: String
     nonisolated let grant: PBResourceGrant
+    /// `graceful_shutdown_timeout_s`: how long in-flight requests may take when it stops.
+    nonisolated let gracefulShutdownTimeout: Duration
     private nonisolated let body: ReplicaBody
     private nonisolated let logger: Logger
 
@@ -35,7 +37,14 @@ actor Replica {
     private var maxOngoing: Int
     private var state: PBReplicaState = .starting
     private var message = ""
-    private var drained: [CheckedContinuation<Void, Never>] = []
+    /// Who waits for the last request to end (`stop`), by number: a waiter is resumed once,
+    /// by whichever comes first, that or its timeout.
+    private var drained: [Int: CheckedContinuation<Void, Never>] = [:]
+    private var nextWaiter = 0
+    /// Requests of a Swift replica running now, to cancel when `graceful_shutdown_timeout_s`
+    /// runs out while it stops.
+    private var work: [Int: Task<Void, any Error>] = [:]
+    private var nextWork = 0
 
     enum ReplicaBody: Sendable {
         case swift(SwiftDeploymentBox)
@@ -54,6 +63,7 @@ actor Replica {
         self.deployment = start.deploymentName
         self.specVersion = start.spec.version
         self.grant = start.grant
+        self.gracefulShutdownTimeout = .milliseconds(Int(start.spec.gracefulShutdownTimeoutMs > 0 ? start.spec.gracefulShutdownTimeoutMs : 20_000))
         self.body = body
         self.logger = logger
         self.maxOngoing = max(1, Int(start.spec.maxOngoingRequests))
@@ -82,7 +92,7 @@ actor Replica {
     private func finishedOne() {
         self.ongoing -= 1
         guard self.ongoing == 0 else { return }
-        let waiters = self.drained
+        let waiters = self.drained.values
         self.drained.removeAll()
         for waiter in waiters { waiter.resume() }
     }
@@ -100,7 +110,18 @@ actor Replica {
         do {
             switch self.body {
             case .swift(let box):
-                try await box.serve(request, writer, logger: self.logger)
+                // On its own task, so that a stop past the graceful timeout can cancel it.
+                let logger = self.logger
+                let replicaID = self.id
+                let work = Task { try await box.serve(request, writer, logger: logger, replicaID: replicaID) }
+                let number = await self.track(work)
+                do {
+                    try await withTaskCancellationHandler { try await work.value } onCancel: { work.cancel() }
+                } catch {
+                    await self.untrack(number)
+                    throw error
+                }
+                await self.untrack(number)
             case .process(let process):
                 try await process.serve(request, writer)
             }
@@ -118,29 +139,56 @@ actor Replica {
         try await writer.respond(HTTPResponse(status: .serviceUnavailable, headerFields: fields), body: ByteBuffer(string: message + "\n"))
     }
 
-    /// Waits until no request is running (resumed by the last one to finish).
-    private func waitUntilIdle() async {
+    private func track(_ task: Task<Void, any Error>) -> Int {
+        self.nextWork += 1
+        self.work[self.nextWork] = task
+        return self.nextWork
+    }
+
+    private func untrack(_ number: Int) {
+        self.work[number] = nil
+    }
+
+    /// Waits until no request is running (resumed by the last one to finish), or `timeout`.
+    private func waitUntilIdle(timeout: Duration) async {
         if self.ongoing == 0 { return }
-        await withCheckedContinuation { self.drained.append($0) }
+        self.nextWaiter += 1
+        let number = self.nextWaiter
+        let timer = Task {
+            try? await Task.sleep(for: timeout)
+            self.giveUpWaiting(number)
+        }
+        await withCheckedContinuation { self.drained[number] = $0 }
+        timer.cancel()
+    }
+
+    private func giveUpWaiting(_ number: Int) {
+        self.drained.removeValue(forKey: number)?.resume()
     }
 
     /// Stops taking requests, lets in-flight ones finish for up to `timeout`, then stops the body
     /// (a child process gets SIGTERM, then SIGKILL). Ray's graceful shutdown.
     func stop(timeout: Duration) async {
         self.state = .stopping
-        if self.ongoing > 0 {
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask { await self.waitUntilIdle() }
-                group.addTask { try? await Task.sleep(for: timeout) }
-                await group.next()
-                group.cancelAll()
-            }
-            // A waiter left behind by the timeout is resumed when the last request ends.
-        }
+        await self.waitUntilIdle(timeout: timeout)
+        // Swift requests still running are cancelled (cooperatively: they answer 503 as soon as
+        // they notice); a child process is stopped below, cutting its requests short.
+        for task in self.work.values { task.cancel() }
         if case .process(let process) = self.body {
             await process.terminate(grace: timeout)
         }
         self.state = .stopped
+    }
+
+    /// One health check: a Swift deployment's `checkHealth()`; for a command deployment, that
+    /// its process is alive and answers (`health_path` with 2xx, else its port accepts).
+    nonisolated func checkHealth() async throws {
+        switch self.body {
+        case .swift(let box):
+            try await box.instance.checkHealth()
+        case .process(let process):
+            try await process.checkHealth()
+        }
     }
 
     nonisolated func reconfigure(userConfig: JSONValue?) async throws {
@@ -154,7 +202,7 @@ actor Replica {
 struct SwiftDeploymentBox: Sendable {
     let instance: any Deployment
 
-    func serve(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter, logger: Logger) async throws {
+    func serve(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter, logger: Logger, replicaID: String) async throws {
         let serveRequest = ServeRequest(
             method: request.head.method,
             path: request.head.path ?? "/",
@@ -168,6 +216,13 @@ struct SwiftDeploymentBox: Sendable {
             response = try await withTaskExecutorPreference(globalConcurrentExecutor) {
                 try await self.instance.handle(serveRequest)
             }
+        } catch where Task.isCancelled {
+            // Its replica stopped and `graceful_shutdown_timeout_s` ran out first.
+            try await writer.respond(
+                HTTPResponse(status: .serviceUnavailable, headerFields: [.contentType: "text/plain; charset=utf-8"]),
+                body: ByteBuffer(string: "replica \(replicaID) was stopped before this request finished (graceful_shutdown_timeout_s passed)\n")
+            )
+            return
         } catch {
             logger.warning("deployment raised an error", metadata: ["error": "\(error)"])
             try await writer.respond(

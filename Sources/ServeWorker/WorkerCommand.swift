@@ -41,12 +41,20 @@ public struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("node-address"), help: "Address the head should dial (default: this side of the connection to the head).") var nodeAddress: String?
     @Option(name: .customLong("node-id"), help: "Node id (default: a new one).") var nodeID: String?
     @Option(help: "Cluster token (default: SERVE_TOKEN).") var token: String?
+    @Option(name: .customLong("head-timeout-s"), help: "Dial the head again when it has been silent this long (seconds).") var headTimeoutS = 5.0
+    @Option(name: .customLong("drain-timeout-s"), help: "On SIGTERM, how long to wait for the head to move this node's replicas before stopping them (seconds).")
+    var drainTimeoutS = NodeDrain.defaultTimeout
 
     public func run() async throws {
         guard let colon = self.address.lastIndex(of: ":"), let headPort = Int(self.address[self.address.index(after: colon)...]) else {
             throw ValidationError("--address must be HOST:PORT, e.g. 10.0.0.1:6380")
         }
         let headHost = String(self.address[..<colon])
+        // The head pings every 0.5 s: a shorter timeout would drop a healthy control stream.
+        guard self.headTimeoutS > 0.5 else {
+            throw ValidationError("--head-timeout-s must be more than the head's 0.5 s ping interval (the default is 5)")
+        }
+        guard self.drainTimeoutS >= 0 else { throw ValidationError("--drain-timeout-s must be 0 or more") }
         guard let token = self.token ?? ProcessInfo.processInfo.environment["SERVE_TOKEN"], !token.isEmpty else {
             throw ValidationError("the worker needs the cluster token: --token or SERVE_TOKEN (serve-head prints it)")
         }
@@ -71,12 +79,15 @@ public struct WorkerCommand: AsyncParsableCommand {
             listenHost: self.listenHost,
             port: self.port,
             advertiseAddress: self.nodeAddress,
+            headTimeout: .milliseconds(Int(self.headTimeoutS * 1000)),
+            drainTimeout: .milliseconds(Int(self.drainTimeoutS * 1000)),
             registry: Self.registry
         )
         if let nodeID = self.nodeID { options.nodeID = nodeID }
         let worker = WorkerNode(options: options)
         FileHandle.standardOutput.write(Data("serve-worker \(options.nodeID) connecting to \(self.address) with \(options.resources)\n".utf8))
-        // SIGTERM/SIGINT: stop taking work, drain the replicas, exit.
+        // SIGTERM/SIGINT: report DRAINING; the head moves the replicas elsewhere and stops them
+        // here (in-flight requests finish); then exit. A second signal stops without waiting.
         let running = Task { try await worker.run() }
         let signals = SignalWatcher(signals: [SIGINT, SIGTERM]) { worker.stop() }
         defer { withExtendedLifetime(signals) {} }

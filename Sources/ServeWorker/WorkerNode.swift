@@ -27,6 +27,12 @@ public struct WorkerOptions: Sendable {
     /// The address the head should dial; nil: the local address of the connection to the head.
     public var advertiseAddress: String?
     public var heartbeatInterval: Duration
+    /// The head pings every heartbeat interval; a control stream silent this long is given up
+    /// and dialled again (a partition leaves no closed socket to notice). `--head-timeout-s`.
+    public var headTimeout: Duration
+    /// How long a draining worker (SIGTERM) waits for the head to move its replicas elsewhere
+    /// before it stops them itself (`--drain-timeout-s`, `NodeDrain.defaultTimeout`).
+    public var drainTimeout: Duration
     public var registry: DeploymentRegistry
     public var logDirectory: URL
 
@@ -44,6 +50,8 @@ public struct WorkerOptions: Sendable {
         port: Int = 0,
         advertiseAddress: String? = nil,
         heartbeatInterval: Duration = .seconds(1),
+        headTimeout: Duration = .seconds(5),
+        drainTimeout: Duration = .seconds(NodeDrain.defaultTimeout),
         registry: DeploymentRegistry = .builtIn,
         logDirectory: URL = FileManager.default.temporaryDirectory.appendingPathComponent("swift-serve-logs")
     ) {
@@ -60,8 +68,21 @@ public struct WorkerOptions: Sendable {
         self.port = port
         self.advertiseAddress = advertiseAddress
         self.heartbeatInterval = heartbeatInterval
+        self.headTimeout = headTimeout
+        self.drainTimeout = drainTimeout
         self.registry = registry
         self.logDirectory = logDirectory
+    }
+}
+
+/// The head has been silent past `headTimeout`: the control stream is dialled again.
+struct HeadSilent: Error, CustomStringConvertible {
+    var description: String
+}
+
+extension Duration {
+    var seconds: Double {
+        Double(self.components.seconds) + Double(self.components.attoseconds) / 1e18
     }
 }
 
@@ -91,6 +112,13 @@ public final class WorkerNode: Sendable {
     private let dataServer: NIOLockedValueBox<HTTP2Server?> = NIOLockedValueBox(nil)
     private let stopping = NIOLockedValueBox(false)
     private let controlConnection = NIOLockedValueBox<HTTP2ClientConnection?>(nil)
+    /// Replicas being started (not yet in `replicas`), each with whether a stop came for it
+    /// meanwhile (it is then stopped as soon as it is up). A drain waits for them too.
+    private let starting = NIOLockedValueBox<[String: Bool]>([:])
+    /// Whether the control stream is up and registered.
+    private let registered = NIOLockedValueBox(false)
+    /// The graceful shutdown on SIGTERM (`ServeCore.NodeDrain`).
+    private let drain = NIOLockedValueBox(NodeDrain())
 
     public init(options: WorkerOptions, logger: Logger = Logger(label: "serve.worker")) {
         self.options = options
@@ -121,8 +149,50 @@ public final class WorkerNode: Sendable {
         await self.shutdown()
     }
 
-    /// Asks `run` to finish: it stops talking to the head, drains its replicas and returns.
+    /// Asks `run` to finish gracefully (SIGTERM): the worker reports DRAINING, the head starts
+    /// replacements for its replicas elsewhere and then stops them here (in-flight requests
+    /// finish), and once nothing is left (or `drainTimeout` passed, or the head is unreachable)
+    /// `run` stops what remains and returns.
     public func stop() {
+        let hosted = self.hostedCount
+        let connected = self.isRegistered
+        let (again, directives) = self.drain.withLockedValue { drain -> (Bool, [NodeDrain.Directive]) in
+            let again = drain.isDraining || drain.isDone
+            return (again, drain.begin(now: Self.now, timeout: self.options.drainTimeout.seconds, replicas: hosted, connected: connected))
+        }
+        if again {
+            self.logger.info("asked to stop again: leaving without waiting for the drain")
+            return self.leave()
+        }
+        guard directives.isEmpty else { return self.act(directives) }
+        self.logger.info("draining: the head moves this node's replicas elsewhere, then it exits", metadata: ["replicas": "\(self.hostedCount)"])
+        Task {
+            while !self.isStopping {
+                try? await Task.sleep(for: .milliseconds(100))
+                let (hosted, connected) = (self.hostedCount, self.isRegistered)
+                let directives = self.drain.withLockedValue {
+                    $0.update(replicas: hosted, connected: connected, now: Self.now)
+                }
+                self.act(directives)
+            }
+        }
+    }
+
+    private func act(_ directives: [NodeDrain.Directive]) {
+        for case .exit(let reason) in directives {
+            self.logger.info("leaving the cluster: \(reason)")
+            Task {
+                // What still runs here stops first, each replica finishing its requests, while
+                // the head still hears this node (it is told of each stop, and does not declare
+                // the node DEAD and cut those requests); then the control stream closes.
+                await self.stopReplicas(reason: "the node is leaving: \(reason)")
+                self.leave()
+            }
+        }
+    }
+
+    /// Ends the control stream: `run` then stops whatever is left and returns.
+    private func leave() {
         self.stopping.withLockedValue { $0 = true }
         if let connection = self.controlConnection.withLockedValue({ $0 }) {
             Task { await connection.closeNow() }
@@ -130,21 +200,38 @@ public final class WorkerNode: Sendable {
     }
 
     private var isStopping: Bool { self.stopping.withLockedValue { $0 } }
+    private var isRegistered: Bool { self.registered.withLockedValue { $0 } }
+    private var hostedCount: Int {
+        self.replicas.withLockedValue { $0.count } + self.starting.withLockedValue { $0.count }
+    }
+
+    private static let origin = ContinuousClock.now
+    /// Seconds on a monotonic clock: the time input of the ServeCore machines.
+    static var now: Double { (ContinuousClock.now - Self.origin).seconds }
 
     /// Stops every replica (gracefully) and the data plane.
     public func shutdown() async {
         self.stopping.withLockedValue { $0 = true }
+        await self.stopReplicas(reason: "the worker is shutting down")
+        let server = self.dataServer.withLockedValue { $0 }
+        await server?.shutdown(gracePeriod: .seconds(2))
+    }
+
+    /// Stops every replica here at once, each within its `graceful_shutdown_timeout_s`, and
+    /// reports them stopped.
+    private func stopReplicas(reason: String) async {
         let replicas = self.replicas.withLockedValue { dict in
             defer { dict.removeAll() }
             return Array(dict.values)
         }
         await withTaskGroup(of: Void.self) { group in
             for replica in replicas {
-                group.addTask { await replica.stop(timeout: .seconds(5)) }
+                group.addTask {
+                    await replica.stop(timeout: replica.gracefulShutdownTimeout)
+                    self.report(replica.id, .stopped, reason, specVersion: replica.specVersion)
+                }
             }
         }
-        let server = self.dataServer.withLockedValue { $0 }
-        await server?.shutdown(gracePeriod: .seconds(2))
     }
 
     // MARK: data plane
@@ -248,10 +335,28 @@ public final class WorkerNode: Sendable {
             throw WorkerRefused(description: "the head refused registration: \(answer.refusalReason)")
         }
         onRegistered()
+        self.registered.withLockedValue { $0 = true }
+        defer { self.registered.withLockedValue { $0 = false } }
         self.logger.info("registered with the head", metadata: ["head": "\(self.options.headHost):\(self.options.headPort)"])
         let interval = answer.heartbeatIntervalMs > 0 ? Duration.milliseconds(Int(answer.heartbeatIntervalMs)) : self.options.heartbeatInterval
+        let lastHeard = NIOLockedValueBox(ContinuousClock.now)
+        let headTimeout = self.options.headTimeout
 
         try await withThrowingTaskGroup(of: Void.self) { group in
+            // The head pings every heartbeat interval: silence means the link or the head is
+            // gone without a closed socket to show it (a partition). Dial again.
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: .milliseconds(100))
+                    let silent = ContinuousClock.now - lastHeard.withLockedValue { $0 }
+                    if silent > headTimeout {
+                        self.logger.warning("the head has been silent; dialling it again", metadata: ["silent": "\(silent)"])
+                        // Closing ends the read below (a read cannot be cancelled).
+                        await connection.closeNow()
+                        throw HeadSilent(description: "nothing from the head for \(silent) (--head-timeout-s \(headTimeout))")
+                    }
+                }
+            }
             group.addTask {
                 var number: UInt64 = 0
                 while !Task.isCancelled {
@@ -285,17 +390,21 @@ public final class WorkerNode: Sendable {
             // The head closing the stream (or the connection failing) ends this try.
             defer { group.cancelAll() }
             while let message = try await responses.next() {
+                lastHeard.withLockedValue { $0 = .now }
                 await self.handle(message, send: send)
             }
         }
     }
 
+    /// Sends each state report on the current control stream, waiting for one while there is
+    /// none (reports keep their order; a report that cannot be sent waits for the next stream).
     private func heartbeat(_ number: UInt64) async -> PBHeartbeat {
         var heartbeat = PBHeartbeat()
         heartbeat.nodeID = self.options.nodeID
         heartbeat.sequence = number
         heartbeat.sentAtUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
-        heartbeat.health = PBNodeHealth.with { $0.status = self.stopping.withLockedValue { $0 } ? .draining : .ok }
+        let draining = self.isStopping || self.drain.withLockedValue { $0.isDraining || $0.isDone }
+        heartbeat.health = PBNodeHealth.with { $0.status = draining ? .draining : .ok }
         for replica in self.replicas.withLockedValue({ Array($0.values) }) {
             let status = await replica.status
             heartbeat.replicas.append(PBReplicaLoad.with {
@@ -367,7 +476,13 @@ public final class WorkerNode: Sendable {
 
     private func startReplica(_ start: PBStartReplica) async {
         let id = start.replicaID
-        guard self.replicas.withLockedValue({ $0[id] }) == nil else { return }
+        let fresh = self.starting.withLockedValue { starting in
+            guard starting[id] == nil else { return false }
+            starting[id] = false
+            return true
+        }
+        guard fresh, self.replicas.withLockedValue({ $0[id] }) == nil else { return }
+        defer { self.starting.withLockedValue { _ = $0.removeValue(forKey: id) } }
         self.report(id, .starting, "", specVersion: start.spec.version)
         var logger = self.logger
         logger[metadataKey: "serve.replica"] = "\(id)"
@@ -413,24 +528,113 @@ public final class WorkerNode: Sendable {
             }
             let replica = Replica(start: start, body: body, logger: logger)
             await replica.setState(.running)
+            // In `replicas` before it leaves `starting`, so a stop always finds it in one.
             self.replicas.withLockedValue { $0[id] = replica }
+            if self.starting.withLockedValue({ $0.removeValue(forKey: id) }) == true {
+                self.replicas.withLockedValue { _ = $0.removeValue(forKey: id) }
+                await replica.stop(timeout: replica.gracefulShutdownTimeout)
+                logger.info("replica stopped: a stop came while it started")
+                self.report(id, .stopped, "stopped while it started", specVersion: start.spec.version)
+                return
+            }
             self.report(id, .running, "", specVersion: start.spec.version)
             logger.info("replica running")
+            self.monitorHealth(replica, spec: start.spec)
         } catch {
             logger.error("replica failed to start", metadata: ["error": "\(error)"])
             self.report(id, .failed, "failed to start: \(error)", specVersion: start.spec.version)
         }
     }
 
+    /// Drives the replica's `HealthMonitor` (ServeCore) every `health_check_period_s` while it
+    /// runs: three failed checks in a row and it is reported FAILED (the head replaces it) and
+    /// stopped.
+    private func monitorHealth(_ replica: Replica, spec: PBReplicaSpec) {
+        let configuration = HealthMonitor.Configuration(
+            period: spec.healthCheckPeriodMs > 0 ? Double(spec.healthCheckPeriodMs) / 1000 : 10,
+            timeout: spec.healthCheckTimeoutMs > 0 ? Double(spec.healthCheckTimeoutMs) / 1000 : 30
+        )
+        Task {
+            var monitor = HealthMonitor(configuration: configuration, now: Self.now)
+            while let wake = monitor.nextWake {
+                try? await Task.sleep(for: .milliseconds(max(1, Int((wake - Self.now) * 1000))))
+                // Stopped, replaced or crashed meanwhile: nothing more to watch.
+                guard self.replicas.withLockedValue({ $0[replica.id] }) === replica, await replica.status.state == .running else { return }
+                var directives = monitor.tick(now: Self.now)
+                while !directives.isEmpty {
+                    switch directives.removeFirst() {
+                    case .runCheck(let number):
+                        let error = await Self.outcome(of: { try await replica.checkHealth() }, timeout: .milliseconds(Int(configuration.timeout * 1000)))
+                        if let error {
+                            self.logger.warning("a health check failed", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
+                            directives += monitor.failed(number: number, error, now: Self.now)
+                        } else {
+                            directives += monitor.succeeded(number: number, now: Self.now)
+                        }
+                    case .unhealthy(let reason):
+                        guard self.replicas.withLockedValue({ map in
+                            guard map[replica.id] === replica else { return false }
+                            map[replica.id] = nil
+                            return true
+                        }) else { return }
+                        self.logger.error("replica is unhealthy; stopping it", metadata: ["serve.replica": "\(replica.id)", "reason": "\(reason)"])
+                        self.report(replica.id, .failed, "unhealthy: \(reason)", specVersion: replica.specVersion)
+                        await replica.stop(timeout: replica.gracefulShutdownTimeout)
+                        return
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a health check, giving up on it after `timeout` (a hung check may go on running; its
+    /// late answer is dropped). Nil when healthy, else why not.
+    static func outcome(of check: @escaping @Sendable () async throws -> Void, timeout: Duration) async -> String? {
+        let box = NIOLockedValueBox<(continuation: CheckedContinuation<String?, Never>?, timer: Task<Void, Never>?)>((nil, nil))
+        let finish: @Sendable (String?) -> Void = { outcome in
+            let (continuation, timer) = box.withLockedValue { state in
+                defer { state = (nil, nil) }
+                return state
+            }
+            timer?.cancel()
+            continuation?.resume(returning: outcome)
+        }
+        return await withCheckedContinuation { continuation in
+            box.withLockedValue { $0.continuation = continuation }
+            let timer = Task {
+                try? await Task.sleep(for: timeout)
+                if !Task.isCancelled { finish("the health check did not answer within \(timeout)") }
+            }
+            box.withLockedValue { state in
+                if state.continuation != nil { state.timer = timer } else { timer.cancel() }
+            }
+            Task {
+                do {
+                    try await check()
+                    finish(nil)
+                } catch {
+                    finish("\(error)")
+                }
+            }
+        }
+    }
+
     private func stopReplica(_ stop: PBStopReplica) async {
         guard let replica = self.replicas.withLockedValue({ $0[stop.replicaID] }) else {
-            self.report(stop.replicaID, .stopped, "not running on this node", specVersion: "")
+            let starting = self.starting.withLockedValue { starting in
+                guard starting[stop.replicaID] != nil else { return false }
+                starting[stop.replicaID] = true
+                return true
+            }
+            // One still starting is stopped (and reported) as soon as it is up.
+            if !starting { self.report(stop.replicaID, .stopped, "not running on this node", specVersion: "") }
             return
         }
         self.report(replica.id, .stopping, stop.reason, specVersion: replica.specVersion)
         let timeout = Duration.milliseconds(Int(stop.gracefulTimeoutMs > 0 ? stop.gracefulTimeoutMs : 20_000))
         await replica.stop(timeout: timeout)
         self.replicas.withLockedValue { $0[stop.replicaID] = nil }
+        self.logger.info("replica stopped", metadata: ["serve.replica": "\(replica.id)", "reason": "\(stop.reason)"])
         self.report(replica.id, .stopped, stop.reason, specVersion: replica.specVersion)
     }
 }

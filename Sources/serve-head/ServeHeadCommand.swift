@@ -31,10 +31,14 @@ struct ServeHeadCommand: AsyncParsableCommand {
     @Option(name: .customLong("state-dir"), help: "Where the head keeps its deployed config and token (default ~/.swift-serve/head).") var stateDir: String?
     @Option(help: "A config to deploy at start (YAML or JSON), instead of the one kept in the state dir.") var config: String?
     @Option(
-        name: .customLong("reconnect-grace"),
+        name: .customLong("reconnect-grace-s"),
         help: "After a restart, seconds to wait for workers to reconnect with their replicas before starting new ones.")
     var reconnectGrace: Double = 10
     @Option(name: .customLong("cluster-config"), help: "A cluster config (YAML or JSON): node types and the provider the node autoscaler launches them with.") var clusterConfig: String?
+    @Option(name: .customLong("heartbeat-timeout-s"), help: "A worker silent this long is declared DEAD and its replicas are replaced (seconds).")
+    var heartbeatTimeoutS = FailureDetector.Configuration.defaultHeartbeatTimeout
+    @Option(name: .customLong("shutdown-timeout-s"), help: "On SIGTERM, how long requests in flight may take to finish (seconds).")
+    var shutdownTimeoutS = 30.0
 
     func run() async throws {
         var options = HeadOptions()
@@ -45,9 +49,16 @@ struct ServeHeadCommand: AsyncParsableCommand {
         options.adminHost = self.adminHost
         options.adminPort = self.adminPort
         options.token = self.token
+        // Workers heartbeat every 0.5 s: a shorter timeout would declare healthy nodes dead.
+        guard self.heartbeatTimeoutS > 0.5 else {
+            throw ValidationError("--heartbeat-timeout-s must be more than the 0.5 s heartbeat interval (the default is 5)")
+        }
+        guard self.shutdownTimeoutS >= 0 else { throw ValidationError("--shutdown-timeout-s must be 0 or more") }
+        options.heartbeatTimeout = self.heartbeatTimeoutS
+        options.shutdownTimeout = self.shutdownTimeoutS
         if let stateDir = self.stateDir { options.stateDirectory = URL(fileURLWithPath: stateDir) }
         guard self.reconnectGrace >= 0, self.reconnectGrace.isFinite else {
-            throw ValidationError("--reconnect-grace must be a number of seconds, at least 0")
+            throw ValidationError("--reconnect-grace-s must be a number of seconds, at least 0")
         }
         options.reconnectGrace = .milliseconds(Int(self.reconnectGrace * 1000))
         var local = EmbeddedCluster.LocalResources()

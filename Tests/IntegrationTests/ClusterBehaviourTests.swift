@@ -108,6 +108,9 @@ struct ClusterBehaviourTests {
             let message = app?["deployments"]?["Broken"]?["message"]?.stringValue ?? ""
             #expect(message.contains("model weights missing"), "\(message)")
             #expect(message.contains("status 3"), "\(message)")
+            // A request does not wait for a replica that keeps failing: 503 with the reason.
+            let (code, body, _) = try await cluster.get("/broken")
+            #expect(code == 503 && body.contains("model weights missing"), "\(code) \(body)")
         }
     }
 

@@ -28,13 +28,20 @@ final class Child: @unchecked Sendable {
     let process = Process()
     let outputURL: URL
 
-    init(_ name: String, _ arguments: [String], environment: [String: String] = [:]) throws {
+    /// `namespace`: run it inside that Linux network namespace (`ip netns exec`, which execs
+    /// the binary, so the process id and signals are the binary's own).
+    init(_ name: String, _ arguments: [String], environment: [String: String] = [:], namespace: String? = nil) throws {
         self.name = name
         self.outputURL = FileManager.default.temporaryDirectory.appendingPathComponent("serve-it-\(name)-\(UUID().uuidString).log")
         _ = FileManager.default.createFile(atPath: self.outputURL.path, contents: nil)
         let handle = try FileHandle(forWritingTo: self.outputURL)
-        self.process.executableURL = try builtBinary(name)
-        self.process.arguments = arguments
+        if let namespace {
+            self.process.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
+            self.process.arguments = ["netns", "exec", namespace, try builtBinary(name).path] + arguments
+        } else {
+            self.process.executableURL = try builtBinary(name)
+            self.process.arguments = arguments
+        }
         var env = ProcessInfo.processInfo.environment
         env["SERVE_TOKEN"] = nil
         for (key, value) in environment { env[key] = value }

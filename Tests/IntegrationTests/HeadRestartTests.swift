@@ -136,7 +136,7 @@ struct HeadRestartTests {
 
     @Test("an interrupted state-dir write never corrupts the live config; a second head on the dir, or a damaged config, is refused")
     func interruptedWrites() async throws {
-        try await withCluster(headCPUs: 1, headArguments: ["--reconnect-grace", "0"]) { cluster in
+        try await withCluster(headCPUs: 1, headArguments: ["--reconnect-grace-s", "0"]) { cluster in
             try await cluster.deploy("""
                 applications:
                   - name: hello

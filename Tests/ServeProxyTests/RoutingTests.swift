@@ -68,7 +68,7 @@ struct DeploymentRouterTests {
         let first = Task { try await router.acquire().id }
         let second = Task { try await router.acquire().id }
         while await router.waiting < 2 { await Task.yield() }
-        await router.update(self.route(replicas: 2, maxOngoing: 1, maxQueued: -1))
+        await router.update(self.route(replicas: 2, maxOngoing: 1, maxQueued: -1), sequence: 1)
         let ids = Set([try await first.value, try await second.value])
         #expect(ids == ["D#0", "D#1"])
     }
@@ -80,6 +80,33 @@ struct DeploymentRouterTests {
         while await router.waiting == 0 { await Task.yield() }
         await router.close()
         await #expect(throws: DeploymentRouter.RouterError.gone) { _ = try await waiter.value }
+    }
+
+    @Test("a deployment whose replicas keep failing to start fails waiting and new requests with the reason")
+    func unavailable() async throws {
+        let router = DeploymentRouter(route: self.route(replicas: 0, maxOngoing: 1, maxQueued: -1))
+        let waiter = Task { try await router.acquire() }
+        while await router.waiting == 0 { await Task.yield() }
+        var failing = self.route(replicas: 0, maxOngoing: 1, maxQueued: -1)
+        failing.unavailable = "exit 3"
+        await router.update(failing, sequence: 1)
+        await #expect(throws: DeploymentRouter.RouterError.unavailable("exit 3")) { _ = try await waiter.value }
+        await #expect(throws: DeploymentRouter.RouterError.unavailable("exit 3")) { _ = try await router.acquire() }
+        // A replica that runs after all takes requests again, the mark notwithstanding.
+        var recovered = self.route(replicas: 1, maxOngoing: 1, maxQueued: -1)
+        recovered.unavailable = "exit 3"
+        await router.update(recovered, sequence: 2)
+        #expect(try await router.acquire().id == "D#0")
+    }
+
+    @Test("a route from an older table update, delivered late, is ignored")
+    func staleUpdate() async throws {
+        let router = DeploymentRouter(route: self.route(replicas: 0, maxOngoing: 1, maxQueued: -1), sequence: 1)
+        await router.update(self.route(replicas: 2, maxOngoing: 1, maxQueued: -1), sequence: 3)
+        await router.update(self.route(replicas: 0, maxOngoing: 1, maxQueued: -1), sequence: 2)
+        #expect(await router.route.replicas.count == 2)
+        await router.update(self.route(replicas: 1, maxOngoing: 1, maxQueued: -1), sequence: 4)
+        #expect(await router.route.replicas.count == 1)
     }
 
     @Test("a refusing replica is skipped on retry")

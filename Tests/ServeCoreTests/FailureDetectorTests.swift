@@ -1,0 +1,155 @@
+import Testing
+
+@testable import ServeCore
+
+/// The failure detector fed events on a fake clock (seconds as plain numbers): no sockets, no
+/// sleeping.
+@Suite("Failure detection")
+struct FailureDetectorTests {
+    let config = FailureDetector.Configuration(heartbeatTimeout: 2)
+
+    @Test("a node heard from within the timeout stays ALIVE; silent for the timeout it is DEAD, once")
+    func timeout() {
+        var detector = FailureDetector(configuration: self.config)
+        detector.registered("a", connection: 1, now: 0)
+        detector.registered("b", connection: 2, now: 0)
+        var t = 0.0
+        while t < 10 {
+            t += 0.5
+            #expect(detector.heard(from: "a", connection: 1, now: t).isEmpty)
+            let directives = detector.tick(now: t)
+            if t < 2 {
+                #expect(directives.isEmpty)
+            } else if t == 2 {
+                #expect(
+                    directives == [
+                        .declareDead(nodeID: "b", reason: "no heartbeat for 2.0 s (heartbeat timeout 2.0 s)")
+                    ]
+                )
+            } else {
+                #expect(directives.isEmpty, "DEAD is declared once")
+            }
+        }
+        #expect(detector.state(of: "a") == .alive)
+        #expect(detector.state(of: "b") == .dead)
+    }
+
+    @Test("the deadline is the oldest live node's last contact plus the timeout")
+    func nextDeadline() {
+        var detector = FailureDetector(configuration: self.config)
+        #expect(detector.nextDeadline == nil)
+        detector.registered("a", connection: 1, now: 1)
+        detector.registered("b", connection: 2, now: 3)
+        #expect(detector.nextDeadline == 3)
+        _ = detector.heard(from: "a", connection: 1, now: 4)
+        #expect(detector.nextDeadline == 5)
+        #expect(detector.tick(now: 4.99).isEmpty)
+        #expect(detector.tick(now: 5).count == 1)
+        #expect(detector.nextDeadline == 6)
+    }
+
+    @Test("a closed control stream is DEAD at once; a closed older stream changes nothing")
+    func streamEnded() {
+        var detector = FailureDetector(configuration: self.config)
+        detector.registered("a", connection: 1, now: 0)
+        detector.registered("a", connection: 2, now: 1)
+        #expect(detector.streamEnded("a", connection: 1, now: 1.1).isEmpty, "the old stream was replaced")
+        #expect(detector.state(of: "a") == .alive)
+        #expect(
+            detector.streamEnded("a", connection: 2, now: 1.2) == [
+                .declareDead(nodeID: "a", reason: "its control stream closed")
+            ]
+        )
+        #expect(detector.streamEnded("a", connection: 2, now: 1.3).isEmpty)
+        #expect(detector.tick(now: 100).isEmpty)
+    }
+
+    @Test("messages on a stale stream neither keep a node alive nor revive a DEAD one")
+    func staleMessages() {
+        var detector = FailureDetector(configuration: self.config)
+        detector.registered("a", connection: 1, now: 0)
+        #expect(detector.tick(now: 2).count == 1)
+        // The partition heals and the old stream delivers what it had buffered.
+        #expect(detector.heard(from: "a", connection: 1, draining: true, now: 3).isEmpty)
+        #expect(detector.state(of: "a") == .dead)
+        // Only a new registration brings it back.
+        detector.registered("a", connection: 7, now: 4)
+        #expect(detector.state(of: "a") == .alive)
+        #expect(detector.heard(from: "a", connection: 1, now: 5.5).isEmpty)
+        #expect(detector.tick(now: 6).count == 1, "heartbeats on the stale stream did not count")
+    }
+
+    @Test("a heartbeat saying DRAINING marks the node DRAINING once; it can still die")
+    func draining() {
+        var detector = FailureDetector(configuration: self.config)
+        detector.registered("a", connection: 1, now: 0)
+        #expect(detector.heard(from: "a", connection: 1, draining: true, now: 0.5) == [.markDraining(nodeID: "a")])
+        #expect(detector.heard(from: "a", connection: 1, draining: true, now: 1).isEmpty)
+        #expect(detector.heard(from: "a", connection: 1, draining: false, now: 1.5).isEmpty)
+        #expect(detector.state(of: "a") == .draining, "DRAINING does not go back to ALIVE on the same stream")
+        #expect(
+            detector.tick(now: 3.5) == [
+                .declareDead(nodeID: "a", reason: "no heartbeat for 2.0 s (heartbeat timeout 2.0 s)")
+            ]
+        )
+    }
+
+    @Test("legal node transitions: ALIVE → DRAINING → DEAD, and DEAD is final")
+    func transitions() {
+        #expect(NodeState.alive.canMove(to: .draining))
+        #expect(NodeState.alive.canMove(to: .dead))
+        #expect(NodeState.draining.canMove(to: .dead))
+        #expect(!NodeState.draining.canMove(to: .alive))
+        #expect(NodeState.dead.legalNextStates.isEmpty)
+    }
+
+    @Test("a node's clock going backwards (out-of-order events) never shortens its life")
+    func outOfOrder() {
+        var detector = FailureDetector(configuration: self.config)
+        detector.registered("a", connection: 1, now: 0)
+        _ = detector.heard(from: "a", connection: 1, now: 5)
+        _ = detector.heard(from: "a", connection: 1, now: 4)
+        #expect(detector.tick(now: 6.9).isEmpty)
+        #expect(detector.tick(now: 7).count == 1)
+    }
+}
+
+@Suite("Replica adoption when a node registers")
+struct ReplicaAdoptionTests {
+    @Test("a known replica is kept whatever it is; an unknown one only when it is current, running and needed")
+    func decisions() {
+        func decide(
+            deployed: Bool = true,
+            currentSpec: Bool = true,
+            running: Bool = true,
+            known: Bool = false,
+            live: Int,
+            target: Int
+        ) -> ReplicaAdoption.Decision {
+            ReplicaAdoption.decide(
+                deployed: deployed,
+                currentSpec: currentSpec,
+                running: running,
+                known: known,
+                liveCurrent: live,
+                target: target
+            )
+        }
+        #expect(decide(known: true, live: 5, target: 1) == .adopt)
+        #expect(decide(live: 0, target: 2) == .adopt, "a head that lost track (restart) adopts what it needs")
+        #expect(decide(live: 1, target: 2) == .adopt)
+        guard case .stop(let reason) = decide(live: 2, target: 2) else {
+            Issue.record("a node declared DEAD and replaced must not add replicas beyond the target")
+            return
+        }
+        #expect(reason.contains("declared dead"))
+        #expect(decide(deployed: false, live: 0, target: 0) == .stop(reason: "its deployment is no longer deployed"))
+        #expect(
+            decide(currentSpec: false, live: 0, target: 2)
+                == .stop(reason: "it runs an older version of its deployment")
+        )
+        #expect(
+            decide(running: false, live: 0, target: 2) == .stop(reason: "it was not running when its node registered")
+        )
+    }
+}
