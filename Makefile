@@ -7,7 +7,7 @@ SWIFT ?= swift
 APT_PACKAGES := libnghttp2-dev zlib1g-dev pkg-config nghttp2-client nghttp2-server gzip python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build release run test bench-wire bench-ingress bench-autoscaling protos clean
+.PHONY: deps bench-deps build release run test bench bench-wire bench-autoscaling protos clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -37,14 +37,29 @@ test: build
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --no-parallel
 
+# The whole benchmark suite (benchmarks/bench.py): swift-serve beside Ray Serve and nginx, then
+# benchmarks/wire and benchmarks/autoscaling; writes benchmarks/results/DATE.json, the plots and
+# the latest section of benchmarks/README.md. BENCH_QUICK=1 for a run of a few minutes.
+bench: deps bench-deps
+	python3 benchmarks/bench.py
+
+# wrk and nginx (the HTTP/1.1 load and the one-hop baseline), python3-venv (Ray Serve's
+# environment, installed from PyPI by the bench script when missing).
+BENCH_APT_PACKAGES := wrk nginx python3-venv
+bench-deps:
+	@missing=""; for p in $(BENCH_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+# Parts of the suite on their own.
 bench-wire: deps
 	benchmarks/wire
 
-# wrk against the HTTP ingress (echo, 1 and 2 replicas) beside nginx; installs wrk and nginx if missing.
-bench-ingress: deps
-	benchmarks/ingress
-
-bench-autoscaling:
+bench-autoscaling: deps
 	benchmarks/autoscaling
 
 protos:
