@@ -2,6 +2,7 @@ import HTTPTypes
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 import ServeCore
 import ServeWire
 
@@ -182,54 +183,85 @@ public final class Ingress: Sendable {
             } catch DeploymentRouter.RouterError.gone {
                 throw IngressFailure(status: .serviceUnavailable, message: "\(app.name) was removed")
             }
-            defer { Task { await router.release(replica.id) } }
             head.headerFields[ServeHeaders.replica] = replica.id
-
-            let stream: HTTP2ClientStream
-            let response: HTTP2Response
+            let outcome: Int?
             do {
-                let connection = try await self.connections.connection(host: replica.host, port: replica.port)
-                stream = try await connection.openStream(head, endStream: !hasBody)
-                guard progress.attach(stream) else { throw HTTP2Error.timeout }
-                if hasBody {
-                    // The body streams to the replica while its response streams back.
-                    Task {
-                        do {
-                            var sent = 0
-                            for try await chunk in request.body {
-                                sent += chunk.readableBytes
-                                guard sent <= table.maxBodyBytes else { throw HTTP2Error.bodyTooLarge(limit: table.maxBodyBytes) }
-                                try await stream.write(chunk)
-                            }
-                            try await stream.finish()
-                        } catch {
-                            stream.cancel()
+                outcome = try await self.exchange(
+                    head, request: request, hasBody: hasBody, replica: replica, table: table, writer: writer, progress: progress)
+            } catch {
+                await router.release(replica.id)
+                throw error
+            }
+            await router.release(replica.id)
+            if let outcome { return outcome }
+            refusedBy.insert(replica.id)
+        }
+    }
+
+    /// One try on one replica: nil when the replica refused the request (it never saw it).
+    private func exchange(
+        _ head: HTTPRequest,
+        request: HTTPServerRequest,
+        hasBody: Bool,
+        replica: ReplicaRoute,
+        table: RouteTable,
+        writer: any HTTPResponseWriter,
+        progress: ForwardProgress
+    ) async throws -> Int? {
+        let stream: HTTP2ClientStream
+        let response: HTTP2Response
+        do {
+            let connection = try await self.connections.connection(host: replica.host, port: replica.port)
+            stream = try await connection.openStream(head, endStream: !hasBody)
+            guard progress.attach(stream) else { throw HTTP2Error.timeout }
+            if hasBody {
+                // The body streams to the replica while its response streams back.
+                Task {
+                    do {
+                        var sent = 0
+                        for try await chunk in request.body {
+                            sent += chunk.readableBytes
+                            guard sent <= table.maxBodyBytes else { throw HTTP2Error.bodyTooLarge(limit: table.maxBodyBytes) }
+                            try await stream.write(chunk)
                         }
+                        try await stream.finish()
+                    } catch {
+                        stream.cancel()
                     }
                 }
-                response = try await stream.response()
-            } catch let error as HTTP2Error where error.isSafeToRetry {
-                self.connections.forget(host: replica.host, port: replica.port)
-                throw IngressFailure(status: .badGateway, message: "replica \(replica.id) on node \(replica.nodeID) is unreachable: \(error)")
-            } catch HTTP2Error.timeout {
-                throw IngressFailure(status: .gatewayTimeout, message: "no answer within request_timeout_s")
-            } catch {
-                throw IngressFailure(status: .badGateway, message: "replica \(replica.id) on node \(replica.nodeID) failed: \(error)")
             }
-            if response.head.status == .serviceUnavailable, response.head.headerFields[ServeHeaders.refused] != nil {
-                refusedBy.insert(replica.id)
-                _ = try? await response.body.collect(upTo: 1 << 16)
-                continue
+            response = try await stream.response()
+        } catch let error as HTTP2Error where error.isSafeToRetry {
+            self.connections.forget(host: replica.host, port: replica.port)
+            throw IngressFailure(status: .badGateway, message: "replica \(replica.id) on node \(replica.nodeID) is unreachable: \(error)")
+        } catch HTTP2Error.timeout {
+            throw IngressFailure(status: .gatewayTimeout, message: "no answer within request_timeout_s")
+        } catch {
+            throw IngressFailure(status: .badGateway, message: "replica \(replica.id) on node \(replica.nodeID) failed: \(error)")
+        }
+        if response.head.status == .serviceUnavailable, response.head.headerFields[ServeHeaders.refused] != nil {
+            _ = try? await response.body.collect(upTo: 1 << 16)
+            return nil
+        }
+        progress.markHeadSent()
+        if let (body, trailers) = response.body.takeIfEnded() {
+            // The usual small answer arrived whole with its head: one write, not three.
+            if trailers?.isEmpty ?? true {
+                try await writer.respond(response.head, body: body, trailers: nil)
+            } else {
+                try await writer.writeHead(response.head)
+                if body.readableBytes > 0 { try await writer.write(body) }
+                try await writer.finish(trailers: trailers)
             }
-            progress.markHeadSent()
-            try await writer.writeHead(response.head)
-            // From here an error can only cut the body short (the head went out already).
-            for try await chunk in response.body {
-                try await writer.write(chunk)
-            }
-            try await writer.finish(trailers: response.body.trailers)
             return response.head.status.code
         }
+        try await writer.writeHead(response.head)
+        // From here an error can only cut the body short (the head went out already).
+        for try await chunk in response.body {
+            try await writer.write(chunk)
+        }
+        try await writer.finish(trailers: response.body.trailers)
+        return response.head.status.code
     }
 
     private func text(_ writer: any HTTPResponseWriter, _ status: HTTPResponse.Status, _ message: String) async throws {
@@ -259,44 +291,93 @@ extension Duration {
     }
 }
 
-/// One HTTP/2 connection per worker, opened on first use and replaced when it fails.
+/// HTTP/2 connections to the workers, opened on first use and replaced when they fail: one per
+/// worker and per event loop of the ingress. A request's handler runs on its client connection's
+/// event loop, and a connection to the worker on that same loop lets the whole exchange (open the
+/// stream, read the response, answer the client) run on one thread without a hop.
 final class NodeConnections: Sendable {
-    private struct Key: Hashable { var host: String; var port: Int }
-    private let connections = NIOLockedValueBox<[Key: Task<HTTP2ClientConnection, any Error>]>([:])
+    private struct Key: Hashable {
+        var host: String
+        var port: Int
+        var loop: ObjectIdentifier?
+    }
+    private enum Entry {
+        case connecting(Task<HTTP2ClientConnection, any Error>)
+        case ready(HTTP2ClientConnection)
+    }
+    private let connections = NIOLockedValueBox<[Key: Entry]>([:])
     private let logger: Logger
 
     init(logger: Logger) {
         self.logger = logger
     }
 
+    private static func key(host: String, port: Int) -> (Key, (any EventLoop)?) {
+        let loop = MultiThreadedEventLoopGroup.currentEventLoop
+        return (Key(host: host, port: port, loop: loop.map { ObjectIdentifier($0) }), loop)
+    }
+
     func connection(host: String, port: Int) async throws -> HTTP2ClientConnection {
-        let key = Key(host: host, port: port)
-        let task = self.connections.withLockedValue { connections in
-            if let task = connections[key] { return task }
-            let task = Task { try await HTTP2ClientConnection.connect(host: host, port: port, connectTimeout: .seconds(5)) }
-            connections[key] = task
-            return task
+        let (key, loop) = Self.key(host: host, port: port)
+        let entry = self.connections.withLockedValue { connections -> Entry in
+            if let entry = connections[key] { return entry }
+            let task = Task {
+                try await HTTP2ClientConnection.connect(
+                    host: host,
+                    port: port,
+                    eventLoopGroup: loop ?? MultiThreadedEventLoopGroup.singleton,
+                    connectTimeout: .seconds(5)
+                )
+            }
+            connections[key] = .connecting(task)
+            return .connecting(task)
         }
-        do {
-            let connection = try await task.value
+        switch entry {
+        case .ready(let connection):
             if connection.isAvailable { return connection }
-            self.forget(host: host, port: port)
+            self.forget(key, connection)
             return try await self.connection(host: host, port: port)
-        } catch {
-            self.forget(host: host, port: port)
-            throw error
+        case .connecting(let task):
+            do {
+                let connection = try await task.value
+                self.connections.withLockedValue { connections in
+                    if case .connecting = connections[key] { connections[key] = .ready(connection) }
+                }
+                if connection.isAvailable { return connection }
+                self.forget(key, connection)
+                return try await self.connection(host: host, port: port)
+            } catch {
+                self.connections.withLockedValue { connections in
+                    if case .connecting = connections[key] { connections[key] = nil }
+                }
+                throw error
+            }
         }
     }
 
+    /// Drops this event loop's connection to a worker (it failed), so the next request dials anew.
     func forget(host: String, port: Int) {
-        _ = self.connections.withLockedValue { $0.removeValue(forKey: Key(host: host, port: port)) }
+        let (key, _) = Self.key(host: host, port: port)
+        _ = self.connections.withLockedValue { $0.removeValue(forKey: key) }
+    }
+
+    private func forget(_ key: Key, _ connection: HTTP2ClientConnection) {
+        self.connections.withLockedValue { connections in
+            if case .ready(let current) = connections[key], current === connection { connections[key] = nil }
+            if case .connecting = connections[key] { connections[key] = nil }
+        }
     }
 
     func closeAll() async {
-        let tasks = self.connections.withLockedValue { connections in
+        let entries = self.connections.withLockedValue { connections in
             defer { connections.removeAll() }
             return Array(connections.values)
         }
-        for task in tasks { await (try? task.value)?.closeNow() }
+        for entry in entries {
+            switch entry {
+            case .ready(let connection): await connection.closeNow()
+            case .connecting(let task): await (try? task.value)?.closeNow()
+            }
+        }
     }
 }
