@@ -23,8 +23,11 @@ deps:
 build: deps
 	$(SWIFT) build
 
+# The Swift runtime and Foundation linked in (--static-swift-stdlib): nothing to install beside
+# the binaries, a faster start, and each process maps only what it uses of them (about 9 MiB
+# less resident per process than with the shared libraries, benchmarks/README.md).
 release: deps
-	$(SWIFT) build -c release
+	$(SWIFT) build -c release --static-swift-stdlib
 
 # The main job: an embedded head (controller, ingress on :8000, admin API on :8265, replicas on
 # this machine) serving examples/hello.yaml in the foreground; Ctrl-C stops everything.

@@ -5,7 +5,8 @@
     BENCH_QUICK=1 python3 benchmarks/bench.py  # a few minutes: 2 s wrk runs, one Ray start-up
 
 Knobs (environment): ROUNDS (3), DURATION (wrk seconds: 5, quick 2), SKIP_RAY=1, SKIP_BUILD=1,
-RAY_VENV (.bench-ray-venv), BENCH_TAG (suffix of the JSON's name), SKIP_WIRE=1, SKIP_AUTOSCALING=1.
+SERVE_BIN (the binaries' folder: .build/release), RAY_VENV (.bench-ray-venv), BENCH_TAG (suffix of
+the JSON's name), SKIP_WIRE=1, SKIP_AUTOSCALING=1.
 
 Systems, each measured the same way:
 - swift-serve, embedded: one `serve-head --config ... --num-cpus 4` (ingress, controller and
@@ -60,7 +61,7 @@ VENV = os.environ.get("RAY_VENV", ".bench-ray-venv")
 SLEEP_MS = 10
 TOKEN = "bench-token"
 BODY = "/bench"   # what `echo` answers for /echo/bench, and what nginx and Ray answer
-RELEASE = ".build/release"
+RELEASE = os.environ.get("SERVE_BIN", ".build/release")   # another build's binaries, to compare (with SKIP_BUILD=1)
 T0 = time.monotonic()
 
 
@@ -502,11 +503,11 @@ def main():
         "date": date, "tree": tree, "cores": os.cpu_count(), "quick": QUICK, "rounds": ROUNDS, "duration_s": DURATION,
         "connections": CONNECTIONS, "replicas": REPLICAS, "h2": [H2_CONNECTIONS, H2_STREAMS],
         "load_start": os.getloadavg(), "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "systems": {},
+        "systems": {}, "binaries": RELEASE,
     }
     if os.environ.get("SKIP_BUILD", "0") != "1":
-        log("building release binaries (swift build -c release)...")
-        subprocess.run(["swift", "build", "-c", "release"], check=True)
+        log("building release binaries (swift build -c release --static-swift-stdlib, as make release)...")
+        subprocess.run(["swift", "build", "-c", "release", "--static-swift-stdlib"], check=True)
     ray_status = "skipped (SKIP_RAY=1)" if SKIP_RAY else ray_available()
     if ray_status is None:
         result["ray_version"] = subprocess.run([os.path.join(VENV, "bin", "python"), "-c", "import ray; print(ray.__version__)"],

@@ -83,7 +83,9 @@ def markdown(r, sm):
     ray = sm.get(RAY)
     ray_note = r.get("ray_status") or ""
     lines = [
-        f"Run of {r['date']} ({'BENCH_QUICK' if r['quick'] else 'full'}), tree {r['tree']}, "
+        f"Run of {r['date']} ({'BENCH_QUICK' if r['quick'] else 'full'}), tree {r['tree']}"
+        + (f" (swift-serve binaries from `{r['binaries']}`)" if r.get("binaries", ".build/release") != ".build/release" else "")
+        + ", "
         f"{r['cores']} cores shared by the clients, the servers and other work on the machine "
         f"(load average {' / '.join(f'{x:.2f}' for x in r['load_start'])} at the start, "
         f"{' / '.join(f'{x:.2f}' for x in r['load_end'])} at the end). "
