@@ -542,11 +542,12 @@ def main():
         result["wire_ok"] = run_script(["benchmarks/wire"], env)
     if os.environ.get("SKIP_AUTOSCALING", "0") != "1":
         env = {"SKIP_BUILD": "1", "BENCH_JSON_DIR": work, "SKIP_RAY": "1" if (QUICK or ray_status) else "0"}
-        if run_script(["benchmarks/autoscaling"], env):
+        result["autoscaling_ok"] = run_script(["benchmarks/autoscaling"], env)
+        if result["autoscaling_ok"]:
             result["autoscaling"] = {k: json.load(open(os.path.join(work, f"{k}.json")))
                                      for k in ("swift", "ray") if os.path.exists(os.path.join(work, f"{k}.json"))}
-            if QUICK or ray_status:
-                result["autoscaling_ray_status"] = "skipped in BENCH_QUICK mode" if QUICK else ray_status
+        if QUICK or ray_status:
+            result["autoscaling_ray_status"] = "skipped in BENCH_QUICK mode" if QUICK else ray_status
     result["load_end"] = os.getloadavg()
     result["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 

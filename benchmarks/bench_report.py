@@ -3,6 +3,7 @@ JSON, as a markdown table (benchmarks/results/bench-latest.md), SVG plots drawn 
 matplotlib (benchmarks/results/bench-*.svg), and the latest section of benchmarks/README.md.
 
     python3 benchmarks/bench_report.py benchmarks/results/DATE.json   # redraw from a saved run
+    python3 benchmarks/bench_report.py compare BEFORE.json AFTER.json  # a before/after table
 """
 import json
 import math
@@ -275,9 +276,14 @@ def write(r, json_path):
     svgs = plots(r, sm, folder)
     section = [BEGIN, "", table, " ".join(f"![{s[6:-4]}](results/{s})" for s in svgs), ""]
     section.append(f"Raw numbers: `{json_path.removeprefix('benchmarks/')}`.")
-    for title, md in (("Autoscaling (benchmarks/autoscaling)", "autoscaling-latest.md"), ("Wire layer (benchmarks/wire)", "wire-latest.md")):
+    for title, md, key in (("Autoscaling (benchmarks/autoscaling)", "autoscaling-latest.md", "autoscaling_ok"),
+                           ("Wire layer (benchmarks/wire)", "wire-latest.md", "wire_ok")):
         p = os.path.join(folder, md)
-        if os.path.exists(p):
+        if r.get(key) is None:
+            continue   # not run this time (SKIP_WIRE, SKIP_AUTOSCALING)
+        if not r[key]:
+            section += ["", f"**{title}** failed in this run (see its output); `results/{md}` is from an earlier run."]
+        elif os.path.exists(p):
             body = [line for line in open(p).read().splitlines() if not line.startswith("# ")]
             section += ["", f"**{title}**, from `results/{md}`:", ""] + body
     if "autoscaling_ray_status" in r:
@@ -292,6 +298,42 @@ def write(r, json_path):
     print(table)
 
 
+def compare(before_path, after_path):
+    """A markdown table of two runs side by side (a before/after of a change), swift-serve only."""
+    runs = [json.load(open(before_path)), json.load(open(after_path))]
+    sms = [summarize(r) for r in runs]
+    keys = [(n, c) for n in runs[1]["replicas"] for c in runs[1]["connections"]]
+    lines = [f"| {'measurement'} | " + " | ".join(f"{n}: before | {n}: after" for n in ("embedded", "head + worker")) + " |",
+             "|---|" + "---:|" * 4]
+
+    def row(label, f):
+        cells = []
+        for name in (EMB, HW):
+            for sm in sms:
+                try:
+                    cells.append(f(sm[name]))
+                except (KeyError, TypeError, ZeroDivisionError):
+                    cells.append("–")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    for k in keys:
+        row(f"{k[0]} replica(s), {k[1]} conn.: req/s (/ nginx)",
+            lambda s, k=k: f"{s['rows'][k]['rps']:.0f} ({s['rows'][k]['rps'] / s['rows'][k]['nginx_rps']:.2f}×)")
+    row("h2c, h2load 8 × 16: req/s (/ nginx)", lambda s: f"{s['h2']['rps']:.0f} ({s['h2']['rps'] / s['h2']['nginx_rps']:.2f}×)")
+    row(f"per-request overhead (p50 of {SLEEP_MS} ms sleep − {SLEEP_MS} ms)", lambda s: f"{s['overhead_ms']:.2f} ms")
+    row("no-op p50 at 1 connection", lambda s: us(s["echo1_p50_us"]))
+    row("start-up to first 200", lambda s: f"{s['startup_s']:.3f} s")
+    row("memory idle (total RSS)", lambda s: f"{s['idle_mib']:.1f} MiB")
+    row("memory under load (peak RSS)", lambda s: f"{s['load_mib']:.1f} MiB")
+    loads = ", ".join(f"{r['load_start'][0]:.1f}–{r['load_end'][0]:.1f}" for r in runs)
+    lines += ["", f"Runs: `{os.path.basename(before_path)}` and `{os.path.basename(after_path)}` "
+              f"({'BENCH_QUICK' if runs[1]['quick'] else 'full'}, one after the other; 1-minute load average {loads})."]
+    print("\n".join(lines))
+
+
 if __name__ == "__main__":
     os.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    write(json.load(open(sys.argv[1])), sys.argv[1])
+    if sys.argv[1] == "compare":
+        compare(sys.argv[2], sys.argv[3])
+    else:
+        write(json.load(open(sys.argv[1])), sys.argv[1])
