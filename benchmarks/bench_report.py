@@ -93,7 +93,7 @@ def markdown(r, sm):
         f"wrk -t 2 -d {r['duration_s']}s --latency, keep-alive; every value is the median of {r['rounds']} runs, "
         f"and every run of a system is interleaved with the same run against nginx. "
         + (f"Ray Serve {r['ray_version']} (ray.init(num_cpus=4)). " if ray else f"**Ray Serve: not measured ({ray_note}).** ")
-        + "swift-serve: release build, `--num-cpus 4`.",
+        + "swift-serve: release build as `make release` makes it (`--static-swift-stdlib`), `--num-cpus 4`.",
         "",
         "| metric | swift-serve embedded | swift-serve head + worker | Ray Serve | nginx (one hop) | target | met |",
         "|---|---:|---:|---:|---:|---|---|",
