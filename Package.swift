@@ -67,7 +67,7 @@ let package = Package(
         ),
         .target(
             name: "ServeProxy",
-            dependencies: ["ServeCore", "ServeWire"],
+            dependencies: ["ServeCore", "ServeWire", .product(name: "NIOPosix", package: "swift-nio")],
             swiftSettings: strict
         ),
         .target(

@@ -2,6 +2,7 @@ import HTTPTypes
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 import ServeCore
 import ServeWire
 
@@ -241,64 +242,21 @@ public final class Ingress: Sendable {
             } catch DeploymentRouter.RouterError.unavailable(let reason) {
                 throw IngressFailure(status: .serviceUnavailable, message: "\(app.ingress.id) has no replica to take the request: \(reason)")
             }
-            defer { Task { await router.release(replica.id) } }
             head.headerFields[ServeHeaders.replica] = replica.id
-
-            let stream: HTTP2ClientStream
-            let response: HTTP2Response
-            var bodyStarted = false
+            let outcome: Attempt
             do {
-                let connection = try await self.connections.connection(host: replica.host, port: replica.port)
-                if let buffered {
-                    stream = try await connection.openStream(head, body: buffered)
-                } else {
-                    stream = try await connection.openStream(head, endStream: !hasBody)
-                }
-                guard progress.attach(stream) else { throw HTTP2Error.timeout }
-                if hasBody && buffered == nil {
-                    bodyStarted = true
-                    // The body streams to the replica while its response streams back.
-                    Task {
-                        do {
-                            var sent = 0
-                            for try await chunk in request.body {
-                                sent += chunk.readableBytes
-                                guard sent <= table.maxBodyBytes else { throw HTTP2Error.bodyTooLarge(limit: table.maxBodyBytes) }
-                                try await stream.write(chunk)
-                            }
-                            try await stream.finish()
-                        } catch {
-                            stream.cancel()
-                        }
-                    }
-                }
-                response = try await stream.response()
-            } catch HTTP2Error.timeout {
-                throw IngressFailure(status: .gatewayTimeout, message: "no answer within request_timeout_s")
-            } catch let error as HTTP2Error where error.isSafeToRetry && !bodyStarted {
-                // Never reached the replica: its node is gone or going. Try another.
-                self.connections.forget(host: replica.host, port: replica.port)
-                refusedBy.insert(replica.id)
-                unreachable += 1
-                self.metrics.recordRetry(deployment: app.ingress.id, .unreachable)
-                let reason = "replica \(replica.id) on node \(replica.nodeID) is unreachable: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
-                self.logger.info("retrying a request on another replica", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
-                if unreachable < Self.maxUnreachable { continue }
-                throw IngressFailure(status: .serviceUnavailable, message: "no replica of \(app.ingress.id) could be reached (\(unreachable) tried); last: \(reason)")
+                outcome = try await self.attempt(
+                    head, request: request, hasBody: hasBody, buffered: buffered, replica: replica, table: table, writer: writer, progress: progress)
             } catch {
-                let reason = "replica \(replica.id) on node \(replica.nodeID) failed before answering: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
-                if idempotent && !retriedAfterFailure {
-                    retriedAfterFailure = true
-                    refusedBy.insert(replica.id)
-                    self.metrics.recordRetry(deployment: app.ingress.id, .failed)
-                    self.logger.info("retrying an idempotent request on another replica", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
-                    continue
-                }
-                throw IngressFailure(status: .badGateway, message: reason)
+                await router.release(replica.id)
+                throw error
             }
-            if response.head.status == .serviceUnavailable, let refusal = response.head.headerFields[ServeHeaders.refused] {
+            await router.release(replica.id)
+            switch outcome {
+            case .answered(let status):
+                return status
+            case .refused(let refusal, let bodyStarted):
                 refusedBy.insert(replica.id)
-                _ = try? await response.body.collect(upTo: 1 << 16)
                 if bodyStarted {
                     // Part of the body may have gone to the refusing replica: it cannot be sent
                     // again. (Bodies up to `keptBodyBytes` are kept and never get here.)
@@ -307,17 +265,110 @@ public final class Ingress: Sendable {
                         message: "replica \(replica.id) refused the request (\(refusal)) while its body streamed; send it again")
                 }
                 self.metrics.recordRetry(deployment: app.ingress.id, .refused)
-                continue
+            case .unreachable(let error):
+                // Never reached the replica: its node is gone or going. Try another.
+                self.connections.forget(host: replica.host, port: replica.port)
+                refusedBy.insert(replica.id)
+                unreachable += 1
+                self.metrics.recordRetry(deployment: app.ingress.id, .unreachable)
+                let reason = "replica \(replica.id) on node \(replica.nodeID) is unreachable: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
+                self.logger.info("retrying a request on another replica", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
+                guard unreachable < Self.maxUnreachable else {
+                    throw IngressFailure(status: .serviceUnavailable, message: "no replica of \(app.ingress.id) could be reached (\(unreachable) tried); last: \(reason)")
+                }
+            case .failed(let error):
+                let reason = "replica \(replica.id) on node \(replica.nodeID) failed before answering: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
+                guard idempotent && !retriedAfterFailure else { throw IngressFailure(status: .badGateway, message: reason) }
+                retriedAfterFailure = true
+                refusedBy.insert(replica.id)
+                self.metrics.recordRetry(deployment: app.ingress.id, .failed)
+                self.logger.info("retrying an idempotent request on another replica", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
             }
-            progress.markHeadSent()
-            try await writer.writeHead(response.head)
-            // From here an error can only cut the body short (the head went out already).
-            for try await chunk in response.body {
-                try await writer.write(chunk)
-            }
-            try await writer.finish(trailers: response.body.trailers)
-            return response.head.status.code
         }
+    }
+
+    /// How one try on one replica ended, when it did not throw an answer for the client.
+    private enum Attempt {
+        /// The response went to the client, with this status.
+        case answered(Int)
+        /// The replica refused the request (it never reached user code).
+        case refused(String, bodyStarted: Bool)
+        /// The replica could not be reached; nothing of the request was sent.
+        case unreachable(HTTP2Error)
+        /// The replica or its node failed before answering.
+        case failed(any Error)
+    }
+
+    /// One try on one replica.
+    private func attempt(
+        _ head: HTTPRequest,
+        request: HTTPServerRequest,
+        hasBody: Bool,
+        buffered: ByteBuffer?,
+        replica: ReplicaRoute,
+        table: RouteTable,
+        writer: any HTTPResponseWriter,
+        progress: ForwardProgress
+    ) async throws -> Attempt {
+        let stream: HTTP2ClientStream
+        let response: HTTP2Response
+        var bodyStarted = false
+        do {
+            let connection = try await self.connections.connection(host: replica.host, port: replica.port)
+            if let buffered {
+                stream = try await connection.openStream(head, body: buffered)
+            } else {
+                stream = try await connection.openStream(head, endStream: !hasBody)
+            }
+            guard progress.attach(stream) else { throw HTTP2Error.timeout }
+            if hasBody && buffered == nil {
+                bodyStarted = true
+                // The body streams to the replica while its response streams back.
+                Task {
+                    do {
+                        var sent = 0
+                        for try await chunk in request.body {
+                            sent += chunk.readableBytes
+                            guard sent <= table.maxBodyBytes else { throw HTTP2Error.bodyTooLarge(limit: table.maxBodyBytes) }
+                            try await stream.write(chunk)
+                        }
+                        try await stream.finish()
+                    } catch {
+                        stream.cancel()
+                    }
+                }
+            }
+            response = try await stream.response()
+        } catch HTTP2Error.timeout {
+            throw IngressFailure(status: .gatewayTimeout, message: "no answer within request_timeout_s")
+        } catch let error as HTTP2Error where error.isSafeToRetry && !bodyStarted {
+            return .unreachable(error)
+        } catch {
+            return .failed(error)
+        }
+        if response.head.status == .serviceUnavailable, let refusal = response.head.headerFields[ServeHeaders.refused] {
+            _ = try? await response.body.collect(upTo: 1 << 16)
+            return .refused(refusal, bodyStarted: bodyStarted)
+        }
+        progress.markHeadSent()
+        if let (body, trailers) = response.body.takeIfEnded() {
+            // The usual small answer arrived whole with its head: one write, not three.
+            if trailers?.isEmpty ?? true {
+                try await writer.respond(response.head, body: body, trailers: nil)
+            } else {
+                try await writer.writeHead(response.head)
+                if body.readableBytes > 0 { try await writer.write(body) }
+                try await writer.finish(trailers: trailers)
+            }
+            return .answered(response.head.status.code)
+        }
+        try await writer.writeHead(response.head)
+        // From here an error can only cut the body short (the head went out already).
+        for try await chunk in response.body {
+            try await writer.write(chunk)
+        }
+        try await writer.finish(trailers: response.body.trailers)
+        return .answered(response.head.status.code)
     }
 
     private func text(_ writer: any HTTPResponseWriter, _ status: HTTPResponse.Status, _ message: String) async throws {
@@ -347,66 +398,123 @@ extension Duration {
     }
 }
 
-/// One HTTP/2 connection per worker, opened on first use and replaced when it fails.
+/// HTTP/2 connections to the workers, opened on first use and replaced when they fail: one per
+/// worker and per event loop of the ingress. A request's handler runs on its client connection's
+/// event loop, and a connection to the worker on that same loop lets the whole exchange (open the
+/// stream, read the response, answer the client) run on one thread without a hop.
 final class NodeConnections: Sendable {
-    private struct Key: Hashable { var host: String; var port: Int }
-    private let connections = NIOLockedValueBox<[Key: Task<HTTP2ClientConnection, any Error>]>([:])
-    /// Why a node's connection was closed by `fail`, until a new connection to it succeeds.
-    private let reasons = NIOLockedValueBox<[Key: String]>([:])
+    private struct Node: Hashable {
+        var host: String
+        var port: Int
+    }
+    private struct Key: Hashable {
+        var node: Node
+        var loop: ObjectIdentifier?
+    }
+    private enum Entry {
+        case connecting(Task<HTTP2ClientConnection, any Error>)
+        case ready(HTTP2ClientConnection)
+    }
+    private let connections = NIOLockedValueBox<[Key: Entry]>([:])
+    /// Why a node's connections were closed by `fail`, until a new connection to it succeeds.
+    private let reasons = NIOLockedValueBox<[Node: String]>([:])
     private let logger: Logger
 
     init(logger: Logger) {
         self.logger = logger
     }
 
+    private static func key(host: String, port: Int) -> (Key, (any EventLoop)?) {
+        let loop = MultiThreadedEventLoopGroup.currentEventLoop
+        return (Key(node: Node(host: host, port: port), loop: loop.map { ObjectIdentifier($0) }), loop)
+    }
+
     func connection(host: String, port: Int) async throws -> HTTP2ClientConnection {
-        let key = Key(host: host, port: port)
-        let task = self.connections.withLockedValue { connections in
-            if let task = connections[key] { return task }
-            let task = Task { try await HTTP2ClientConnection.connect(host: host, port: port, connectTimeout: .seconds(5)) }
-            connections[key] = task
-            return task
-        }
-        do {
-            let connection = try await task.value
-            if connection.isAvailable {
-                self.reasons.withLockedValue { _ = $0.removeValue(forKey: key) }
-                return connection
+        let (key, loop) = Self.key(host: host, port: port)
+        let entry = self.connections.withLockedValue { connections -> Entry in
+            if let entry = connections[key] { return entry }
+            let task = Task {
+                try await HTTP2ClientConnection.connect(
+                    host: host,
+                    port: port,
+                    eventLoopGroup: loop ?? MultiThreadedEventLoopGroup.singleton,
+                    connectTimeout: .seconds(5)
+                )
             }
-            self.forget(host: host, port: port)
+            connections[key] = .connecting(task)
+            return .connecting(task)
+        }
+        switch entry {
+        case .ready(let connection):
+            if connection.isAvailable { return connection }
+            self.forget(key, connection)
             return try await self.connection(host: host, port: port)
-        } catch {
-            self.forget(host: host, port: port)
-            throw error
+        case .connecting(let task):
+            do {
+                let connection = try await task.value
+                self.connections.withLockedValue { connections in
+                    if case .connecting = connections[key] { connections[key] = .ready(connection) }
+                }
+                if connection.isAvailable {
+                    self.reasons.withLockedValue { _ = $0.removeValue(forKey: key.node) }
+                    return connection
+                }
+                self.forget(key, connection)
+                return try await self.connection(host: host, port: port)
+            } catch {
+                self.connections.withLockedValue { connections in
+                    if case .connecting = connections[key] { connections[key] = nil }
+                }
+                throw error
+            }
         }
     }
 
+    /// Drops this event loop's connection to a worker (it failed), so the next request dials anew.
     func forget(host: String, port: Int) {
-        _ = self.connections.withLockedValue { $0.removeValue(forKey: Key(host: host, port: port)) }
+        let (key, _) = Self.key(host: host, port: port)
+        _ = self.connections.withLockedValue { $0.removeValue(forKey: key) }
     }
 
-    /// Closes the connection to a node declared DEAD (its open streams fail at once) and keeps
-    /// the reason for the answers of the requests that were on it.
-    func fail(host: String, port: Int, reason: String) {
-        let key = Key(host: host, port: port)
-        let task = self.connections.withLockedValue { connections in
-            self.reasons.withLockedValue { $0[key] = reason }
-            return connections.removeValue(forKey: key)
+    private func forget(_ key: Key, _ connection: HTTP2ClientConnection) {
+        self.connections.withLockedValue { connections in
+            if case .ready(let current) = connections[key], current === connection { connections[key] = nil }
+            if case .connecting = connections[key] { connections[key] = nil }
         }
-        guard let task else { return }
-        Task { await (try? task.value)?.closeNow() }
+    }
+
+    /// Closes every connection to a node declared DEAD (their open streams fail at once) and
+    /// keeps the reason for the answers of the requests that were on them.
+    func fail(host: String, port: Int, reason: String) {
+        let node = Node(host: host, port: port)
+        self.reasons.withLockedValue { $0[node] = reason }
+        let entries = self.connections.withLockedValue { connections in
+            let keys = connections.keys.filter { $0.node == node }
+            return keys.compactMap { connections.removeValue(forKey: $0) }
+        }
+        guard !entries.isEmpty else { return }
+        Task { await Self.close(entries) }
     }
 
     /// "; <why>" when the node at `host:port` was declared DEAD, else "".
     func reason(host: String, port: Int) -> String {
-        self.reasons.withLockedValue { $0[Key(host: host, port: port)] }.map { "; \($0)" } ?? ""
+        self.reasons.withLockedValue { $0[Node(host: host, port: port)] }.map { "; \($0)" } ?? ""
     }
 
     func closeAll() async {
-        let tasks = self.connections.withLockedValue { connections in
+        let entries = self.connections.withLockedValue { connections in
             defer { connections.removeAll() }
             return Array(connections.values)
         }
-        for task in tasks { await (try? task.value)?.closeNow() }
+        await Self.close(entries)
+    }
+
+    private static func close(_ entries: [Entry]) async {
+        for entry in entries {
+            switch entry {
+            case .ready(let connection): await connection.closeNow()
+            case .connecting(let task): await (try? task.value)?.closeNow()
+            }
+        }
     }
 }

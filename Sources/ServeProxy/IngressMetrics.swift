@@ -12,6 +12,15 @@ public final class IngressMetrics: Sendable {
         public var latencySum: Double = 0
         public var count: Int = 0
         init() { self.bucketCounts = Array(repeating: 0, count: IngressMetrics.buckets.count) }
+
+        mutating func record(status: Int, seconds: Double) {
+            self.requestsByStatus[status, default: 0] += 1
+            self.count += 1
+            self.latencySum += seconds
+            for (index, bound) in IngressMetrics.buckets.enumerated() where seconds <= bound {
+                self.bucketCounts[index] += 1
+            }
+        }
     }
 
     private let series = NIOLockedValueBox<[DeploymentID: Series]>([:])
@@ -30,16 +39,8 @@ public final class IngressMetrics: Sendable {
     public init() {}
 
     func record(deployment: DeploymentID, status: Int, seconds: Double) {
-        self.series.withLockedValue { all in
-            var series = all[deployment] ?? Series()
-            series.requestsByStatus[status, default: 0] += 1
-            series.count += 1
-            series.latencySum += seconds
-            for (index, bound) in Self.buckets.enumerated() where seconds <= bound {
-                series.bucketCounts[index] += 1
-            }
-            all[deployment] = series
-        }
+        // In place: a copy taken out of the dictionary would copy its arrays on every request.
+        self.series.withLockedValue { $0[deployment, default: Series()].record(status: status, seconds: seconds) }
     }
 
     func recordRetry(deployment: DeploymentID, _ reason: RetryReason) {

@@ -147,6 +147,15 @@ enum HeaderBlock {
         "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
     ]
 
+    /// Whether HTTP/2 forbids a field; most names are ruled out by their length, without hashing.
+    @inline(__always)
+    static func isConnectionSpecific(_ name: String) -> Bool {
+        switch name.utf8.count {
+        case 7, 10, 16, 17: return Self.connectionSpecific.contains(name)
+        default: return false
+        }
+    }
+
     static func with<R>(
         pseudo: KeyValuePairs<String, String>,
         fields: HTTPFields,
@@ -158,7 +167,7 @@ enum HeaderBlock {
             total += name.utf8.count + value.utf8.count
             count += 1
         }
-        for field in fields where !connectionSpecific.contains(field.name.canonicalName) {
+        for field in fields where !isConnectionSpecific(field.name.canonicalName) {
             total += field.name.canonicalName.utf8.count + field.value.utf8.count
             count += 1
         }
@@ -181,7 +190,7 @@ enum HeaderBlock {
                     index += 1
                 }
                 for (name, value) in pseudo { add(name, value) }
-                for field in fields where !connectionSpecific.contains(field.name.canonicalName) {
+                for field in fields where !isConnectionSpecific(field.name.canonicalName) {
                     add(field.name.canonicalName, field.value)
                 }
                 return body(UnsafePointer(nva.baseAddress!), count)
@@ -196,6 +205,36 @@ enum HeaderBlock {
             pointer.update(from: base, count: utf8.count)
             return utf8.count
         }
+    }
+}
+
+/// The field names that nearly every request and response between the nodes carries, made once:
+/// a received name is matched by its bytes instead of being made into a `String` and validated
+/// for every header of every request (nghttp2 has checked it already, RFC 9113 §8.2.1).
+enum KnownFieldNames {
+    /// By length, then the names of that length: a miss costs a bounds check or a few compares.
+    private static let byLength: [[(bytes: [UInt8], name: HTTPField.Name)]] = {
+        let names: [HTTPField.Name] = [
+            HTTPField.Name(parsed: ":method")!, HTTPField.Name(parsed: ":path")!, HTTPField.Name(parsed: ":scheme")!,
+            HTTPField.Name(parsed: ":authority")!, HTTPField.Name(parsed: ":status")!,
+            .contentType, .contentLength, .contentEncoding, .acceptEncoding, .accept, .userAgent, .date,
+            .server, .vary, .te, .cacheControl, .authorization, .trailer,
+            ServeHeaders.replica, ServeHeaders.forwardedPrefix, ServeHeaders.refused, ServeHeaders.token,
+        ]
+        var table: [[(bytes: [UInt8], name: HTTPField.Name)]] = Array(repeating: [], count: 32)
+        for name in names {
+            let bytes = Array(name.canonicalName.utf8)
+            table[bytes.count].append((bytes, name))
+        }
+        return table
+    }()
+
+    static func lookup(_ bytes: UnsafeBufferPointer<UInt8>) -> HTTPField.Name? {
+        guard bytes.count < Self.byLength.count else { return nil }
+        for entry in Self.byLength[bytes.count] where entry.bytes.elementsEqual(bytes) {
+            return entry.name
+        }
+        return nil
     }
 }
 
@@ -250,8 +289,9 @@ private func onHeader(
         nghttp2_session_terminate_session(session, HTTP2ErrorCode.enhanceYourCalm)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue
     }
-    let nameString = String(decoding: UnsafeBufferPointer(start: name, count: nameLength), as: UTF8.self)
-    guard let fieldName = HTTPField.Name(parsed: nameString) else {
+    let nameBytes = UnsafeBufferPointer(start: name, count: nameLength)
+    guard let fieldName = KnownFieldNames.lookup(nameBytes) ?? HTTPField.Name(parsed: String(decoding: nameBytes, as: UTF8.self))
+    else {
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue
     }
     let valueBytes = UnsafeBufferPointer(start: value, count: value == nil ? 0 : valueLength)

@@ -45,6 +45,8 @@ final class HTTP2Connection: ChannelInboundHandler {
     var insideNghttp2 = false
     private var processingEvents = false
     private var flushScheduled = false
+    /// The last flush's output buffer, reused by the next (`takeOutputBuffer`).
+    private var spareOutput: ByteBuffer?
     /// Set once the connection can carry no more streams; the error every new call gets.
     var terminalError: HTTP2Error?
     private var idleTimer: Scheduled<Void>?
@@ -211,7 +213,7 @@ final class HTTP2Connection: ChannelInboundHandler {
                 break
             }
             guard count > 0, let pointer else { break }
-            if output == nil { output = context.channel.allocator.buffer(capacity: max(count, 16 << 10)) }
+            if output == nil { output = self.takeOutputBuffer(context: context, minimumCapacity: count) }
             output!.writeBytes(UnsafeRawBufferPointer(start: pointer, count: count))
             if output!.readableBytes >= 64 << 10 {
                 context.write(self.wrapOutboundOut(output.take()!), promise: nil)
@@ -221,10 +223,22 @@ final class HTTP2Connection: ChannelInboundHandler {
         if let output, output.readableBytes > 0 {
             context.write(self.wrapOutboundOut(output), promise: nil)
             wroteAny = true
+            // Kept for the next flush: by then the socket has usually taken these bytes and the
+            // storage is ours alone again, so clearing it reuses it instead of allocating anew.
+            self.spareOutput = output
         }
         if wroteAny { context.flush() }
         self.processEvents()
         self.closeIfDone()
+    }
+
+    /// A buffer for a flush's frames: the last flush's, cleared, when nothing else holds it.
+    private func takeOutputBuffer(context: ChannelHandlerContext, minimumCapacity: Int) -> ByteBuffer {
+        guard var buffer = self.spareOutput.take() else {
+            return context.channel.allocator.buffer(capacity: max(minimumCapacity, 16 << 10))
+        }
+        buffer.clear(minimumCapacity: max(minimumCapacity, 16 << 10))
+        return buffer
     }
 
     /// nghttp2 wants neither to read nor to write once a GOAWAY has gone either way and every

@@ -142,6 +142,22 @@ final class InboundBodySource: Sendable {
         self.state.withLockedValue { $0.trailers }
     }
 
+    /// The whole rest of the body and its trailers, if it has ended already (nil: it has not, or
+    /// it failed, or a consumer is waiting). Small responses usually arrive with their head, so a
+    /// proxy can pass them on in one write instead of chunk by chunk.
+    func takeIfEnded() -> (ByteBuffer, HTTPFields?)? {
+        let taken: (ByteBuffer, HTTPFields?, Int)? = self.state.withLockedValue { state in
+            guard state.finished, state.failure == nil, state.waiter == nil else { return nil }
+            var whole = state.chunks.popFirst() ?? ByteBuffer()
+            while var chunk = state.chunks.popFirst() { whole.writeBuffer(&chunk) }
+            defer { state.unreported = 0 }
+            return (whole, state.trailers, state.unreported + whole.readableBytes)
+        }
+        guard let (whole, trailers, report) = taken else { return nil }
+        if report > 0 { self.onConsume(report) }
+        return (whole, trailers)
+    }
+
     private func consumed(_ count: Int, drained: Bool) {
         let report: Int = self.state.withLockedValue { state in
             state.unreported += count
@@ -213,6 +229,14 @@ public struct HTTPBody: AsyncSequence, Sendable {
             source: self.source,
             decompressor: self.decoding.map { StreamingDecompressor(coding: $0, limit: self.decodeLimit) }
         )
+    }
+
+    /// The whole body and its trailers when it has already arrived to its end and needs no
+    /// decoding, without waiting; nil otherwise (read it as a sequence then). Once it returns a
+    /// body, the body has been read.
+    public func takeIfEnded() -> (body: ByteBuffer, trailers: HTTPFields?)? {
+        guard self.decoding == nil else { return nil }
+        return self.source.takeIfEnded()
     }
 
     /// Reads the whole body into one buffer, refusing one larger than `maxBytes`.
