@@ -123,6 +123,22 @@ struct NodeAutoscalerTests {
         return (code, (try? String(contentsOf: output, encoding: .utf8)) ?? "")
     }
 
+    /// Deploys app `app` (route /app) with one echo deployment `D`.
+    func deployEchoApp(_ cluster: TestCluster, replicas: Int? = nil, numCPUs: Double? = nil) async throws {
+        var config = """
+            applications:
+              - name: app
+                route_prefix: /app
+                deployments:
+                  - name: D
+                    handler: echo
+
+            """
+        if let replicas { config += "        num_replicas: \(replicas)\n" }
+        if let numCPUs { config += "        ray_actor_options: {num_cpus: \(numCPUs)}\n" }
+        try await cluster.deploy(config)
+    }
+
     func workerNodes(_ nodes: JSONValue) -> [JSONValue] {
         (nodes["nodes"]?.arrayValue ?? []).filter { $0["node_type"]?.stringValue != "head" }
     }
@@ -136,17 +152,7 @@ struct NodeAutoscalerTests {
               cpu2: {resources: {CPU: 2}, max_workers: 3}
             """
         try await self.withAutoscaledCluster(config) { cluster in
-            try await cluster.deploy(
-                """
-                applications:
-                  - name: app
-                    route_prefix: /app
-                    deployments:
-                      - name: D
-                        handler: echo
-                        num_replicas: 5
-                        ray_actor_options: {num_cpus: 1}
-                """)
+            try await self.deployEchoApp(cluster, replicas: 5, numCPUs: 1)
             _ = try await cluster.waitForRunning(app: "app", deployment: "D", replicas: 5, timeout: .seconds(90))
             let nodes = try await self.waitForJoins(cluster)
             let workers = self.workerNodes(nodes).filter { $0["state"]?.stringValue == "ALIVE" }
@@ -262,16 +268,7 @@ struct NodeAutoscalerTests {
             """
         let environment = ["SERVE_PROVIDER_DIR": directory.path, "SERVE_WORKER_BIN": try builtBinary("serve-worker").path]
         try await self.withAutoscaledCluster(config, environment: environment) { cluster in
-            try await cluster.deploy(
-                """
-                applications:
-                  - name: app
-                    route_prefix: /app
-                    deployments:
-                      - name: D
-                        handler: echo
-                        num_replicas: 3
-                """)
+            try await self.deployEchoApp(cluster, replicas: 3)
             _ = try await cluster.waitForRunning(app: "app", deployment: "D", replicas: 3, timeout: .seconds(90))
             let nodes = try await self.nodes(cluster)
             let workers = self.workerNodes(nodes)
@@ -319,15 +316,7 @@ struct NodeAutoscalerTests {
               cpu2: {resources: {CPU: 2}, max_workers: 1}
             """
         try await self.withAutoscaledCluster(config) { cluster in
-            try await cluster.deploy(
-                """
-                applications:
-                  - name: app
-                    route_prefix: /app
-                    deployments:
-                      - name: D
-                        handler: echo
-                """)
+            try await self.deployEchoApp(cluster)
             let status = try await cluster.waitForRunning(app: "app", deployment: "D", replicas: 1, timeout: .seconds(60))
             let events = try await self.events(cluster)
             let launches = events.filter { $0.reason.hasPrefix("launching 1 × cpu2") }
@@ -369,15 +358,7 @@ struct NodeAutoscalerTests {
               cpu2: {resources: {CPU: 2}, max_workers: 1}
             """
         try await self.withAutoscaledCluster(config) { cluster in
-            try await cluster.deploy(
-                """
-                applications:
-                  - name: app
-                    route_prefix: /app
-                    deployments:
-                      - name: D
-                        handler: echo
-                """)
+            try await self.deployEchoApp(cluster)
             let events = try await self.waitFor("two launches to time out", timeout: .seconds(30)) {
                 let events = try await self.events(cluster)
                 return (events.filter { $0.reason.contains("did not join within launch_timeout_s 1 s") }.count >= 2, events)
