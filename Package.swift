@@ -67,7 +67,7 @@ let package = Package(
         ),
         .target(
             name: "ServeProxy",
-            dependencies: ["ServeCore", "ServeWire", .product(name: "NIOPosix", package: "swift-nio")],
+            dependencies: ["ServeCore", "ServeWire", "ServeProto", .product(name: "NIOPosix", package: "swift-nio")],
             swiftSettings: strict
         ),
         .target(
@@ -78,7 +78,7 @@ let package = Package(
         .target(
             name: "ServeWorker",
             dependencies: [
-                "ServeCore", "ServeWire", "ServeProto", "Serve",
+                "ServeCore", "ServeWire", "ServeProto", "Serve", "ServeProxy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
@@ -140,6 +140,7 @@ let package = Package(
             dependencies: [
                 "ServeProxy", "ServeCore", "ServeWire",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
             swiftSettings: strict

@@ -4,6 +4,7 @@
 extension ServeConfig {
     public var jsonValue: JSONValue {
         .object([
+            "proxy_location": .string(self.proxyLocation.rawValue),
             "http_options": self.httpOptions.jsonValue,
             "applications": .array(self.applications.map(\.jsonValue)),
         ])

@@ -2,10 +2,12 @@
 /// `applications`, each a list of `deployments`. Parse and validate with `ConfigParser.parse`;
 /// the memberwise initializers exist for tests and for code that builds configs itself.
 public struct ServeConfig: Sendable, Hashable {
+    public var proxyLocation: ProxyLocation
     public var httpOptions: HTTPOptions
     public var applications: [ApplicationConfig]
 
-    public init(httpOptions: HTTPOptions = HTTPOptions(), applications: [ApplicationConfig] = []) {
+    public init(proxyLocation: ProxyLocation = .everyNode, httpOptions: HTTPOptions = HTTPOptions(), applications: [ApplicationConfig] = []) {
+        self.proxyLocation = proxyLocation
         self.httpOptions = httpOptions
         self.applications = applications
     }
@@ -14,6 +16,16 @@ public struct ServeConfig: Sendable, Hashable {
     public func application(named name: String) -> ApplicationConfig? {
         self.applications.first { $0.name == name }
     }
+}
+
+/// `proxy_location`: which nodes run an HTTP proxy (Ray Serve's names and default).
+public enum ProxyLocation: String, Sendable, Hashable, CaseIterable {
+    /// The head and every worker.
+    case everyNode = "EveryNode"
+    /// The head only.
+    case headOnly = "HeadOnly"
+    /// None: deployments are reached through handles only.
+    case disabled = "Disabled"
 }
 
 /// `http_options`: where the ingress listens and what it tolerates.

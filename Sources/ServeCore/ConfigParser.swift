@@ -153,7 +153,7 @@ struct ConfigValidator {
 
     // MARK: Schema
 
-    static let topFields = [FieldSpec("http_options"), FieldSpec("applications")]
+    static let topFields = [FieldSpec("proxy_location"), FieldSpec("http_options"), FieldSpec("applications")]
     static let httpFields = [
         FieldSpec("host"), FieldSpec("port"), FieldSpec("request_timeout_s"), FieldSpec("max_body_bytes"),
     ]
@@ -312,6 +312,15 @@ struct ConfigValidator {
         }
         guard let fields = self.fields(of: root, at: "", Self.topFields) else { return ServeConfig() }
         var config = ServeConfig()
+        if let value = self.string(fields, "proxy_location").value {
+            if let location = ProxyLocation.allCases.first(where: { $0.rawValue.lowercased() == value.lowercased() }) {
+                config.proxyLocation = location
+            } else {
+                let known = ProxyLocation.allCases.map(\.rawValue)
+                let hint = Suggestion.closest(to: value, in: known).map { " (did you mean \($0)?)" } ?? ""
+                self.report(fields.path("proxy_location"), "must be EveryNode, HeadOnly or Disabled, not \"\(value)\"\(hint)")
+            }
+        }
         if let node = fields["http_options"] {
             config.httpOptions = self.httpOptions(node, at: fields.path("http_options"))
         }

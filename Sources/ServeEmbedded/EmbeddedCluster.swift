@@ -43,22 +43,24 @@ public final class EmbeddedCluster: Sendable {
             acceleratorType: resources.acceleratorType,
             detectedGPUs: detected
         )
-        let worker = WorkerNode(
-            options: WorkerOptions(
-                headHost: "127.0.0.1",
-                headPort: head.clusterPort,
-                token: head.token,
-                nodeID: "head-" + String(UInt32.random(in: 0...UInt32.max), radix: 16),
-                resources: offered,
-                gpuIDs: NodeResources.gpuIDs(for: offered, detected: detected),
-                labels: resources.labels,
-                nodeType: "head",
-                acceleratorType: resources.acceleratorType ?? "",
-                listenHost: "127.0.0.1",
-                registry: options.registry
-            ),
-            logger: Logger(label: "serve.worker")
+        var workerOptions = WorkerOptions(
+            headHost: "127.0.0.1",
+            headPort: head.clusterPort,
+            token: head.token,
+            nodeID: "head-" + String(UInt32.random(in: 0...UInt32.max), radix: 16),
+            resources: offered,
+            gpuIDs: NodeResources.gpuIDs(for: offered, detected: detected),
+            labels: resources.labels,
+            nodeType: "head",
+            acceleratorType: resources.acceleratorType ?? "",
+            listenHost: "127.0.0.1",
+            registry: options.registry
         )
+        // The head's proxy is this node's: it calls the replicas here in process.
+        let shownHost = options.httpHost == "0.0.0.0" || options.httpHost == "::" ? "127.0.0.1" : options.httpHost
+        workerOptions.proxy = .shared(address: "\(shownHost):\(head.httpPort)")
+        let worker = WorkerNode(options: workerOptions, logger: Logger(label: "serve.worker"))
+        head.ingress.setLocal(worker)
         let task = Task {
             do {
                 try await worker.run()

@@ -114,31 +114,8 @@ struct AdminAPI: Sendable {
 /// Prometheus text exposition of the head's view.
 enum Metrics {
     static func prometheusText(controller: Controller, ingress: Ingress) async -> String {
-        var lines: [String] = []
-        let ingressSeries = ingress.metrics.snapshot
-        lines.append("# HELP serve_requests_total Requests answered by the ingress, by deployment and status code.")
-        lines.append("# TYPE serve_requests_total counter")
-        for (id, series) in ingressSeries.sorted(by: { "\($0.key)" < "\($1.key)" }) {
-            for (status, count) in series.requestsByStatus.sorted(by: { $0.key < $1.key }) {
-                lines.append("serve_requests_total{\(labels(id)),code=\"\(status)\"} \(count)")
-            }
-        }
-        lines.append("# HELP serve_request_errors_total Requests answered with a 5xx status.")
-        lines.append("# TYPE serve_request_errors_total counter")
-        for (id, series) in ingressSeries.sorted(by: { "\($0.key)" < "\($1.key)" }) {
-            let errors = series.requestsByStatus.filter { $0.key >= 500 }.values.reduce(0, +)
-            lines.append("serve_request_errors_total{\(labels(id))} \(errors)")
-        }
-        lines.append("# HELP serve_request_latency_seconds Ingress latency per request.")
-        lines.append("# TYPE serve_request_latency_seconds histogram")
-        for (id, series) in ingressSeries.sorted(by: { "\($0.key)" < "\($1.key)" }) {
-            for (index, bound) in IngressMetrics.buckets.enumerated() {
-                lines.append("serve_request_latency_seconds_bucket{\(labels(id)),le=\"\(bound)\"} \(series.bucketCounts[index])")
-            }
-            lines.append("serve_request_latency_seconds_bucket{\(labels(id)),le=\"+Inf\"} \(series.count)")
-            lines.append("serve_request_latency_seconds_sum{\(labels(id))} \(series.latencySum)")
-            lines.append("serve_request_latency_seconds_count{\(labels(id))} \(series.count)")
-        }
+        // The head's own proxy (every worker's serves the same series on its --metrics-port).
+        var lines = ingress.prometheusLines()
         lines.append("# HELP serve_replicas Replicas per deployment and state.")
         lines.append("# TYPE serve_replicas gauge")
         for (id, states) in await controller.replicaStates().sorted(by: { "\($0.key)" < "\($1.key)" }) {
@@ -151,23 +128,11 @@ enum Metrics {
         for (id, count) in await controller.ongoingRequests().sorted(by: { "\($0.key)" < "\($1.key)" }) {
             lines.append("serve_ongoing_requests{\(labels(id))} \(count)")
         }
-        lines.append("# HELP serve_request_retries_total Requests the ingress sent to another replica, by why.")
-        lines.append("# TYPE serve_request_retries_total counter")
-        for (id, reasons) in ingress.metrics.retries.sorted(by: { "\($0.key)" < "\($1.key)" }) {
-            for (reason, count) in reasons.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
-                lines.append("serve_request_retries_total{\(labels(id)),reason=\"\(reason.rawValue)\"} \(count)")
-            }
-        }
         lines.append("# HELP serve_nodes Nodes the head knows, by state.")
         lines.append("# TYPE serve_nodes gauge")
         let nodeStates = await controller.nodeStates.values.reduce(into: [NodeState: Int]()) { $0[$1, default: 0] += 1 }
         for state in NodeState.allCases {
             lines.append("serve_nodes{state=\"\(state.rawValue)\"} \(nodeStates[state] ?? 0)")
-        }
-        lines.append("# HELP serve_router_queued_requests Requests waiting at the ingress for a replica.")
-        lines.append("# TYPE serve_router_queued_requests gauge")
-        for (id, count) in await ingress.waitingRequests().sorted(by: { "\($0.key)" < "\($1.key)" }) {
-            lines.append("serve_router_queued_requests{\(labels(id))} \(count)")
         }
         return lines.joined(separator: "\n") + "\n"
     }

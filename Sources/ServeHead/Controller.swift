@@ -22,6 +22,10 @@ public actor Controller {
         var outbox: AsyncStream<PBHeadMessage>.Continuation?
         var connection: Int
         var loads: [String: (running: Int, queued: Int)] = [:]
+        /// Its proxy, as its last heartbeat described it.
+        var proxy: PBProxyReport?
+        /// Requests waiting at its proxy's routers, per deployment (autoscaling demand).
+        var waiting: [DeploymentID: Int] = [:]
     }
 
     struct ReplicaEntry {
@@ -61,8 +65,13 @@ public actor Controller {
     /// After a head restart, no replica starts before this, so workers that come back have the
     /// replicas they kept running adopted (`registerNode`) instead of doubled (`holdStarts`).
     private var holdStartsUntil: ContinuousClock.Instant?
-    /// Numbers the route tables given to the ingress, in the order they were made.
+    /// Numbers the route tables given to the proxies, in the order they were made.
     private var routesSequence: UInt64 = 0
+    /// When this head started (Unix ms): the epoch of its route tables, so that a restarted
+    /// head's tables are newer than any the proxies kept from before.
+    private let epoch: UInt64
+    /// The last route table, as sent to the nodes' proxies.
+    private var routeUpdate: PBRouteTableUpdate?
     /// Which nodes are ALIVE, DRAINING or DEAD (`ServeCore.FailureDetector`); this actor feeds
     /// it what arrives on the control streams and a timer (`checkLiveness`).
     private var detector: FailureDetector
@@ -71,9 +80,11 @@ public actor Controller {
     public init(
         ingress: Ingress,
         failureDetection: FailureDetector.Configuration = FailureDetector.Configuration(),
+        epoch: UInt64 = UInt64(Date().timeIntervalSince1970 * 1000),
         logger: Logger = Logger(label: "serve.controller")
     ) {
         self.ingress = ingress
+        self.epoch = epoch
         self.detector = FailureDetector(configuration: failureDetection)
         self.logger = logger
     }
@@ -289,6 +300,8 @@ public actor Controller {
         answer.heartbeatIntervalMs = UInt32(Self.heartbeatInterval * 1000)
         answer.protocolVersion = 1
         await self.reconcile()
+        // Its proxy serves from the current table at once (sent after the answer).
+        if let update = self.routeUpdate { self.send(to: id, .routes(update)) }
         return (answer, connection)
     }
 
@@ -331,6 +344,8 @@ public actor Controller {
                 node.outbox?.finish()
                 node.outbox = nil
                 node.loads = [:]
+                node.waiting = [:]
+                node.proxy = nil
                 self.nodes[id] = node
                 let lost = self.replicas.values.filter { $0.record.nodeID == id }
                 for entry in lost {
@@ -365,6 +380,11 @@ public actor Controller {
             from: id, connection: connection, draining: heartbeat.health.status == .draining, now: Self.seconds(.now))
         guard var node = self.nodes[id], node.connection == connection, node.state != .dead else { return }
         node.loads = Dictionary(heartbeat.replicas.map { ($0.replicaID, (Int($0.runningRequests), Int($0.queuedRequests))) }, uniquingKeysWith: { a, _ in a })
+        if heartbeat.hasProxy { node.proxy = heartbeat.proxy }
+        node.waiting = [:]
+        for demand in heartbeat.waiting where demand.waiting > 0 {
+            node.waiting[DeploymentID(app: demand.app, name: demand.deployment), default: 0] += Int(min(demand.waiting, 1_000_000))
+        }
         self.nodes[id] = node
         let now = Self.seconds(.now)
         for load in heartbeat.replicas {
@@ -394,6 +414,11 @@ public actor Controller {
     /// ServeCore) proposes a target; a change is applied and recorded as an event.
     public func autoscale(waitingAtRouter: [DeploymentID: Int], now instant: ContinuousClock.Instant = .now) async {
         let now = Self.seconds(instant)
+        // Every proxy's waiting requests count: the head's own and each node's (its heartbeat).
+        var waitingAtRouter = waitingAtRouter
+        for node in self.nodes.values where node.state != .dead {
+            for (id, count) in node.waiting { waitingAtRouter[id, default: 0] += count }
+        }
         var changed = false
         for (id, var runtime) in self.deployments {
             guard let config = runtime.config.autoscaling else { continue }
@@ -658,14 +683,25 @@ public actor Controller {
             ))
         }
         let table = RouteTable(
-            applications: applications,
+            applications: self.config.proxyLocation == .disabled ? [] : applications,
             requestTimeout: self.config.httpOptions.requestTimeoutS.map { .milliseconds(Int($0 * 1000)) },
             maxBodyBytes: self.config.httpOptions.maxBodyBytes
         )
-        guard table != self.lastRoutes else { return }
+        guard table != self.lastRoutes || self.routeUpdate?.proxyLocation.location != self.config.proxyLocation else { return }
         self.lastRoutes = table
         self.routesSequence += 1
-        await self.ingress.update(table, sequence: self.routesSequence)
+        let version = TableVersion(epoch: self.epoch, sequence: self.routesSequence)
+        self.ingress.update(table, version: version)
+        // Every node's proxy gets the same table, in the order made (one control stream each).
+        let update = table.update(
+            version: version,
+            proxyLocation: self.config.proxyLocation,
+            httpHost: self.config.httpOptions.host,
+            httpPort: self.config.httpOptions.port)
+        self.routeUpdate = update
+        for node in self.nodes.values where node.state != .dead {
+            self.send(to: node.id, .routes(update))
+        }
     }
 
     // MARK: events and status
@@ -791,10 +827,25 @@ public actor Controller {
                 "resources_total": Self.json(node.total),
                 "resources_available": Self.json(node.state == .dead ? ResourceSet() : available),
                 "labels": .object(node.labels.mapValues { .string($0) }),
+                "http_address": node.proxy.flatMap { $0.httpAddress.isEmpty ? nil : JSONValue.string($0.httpAddress) } ?? .null,
+                "proxy_status": .string(node.state == .dead ? "NONE" : Self.proxyStatus(node.proxy)),
+                "proxy_message": .string(node.proxy?.message ?? ""),
                 "replicas": .array(self.replicas.values.filter { $0.record.nodeID == node.id }.map { .string($0.record.id) }.sorted { "\($0)" < "\($1)" }),
             ])
         }
         return .object(["nodes": .array(nodes)])
+    }
+
+    /// STARTING, HEALTHY, UNHEALTHY, DRAINING, DRAINED; NONE where no proxy runs.
+    static func proxyStatus(_ report: PBProxyReport?) -> String {
+        switch report?.status {
+        case .starting: "STARTING"
+        case .healthy: "HEALTHY"
+        case .unhealthy: "UNHEALTHY"
+        case .draining: "DRAINING"
+        case .drained: "DRAINED"
+        case nil, .unspecified, .UNRECOGNIZED, .some(.none): "NONE"
+        }
     }
 
     static func json(_ resources: ResourceSet) -> JSONValue {

@@ -191,7 +191,7 @@ public final class HeadRuntime: Sendable {
         let autoscaler = Task {
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(100))
-                await controller.autoscale(waitingAtRouter: await ingress.waitingRequests())
+                await controller.autoscale(waitingAtRouter: ingress.waitingRequests())
             }
         }
         // The failure detector's timer, woken for the next ping or deadline: a silent node is

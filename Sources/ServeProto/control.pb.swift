@@ -236,6 +236,15 @@ public nonisolated struct PBHeadMessage: Sendable {
     set {kind = .ping(newValue)}
   }
 
+  /// The route table for the node's proxy (sent after registering and on every change).
+  public var routes: PBRouteTableUpdate {
+    get {
+      if case .routes(let v)? = kind {return v}
+      return PBRouteTableUpdate()
+    }
+    set {kind = .routes(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   /// The payload. Exactly one is set.
@@ -252,6 +261,8 @@ public nonisolated struct PBHeadMessage: Sendable {
     case drain(PBDrainNode)
     /// Liveness probe.
     case ping(PBPing)
+    /// The route table for the node's proxy (sent after registering and on every change).
+    case routes(PBRouteTableUpdate)
 
   }
 
@@ -492,7 +503,7 @@ nonisolated extension PBWorkerMessage: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension PBHeadMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HeadMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{3}in_reply_to\0\u{4}\u{8}register_answer\0\u{3}start_replica\0\u{3}stop_replica\0\u{3}reconfigure_replica\0\u{1}drain\0\u{1}ping\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{3}in_reply_to\0\u{4}\u{8}register_answer\0\u{3}start_replica\0\u{3}stop_replica\0\u{3}reconfigure_replica\0\u{1}drain\0\u{1}ping\0\u{1}routes\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -580,6 +591,19 @@ nonisolated extension PBHeadMessage: SwiftProtobuf.Message, SwiftProtobuf._Messa
           self.kind = .ping(v)
         }
       }()
+      case 16: try {
+        var v: PBRouteTableUpdate?
+        var hadOneofValue = false
+        if let current = self.kind {
+          hadOneofValue = true
+          if case .routes(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.kind = .routes(v)
+        }
+      }()
       default: break
       }
     }
@@ -620,6 +644,10 @@ nonisolated extension PBHeadMessage: SwiftProtobuf.Message, SwiftProtobuf._Messa
     case .ping?: try {
       guard case .ping(let v)? = self.kind else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
+    }()
+    case .routes?: try {
+      guard case .routes(let v)? = self.kind else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
     }()
     case nil: break
     }

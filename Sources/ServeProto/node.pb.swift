@@ -288,12 +288,26 @@ public nonisolated struct PBHeartbeat: Sendable {
   /// Clears the value of `health`. Subsequent reads from it will return its default value.
   public mutating func clearHealth() {self._health = nil}
 
+  /// The node's HTTP proxy.
+  public var proxy: PBProxyReport {
+    get {_proxy ?? PBProxyReport()}
+    set {_proxy = newValue}
+  }
+  /// Returns true if `proxy` has been explicitly set.
+  public var hasProxy: Bool {self._proxy != nil}
+  /// Clears the value of `proxy`. Subsequent reads from it will return its default value.
+  public mutating func clearProxy() {self._proxy = nil}
+
+  /// Requests waiting at this node's routers, per deployment (only those with some waiting).
+  public var waiting: [PBRouterDemand] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _availableResources: PBResourceSet? = nil
   fileprivate var _health: PBNodeHealth? = nil
+  fileprivate var _proxy: PBProxyReport? = nil
 }
 
 /// Head -> worker: take no new replicas (the node is being scaled down or
@@ -577,7 +591,7 @@ nonisolated extension PBNodeHealth: SwiftProtobuf.Message, SwiftProtobuf._Messag
 
 nonisolated extension PBHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}sequence\0\u{3}sent_at_unix_ms\0\u{3}available_resources\0\u{1}replicas\0\u{1}health\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}sequence\0\u{3}sent_at_unix_ms\0\u{3}available_resources\0\u{1}replicas\0\u{1}health\0\u{1}proxy\0\u{1}waiting\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -591,6 +605,8 @@ nonisolated extension PBHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._Message
       case 4: try { try decoder.decodeSingularMessageField(value: &self._availableResources) }()
       case 5: try { try decoder.decodeRepeatedMessageField(value: &self.replicas) }()
       case 6: try { try decoder.decodeSingularMessageField(value: &self._health) }()
+      case 7: try { try decoder.decodeSingularMessageField(value: &self._proxy) }()
+      case 8: try { try decoder.decodeRepeatedMessageField(value: &self.waiting) }()
       default: break
       }
     }
@@ -619,6 +635,12 @@ nonisolated extension PBHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._Message
     try { if let v = self._health {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
     } }()
+    try { if let v = self._proxy {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+    } }()
+    if !self.waiting.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.waiting, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -629,6 +651,8 @@ nonisolated extension PBHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._Message
     if lhs._availableResources != rhs._availableResources {return false}
     if lhs.replicas != rhs.replicas {return false}
     if lhs._health != rhs._health {return false}
+    if lhs._proxy != rhs._proxy {return false}
+    if lhs.waiting != rhs.waiting {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

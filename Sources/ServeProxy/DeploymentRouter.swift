@@ -1,111 +1,167 @@
+import NIOConcurrencyHelpers
 import ServeCore
 
-/// Picks a replica for each request of one deployment and holds requests that cannot be placed
-/// yet. Power of two choices over queue lengths (this router's in-flight counts and the
-/// replicas' reports), never past a replica's `max_ongoing_requests`; requests beyond every
-/// replica's capacity wait in a queue bounded by `max_queued_requests`.
-actor DeploymentRouter {
-    enum RouterError: Error, Equatable {
-        /// More requests are waiting than `max_queued_requests` allows.
-        case queueFull(Int)
-        /// The deployment was removed while the request waited.
-        case gone
-        /// No replica runs and none is coming (`DeploymentRoute.unavailable`).
-        case unavailable(String)
+/// Drives one deployment's `ServeCore.RequestRouter` behind a lock: a request takes a replica
+/// with no actor hop and no task; only a request that must wait suspends, on a continuation
+/// that `release`, `update` or its cancellation resumes.
+final class DeploymentRouter: Sendable {
+    private struct State {
+        var core: RequestRouter
+        var routes: [ReplicaRoute]
+        var continuations: [Int: CheckedContinuation<ReplicaRoute, any Error>] = [:]
+        var generator = SystemRandomNumberGenerator()
     }
 
-    private(set) var route: DeploymentRoute
-    /// The number of the route-table update `route` came from (`Ingress.update`).
-    private var sequence: UInt64
-    private var inFlight: [String: Int] = [:]
-    private var waiters: [(id: Int, continuation: CheckedContinuation<ReplicaRoute, any Error>)] = []
-    private var nextWaiterID = 0
-    private var generator = SystemRandomNumberGenerator()
-    /// Requests answered, for the autoscaler's "requests waiting at the router".
-    var waiting: Int { self.waiters.count }
+    private let state: NIOLockedValueBox<State>
+    let id: DeploymentID
+    /// Called when a request starts waiting while the deployment has no replica at all (a cold
+    /// start: the node tells the head at once).
+    private let onColdWait: (@Sendable () -> Void)?
 
-    init(route: DeploymentRoute, sequence: UInt64 = 0) {
-        self.route = route
-        self.sequence = sequence
+    init(route: DeploymentRoute, localNode: String?, version: UInt64 = 0, onColdWait: (@Sendable () -> Void)? = nil) {
+        self.id = route.id
+        self.onColdWait = onColdWait
+        self.state = NIOLockedValueBox(State(
+            core: RequestRouter(
+                replicas: Self.views(route.replicas, localNode: localNode),
+                maxOngoing: route.maxOngoingRequests,
+                maxQueued: route.maxQueuedRequests,
+                unavailable: route.unavailable,
+                version: version),
+            routes: route.replicas))
     }
 
-    /// Takes a newer route; one from an older update (delivered late) is ignored.
-    func update(_ route: DeploymentRoute, sequence: UInt64) {
-        guard sequence >= self.sequence else { return }
-        self.sequence = sequence
-        self.route = route
-        let live = Set(route.replicas.map(\.id))
-        self.inFlight = self.inFlight.filter { live.contains($0.key) || $0.value > 0 }
-        self.wakeWaiters()
-        if let reason = route.unavailable, route.replicas.isEmpty {
-            let waiters = self.waiters
-            self.waiters.removeAll()
-            for waiter in waiters { waiter.continuation.resume(throwing: RouterError.unavailable(reason)) }
+    private static func views(_ replicas: [ReplicaRoute], localNode: String?) -> [RequestRouter.Replica] {
+        replicas.map { RequestRouter.Replica(id: $0.id, isLocal: $0.nodeID == localNode, reported: $0.reportedQueueLength) }
+    }
+
+    /// Whether a replica of this deployment runs on `node` (its requests then stream their
+    /// bodies to it, unread).
+    func hasReplica(on node: String) -> Bool {
+        self.state.withLockedValue { $0.routes.contains { $0.nodeID == node } }
+    }
+
+    /// Requests waiting for a replica.
+    var waiting: Int { self.state.withLockedValue { $0.core.waiting } }
+
+    /// Takes a newer route; one from an older table is ignored.
+    func update(_ route: DeploymentRoute, localNode: String?, version: UInt64) {
+        let resumes = self.state.withLockedValue { state -> [Resume] in
+            guard version >= state.core.version else { return [] }
+            let wakes = state.core.update(
+                replicas: Self.views(route.replicas, localNode: localNode),
+                maxOngoing: route.maxOngoingRequests,
+                maxQueued: route.maxQueuedRequests,
+                unavailable: route.unavailable,
+                version: version,
+                using: &state.generator)
+            state.routes = route.replicas
+            return Self.resumes(wakes, &state)
         }
+        Self.run(resumes)
     }
 
     /// Fails every waiting request: the deployment is gone.
     func close() {
-        let waiters = self.waiters
-        self.waiters.removeAll()
-        for waiter in waiters { waiter.continuation.resume(throwing: RouterError.gone) }
+        let resumes = self.state.withLockedValue { state in Self.resumes(state.core.close(), &state) }
+        Self.run(resumes)
     }
 
-    /// A replica with room for one more request, waiting if there is none.
+    /// A replica with room for one more request (its slot reserved until `release`), waiting if
+    /// there is none.
     func acquire(excluding excluded: Set<String> = []) async throws -> ReplicaRoute {
-        if let replica = self.pick(excluding: excluded) {
-            return replica
+        let first = self.state.withLockedValue { state -> Result<ReplicaRoute, RequestRouter.Failure>? in
+            switch state.core.acquire(excluding: excluded, using: &state.generator) {
+            case .replica(let index): return .success(state.routes[index])
+            case .failed(let failure): return .failure(failure)
+            case .wait(let number):
+                // Not waiting yet: taken back, and asked again below with a continuation ready.
+                _ = state.core.cancel(number)
+                return nil
+            }
         }
-        if let reason = self.route.unavailable, self.route.replicas.isEmpty {
-            throw RouterError.unavailable(reason)
-        }
-        let limit = self.route.maxQueuedRequests
-        if limit >= 0 && self.waiters.count >= limit {
-            throw RouterError.queueFull(limit)
-        }
-        let id = self.nextWaiterID
-        self.nextWaiterID += 1
+        if let first { return try first.get() }
+        let waiting = NIOLockedValueBox(WaitState.notYet)
         return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { continuation in
-                self.waiters.append((id, continuation))
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ReplicaRoute, any Error>) in
+                let immediate = self.state.withLockedValue { state -> Result<ReplicaRoute, any Error>? in
+                    switch state.core.acquire(excluding: excluded, using: &state.generator) {
+                    case .replica(let index): return .success(state.routes[index])
+                    case .failed(let failure): return .failure(failure)
+                    case .wait(let waiter):
+                        let cancelled = waiting.withLockedValue { wait -> Bool in
+                            if case .cancelled = wait { return true }
+                            wait = .waiting(waiter)
+                            return false
+                        }
+                        if cancelled {
+                            _ = state.core.cancel(waiter)
+                            return .failure(CancellationError())
+                        }
+                        // Stored under the same lock that published the number: a cancellation
+                        // that reads the number finds the continuation.
+                        state.continuations[waiter] = continuation
+                        return state.routes.isEmpty ? .failure(ColdWait()) : nil
+                    }
+                }
+                switch immediate {
+                case .failure(let error) where error is ColdWait: self.onColdWait?()
+                case .some(let result): continuation.resume(with: result)
+                case .none: break
+                }
             }
         } onCancel: {
-            Task { await self.cancelWaiter(id) }
+            let waiter = waiting.withLockedValue { wait -> Int? in
+                guard case .waiting(let waiter) = wait else {
+                    wait = .cancelled
+                    return nil
+                }
+                return waiter
+            }
+            guard let waiter else { return }
+            let continuation = self.state.withLockedValue { state -> CheckedContinuation<ReplicaRoute, any Error>? in
+                guard state.core.cancel(waiter) else { return nil }
+                return state.continuations.removeValue(forKey: waiter)
+            }
+            continuation?.resume(throwing: CancellationError())
         }
     }
 
+    /// Not an error: marks a wait that began with no replica at all.
+    private struct ColdWait: Error {}
+
+    private enum WaitState {
+        case notYet
+        case waiting(Int)
+        case cancelled
+    }
+
+    /// The request on `replicaID` ended: its slot goes to a waiting request, if any.
     func release(_ replicaID: String) {
-        if let count = self.inFlight[replicaID] {
-            self.inFlight[replicaID] = count > 1 ? count - 1 : nil
+        let resumes = self.state.withLockedValue { state -> [Resume] in
+            let wakes = state.core.release(replicaID, using: &state.generator)
+            return wakes.isEmpty ? [] : Self.resumes(wakes, &state)
         }
-        self.wakeWaiters()
+        if !resumes.isEmpty { Self.run(resumes) }
     }
 
-    private func cancelWaiter(_ id: Int) {
-        guard let index = self.waiters.firstIndex(where: { $0.id == id }) else { return }
-        self.waiters.remove(at: index).continuation.resume(throwing: CancellationError())
-    }
+    private typealias Resume = (CheckedContinuation<ReplicaRoute, any Error>, Result<ReplicaRoute, any Error>)
 
-    private func wakeWaiters() {
-        while !self.waiters.isEmpty, let replica = self.pick(excluding: []) {
-            self.waiters.removeFirst().continuation.resume(returning: replica)
+    private static func resumes(_ wakes: [RequestRouter.Wake], _ state: inout State) -> [Resume] {
+        wakes.compactMap { wake in
+            switch wake {
+            case .replica(let waiter, let index):
+                guard let continuation = state.continuations.removeValue(forKey: waiter) else { return nil }
+                return (continuation, .success(state.routes[index]))
+            case .failed(let waiter, let failure):
+                guard let continuation = state.continuations.removeValue(forKey: waiter) else { return nil }
+                return (continuation, .failure(failure))
+            }
         }
     }
 
-    /// Chooses and reserves a slot on a replica.
-    private func pick(excluding excluded: Set<String>) -> ReplicaRoute? {
-        let candidates = excluded.isEmpty ? self.route.replicas : self.route.replicas.filter { !excluded.contains($0.id) }
-        let views = candidates.map {
-            ReplicaLoadView(
-                id: $0.id,
-                inFlight: self.inFlight[$0.id] ?? 0,
-                reported: $0.reportedQueueLength,
-                maxOngoing: self.route.maxOngoingRequests
-            )
-        }
-        guard let index = PowerOfTwoChoices.choose(views, using: &self.generator) else { return nil }
-        let replica = candidates[index]
-        self.inFlight[replica.id, default: 0] += 1
-        return replica
+    /// Continuations are resumed outside the lock.
+    private static func run(_ resumes: [Resume]) {
+        for (continuation, result) in resumes { continuation.resume(with: result) }
     }
 }

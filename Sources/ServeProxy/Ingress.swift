@@ -6,110 +6,162 @@ import NIOPosix
 import ServeCore
 import ServeWire
 
-/// The HTTP ingress: matches a request's path to an application by longest route prefix, picks
-/// a replica of its ingress deployment, and forwards the request as one HTTP/2 stream to the
-/// worker hosting it, streaming bodies both ways.
+/// The replicas of the proxy's own node, reached without a socket: the node program (a worker,
+/// or the head's embedded worker) implements this, so `ServeProxy` imports neither.
+public protocol LocalReplicas: Sendable {
+    /// The node these replicas run on (`ReplicaRoute.nodeID`).
+    var nodeID: String { get }
+    /// Serves `request` on replica `replicaID` in process: a Swift replica as a call, a process
+    /// replica over its loopback port. The request head is already rewritten for the replica
+    /// (prefix stripped, `x-forwarded-prefix` set).
+    func serve(replica replicaID: String, _ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws -> LocalAnswer
+}
+
+/// How a local replica took a request.
+public enum LocalAnswer: Sendable, Hashable {
+    /// It answered (the response went to the writer) with this status.
+    case answered(Int)
+    /// It did not take the request (full, stopping, not on this node): nothing was read or
+    /// written, so another replica may take it.
+    case refused(String)
+}
+
+/// The HTTP proxy of one node: matches a request's path to an application by longest route
+/// prefix, picks a replica of its ingress deployment (this node's first), and calls it in
+/// process (`LocalReplicas`) or forwards the request as one HTTP/2 stream to the worker hosting
+/// it, streaming bodies both ways. Every node runs one, from the last route table the head sent,
+/// so serving goes on while the head is away.
 ///
 /// Answers: 404 no route; 503 over `max_queued_requests` or no replica; 502 when the replica or
 /// its node fails mid-request; 504 past `request_timeout_s`; 413 past `max_body_bytes`.
-///
-/// Failures (README "Failure behaviour"): a request no replica has accepted yet (refused, or
-/// its node unreachable) goes to another replica, up to `maxUnreachable` unreachable ones; a
-/// GET or HEAD without a body whose replica fails before answering is sent once more to
-/// another replica; anything else whose replica or node dies mid-request is answered 502 with
-/// the reason, as soon as the connection fails or the node is declared DEAD (`nodeFailed`).
+/// Retries are `ServeCore.RetryPolicy`'s decisions; replica choice is `ServeCore.RequestRouter`'s.
 public final class Ingress: Sendable {
+    private struct Tables {
+        var table = RouteTable()
+        var routers: [DeploymentID: DeploymentRouter] = [:]
+        /// The newest table version applied (`update`), nil before the first.
+        var version: TableVersion?
+        /// Counts the tables applied: the routers' own order.
+        var applied: UInt64 = 0
+        var draining = false
+    }
+
     private let token: String
     private let logger: Logger
-    private let table = NIOLockedValueBox(RouteTable())
-    private let routers = NIOLockedValueBox<[DeploymentID: DeploymentRouter]>([:])
-    /// The newest route-table update applied (`update`'s `sequence`).
-    private let applied = NIOLockedValueBox<UInt64>(0)
+    private let tables = NIOLockedValueBox(Tables())
+    private let local = NIOLockedValueBox<(any LocalReplicas)?>(nil)
     private let connections: NodeConnections
+    /// Called when a request starts waiting at a router for a deployment with no replica (the
+    /// node tells the head at once: a cold start must not wait for the next heartbeat).
+    private let onColdDemand: (@Sendable (DeploymentID) -> Void)?
     public let metrics = IngressMetrics()
 
-    public init(token: String, logger: Logger = Logger(label: "serve.ingress")) {
+    public init(
+        token: String,
+        local: (any LocalReplicas)? = nil,
+        logger: Logger = Logger(label: "serve.proxy"),
+        onColdDemand: (@Sendable (DeploymentID) -> Void)? = nil
+    ) {
         self.token = token
         self.logger = logger
         self.connections = NodeConnections(logger: logger)
+        self.onColdDemand = onColdDemand
+        self.local.withLockedValue { $0 = local }
     }
 
-    /// Installs a new routing table (called by the controller on every change).
-    ///
-    /// `sequence` numbers the controller's updates in the order it made them: the controller is
-    /// an actor that may publish again while an earlier update is still on its way here, so an
-    /// update older than one applied already is ignored (whole, and by each router): a stale
-    /// table must never bring back a dead replica or hide a live one.
-    public func update(_ table: RouteTable, sequence: UInt64) async {
-        // The check and the swap are one step under the routers' lock (the table's and the
-        // sequence's locks are only ever taken inside it here), so two updates cannot cross.
-        let plan: (changed: [(DeploymentRouter, DeploymentRoute)], removed: [DeploymentRouter])? = self.routers.withLockedValue { routers in
-            let fresh = self.applied.withLockedValue { applied in
-                guard sequence > applied else { return false }
-                applied = sequence
-                return true
-            }
-            guard fresh else { return nil }
-            var changed: [(DeploymentRouter, DeploymentRoute)] = []
+    /// The replicas of this node, reached in process (set once the node's worker exists).
+    public func setLocal(_ local: (any LocalReplicas)?) {
+        self.local.withLockedValue { $0 = local }
+        // Which replicas are local changed: routers learn it from the table applied again.
+        let (table, version) = self.tables.withLockedValue { ($0.table, $0.version) }
+        if let version { self.apply(table, version: version, force: true) }
+    }
+
+    /// Installs a route table. `version` orders the tables as the head made them (across head
+    /// restarts too): one older than a table applied already is ignored, whole and by each
+    /// router, so a late table never brings back a stopped replica or hides a live one.
+    public func update(_ table: RouteTable, version: TableVersion) {
+        self.apply(table, version: version, force: false)
+    }
+
+    private func apply(_ table: RouteTable, version: TableVersion, force: Bool) {
+        let localNode = self.local.withLockedValue { $0?.nodeID }
+        let removed: [DeploymentRouter]? = self.tables.withLockedValue { tables in
+            if let applied = tables.version, version < applied || (version == applied && !force) { return nil }
+            tables.version = version
+            tables.applied += 1
+            let order = tables.applied
             var seen = Set<DeploymentID>()
             for app in table.applications {
                 let route = app.ingress
                 seen.insert(route.id)
-                if let router = routers[route.id] {
-                    changed.append((router, route))
+                if let router = tables.routers[route.id] {
+                    router.update(route, localNode: localNode, version: order)
                 } else {
-                    routers[route.id] = DeploymentRouter(route: route, sequence: sequence)
+                    tables.routers[route.id] = DeploymentRouter(route: route, localNode: localNode, version: order, onColdWait: self.coldWait(route.id))
                 }
             }
-            let removedIDs = routers.keys.filter { !seen.contains($0) }
-            let removed = removedIDs.compactMap { routers.removeValue(forKey: $0) }
-            self.table.withLockedValue { $0 = table }
-            return (changed, removed)
+            let gone = tables.routers.keys.filter { !seen.contains($0) }
+            tables.table = table
+            return gone.compactMap { tables.routers.removeValue(forKey: $0) }
         }
-        guard let plan else { return }
-        for (router, route) in plan.changed { await router.update(route, sequence: sequence) }
-        for router in plan.removed { await router.close() }
+        for router in removed ?? [] { router.close() }
     }
 
-    /// Requests waiting at the router, per deployment (the autoscaler counts them as demand).
-    public func waitingRequests() async -> [DeploymentID: Int] {
-        let routers = self.routers.withLockedValue { $0 }
+    /// The node of the replicas called in process (nil: none).
+    public var localNodeID: String? { self.local.withLockedValue { $0?.nodeID } }
+
+    private func coldWait(_ id: DeploymentID) -> (@Sendable () -> Void)? {
+        guard let callback = self.onColdDemand else { return nil }
+        return { callback(id) }
+    }
+
+    /// The newest table version applied (nil: none yet).
+    public var tableVersion: TableVersion? { self.tables.withLockedValue { $0.version } }
+
+    /// A draining node's proxy: `/-/healthz` answers 503 so load balancers move away, while
+    /// requests are still served.
+    public func setDraining(_ draining: Bool) {
+        self.tables.withLockedValue { $0.draining = draining }
+    }
+
+    public var isDraining: Bool { self.tables.withLockedValue { $0.draining } }
+
+    /// Requests waiting at the routers, per deployment (the autoscaler counts them as demand).
+    public func waitingRequests() -> [DeploymentID: Int] {
+        let routers = self.tables.withLockedValue { $0.routers }
         var result: [DeploymentID: Int] = [:]
-        for (id, router) in routers { result[id] = await router.waiting }
+        for (id, router) in routers {
+            let waiting = router.waiting
+            if waiting > 0 { result[id] = waiting }
+        }
         return result
     }
 
     public func close() async {
+        let routers = self.tables.withLockedValue { $0.routers.values }
+        for router in routers { router.close() }
         await self.connections.closeAll()
     }
 
-    /// The controller declared the node at `host:port` DEAD: its connection is closed at once,
+    /// The head declared the node at `host:port` DEAD: its connection is closed at once,
     /// so requests in flight there fail now (502 with `reason`) rather than when TCP gives up.
     public func nodeFailed(host: String, port: Int, reason: String) {
         self.connections.fail(host: host, port: port, reason: reason)
     }
 
-    /// Replicas found unreachable (connection refused or reset before the request was sent)
-    /// that one request tries before it is answered 503.
-    static let maxUnreachable = 3
-
-    /// Request bodies up to this size (by Content-Length) are read whole before a replica is
-    /// chosen, so that a refused or unreachable attempt can be repeated elsewhere.
-    static let keptBodyBytes = 64 << 10
+    /// Request bodies up to this size (by Content-Length) are read whole before they are sent to
+    /// another node, so that a refused or unreachable try can be repeated elsewhere (a replica in
+    /// this process refuses before reading anything, so its requests stream as they come).
+    static let keptBodyBytes = ApplicationConfig.maxRetryBodyBytes
 
     // MARK: serving
 
     public func handle(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws {
         let path = request.head.path ?? "/"
-        if path == "/-/healthz" { return try await self.text(writer, .ok, "success") }
-        let table = self.table.withLockedValue { $0 }
-        if path == "/-/routes" {
-            var routes: [String: JSONValue] = [:]
-            for app in table.applications { routes[app.routePrefix] = .string(app.name) }
-            return try await writer.respond(
-                HTTPResponse(status: .ok, headerFields: [.contentType: "application/json"]),
-                body: ByteBuffer(string: JSONValue.object(routes).jsonString())
-            )
+        let (table, populated, draining) = self.tables.withLockedValue { ($0.table, $0.version != nil, $0.draining) }
+        if path.hasPrefix("/-/") {
+            return try await self.builtIn(path, table: table, populated: populated, draining: draining, writer)
         }
         guard let app = table.match(path) else {
             return try await self.text(writer, .notFound, "no application serves \(path); see /-/routes")
@@ -117,12 +169,31 @@ public final class Ingress: Sendable {
         if let length = request.head.headerFields[.contentLength].flatMap(Int.init), length > table.maxBodyBytes {
             return try await self.text(writer, .contentTooLarge, "the body is over the \(table.maxBodyBytes)-byte limit")
         }
-        guard let router = self.routers.withLockedValue({ $0[app.ingress.id] }) else {
+        guard let router = self.tables.withLockedValue({ $0.routers[app.ingress.id] }) else {
             return try await self.text(writer, .serviceUnavailable, "\(app.name) is not ready")
         }
         let started = ContinuousClock.now
         let outcome = await self.forward(request, app: app, router: router, table: table, writer: writer)
         self.metrics.record(deployment: app.ingress.id, status: outcome, seconds: (ContinuousClock.now - started).seconds)
+    }
+
+    /// `/-/healthz` and `/-/routes`, as Ray's proxy answers them.
+    private func builtIn(_ path: String, table: RouteTable, populated: Bool, draining: Bool, _ writer: any HTTPResponseWriter) async throws {
+        switch path.prefix(while: { $0 != "?" }) {
+        case "/-/healthz":
+            if draining { return try await self.text(writer, .serviceUnavailable, "This node is being drained.") }
+            if !populated { return try await self.text(writer, .serviceUnavailable, "Route table is not populated yet.") }
+            return try await self.text(writer, .ok, "success")
+        case "/-/routes":
+            var routes: [String: JSONValue] = [:]
+            for app in table.applications { routes[app.routePrefix] = .string(app.name) }
+            return try await writer.respond(
+                HTTPResponse(status: .ok, headerFields: [.contentType: "application/json"]),
+                body: ByteBuffer(string: JSONValue.object(routes).jsonString())
+            )
+        default:
+            return try await self.text(writer, .notFound, "no such built-in endpoint: \(path) (there are /-/healthz and /-/routes)")
+        }
     }
 
     /// Forwards and answers; returns the status sent (for metrics).
@@ -133,11 +204,11 @@ public final class Ingress: Sendable {
         table: RouteTable,
         writer: any HTTPResponseWriter
     ) async -> Int {
-        let progress = ForwardProgress()
+        let progress = ForwardProgress(writer)
         do {
-            return try await Self.withTimeout(table.requestTimeout) {
+            return try await withDeadline(table.requestTimeout) {
                 try await withTaskCancellationHandler {
-                    try await self.forwardOnce(request, app: app, router: router, table: table, writer: writer, progress: progress)
+                    try await self.forwardOnce(request, app: app, router: router, table: table, progress: progress)
                 } onCancel: {
                     // The deadline passed: end the stream to the replica, so nothing waits on it.
                     progress.cancelStream()
@@ -146,6 +217,10 @@ public final class Ingress: Sendable {
         } catch let failure as IngressFailure where !progress.headSent {
             try? await self.text(writer, failure.status, failure.message)
             return failure.status.code
+        } catch is DeadlineExceeded where !progress.headSent {
+            let timeout = table.requestTimeout.map { " (\($0))" } ?? ""
+            try? await self.text(writer, .gatewayTimeout, "no answer within request_timeout_s\(timeout)")
+            return 504
         } catch {
             self.logger.debug("request failed after its response began", metadata: ["error": "\(error)"])
             return 502
@@ -153,18 +228,51 @@ public final class Ingress: Sendable {
     }
 
     /// What a forwarded request has got to: the stream to cancel, and whether the response head
-    /// has gone to the client (after that, no error status can be sent).
-    final class ForwardProgress: Sendable {
+    /// has gone to the client (after that, no error status can be sent). It is also the writer
+    /// the replica answers through, so that a local replica's answer counts as sent too.
+    final class ForwardProgress: HTTPResponseWriter {
         private struct State {
             var stream: HTTP2ClientStream?
             var headSent = false
             var cancelled = false
         }
         private let state = NIOLockedValueBox(State())
+        private let writer: any HTTPResponseWriter
+
+        init(_ writer: any HTTPResponseWriter) {
+            self.writer = writer
+        }
 
         var headSent: Bool { self.state.withLockedValue { $0.headSent } }
 
-        func markHeadSent() { self.state.withLockedValue { $0.headSent = true } }
+        /// Marks the head sent, unless the deadline passed first: then the replica's answer
+        /// (a handler cancelled by the deadline answers too) is dropped, and the proxy answers
+        /// 504 itself.
+        private func beginResponse() throws {
+            let cancelled = self.state.withLockedValue { state -> Bool in
+                if !state.cancelled { state.headSent = true }
+                return state.cancelled
+            }
+            if cancelled { throw CancellationError() }
+        }
+
+        func respond(_ head: HTTPResponse, body: ByteBuffer?, trailers: HTTPFields?) async throws {
+            try self.beginResponse()
+            try await self.writer.respond(head, body: body, trailers: trailers)
+        }
+
+        func writeHead(_ head: HTTPResponse) async throws {
+            try self.beginResponse()
+            try await self.writer.writeHead(head)
+        }
+
+        func write(_ chunk: ByteBuffer) async throws {
+            try await self.writer.write(chunk)
+        }
+
+        func finish(trailers: HTTPFields?) async throws {
+            try await self.writer.finish(trailers: trailers)
+        }
 
         /// Records the stream; false if the request was cancelled already.
         func attach(_ stream: HTTP2ClientStream) -> Bool {
@@ -196,98 +304,98 @@ public final class Ingress: Sendable {
         app: ApplicationRoute,
         router: DeploymentRouter,
         table: RouteTable,
-        writer: any HTTPResponseWriter,
         progress: ForwardProgress
     ) async throws -> Int {
         var head = request.head
         head.path = RouteTable.strip(prefix: app.routePrefix, from: request.head.path ?? "/")
         head.headerFields[ServeHeaders.forwardedPrefix] = app.routePrefix
-        head.headerFields[ServeHeaders.token] = self.token
         head.headerFields[.connection] = nil
         head.headerFields[.transferEncoding] = nil
-        let hasBody = request.head.headerFields[.contentLength].map { $0 != "0" } ?? (request.head.headerFields[.transferEncoding] != nil)
+        // HTTP/2 requests may carry a body with neither Content-Length nor Transfer-Encoding
+        // (RFC 9113 §8.1): whether one comes is what the connection saw, not a header.
+        let hasBody = !request.body.isKnownEmpty
+        let local = self.local.withLockedValue { $0 }
 
         // A small body is read first and kept, so that the request can go to another replica
         // if the first refuses it or cannot be reached (a streamed body is consumed by the
-        // first attempt). A route marked idempotent keeps bodies up to 1 MiB, for its retry.
-        let keepLimit = app.idempotent ? ApplicationConfig.maxRetryBodyBytes : Self.keptBodyBytes
-        var buffered: ByteBuffer?
-        if hasBody, let length = request.head.headerFields[.contentLength].flatMap(Int.init), length <= keepLimit {
+        // first attempt).
+        var kept: ByteBuffer?
+        if hasBody, let length = request.head.headerFields[.contentLength].flatMap(Int.init), length <= Self.keptBodyBytes,
+            local.map({ !router.hasReplica(on: $0.nodeID) }) ?? true
+        {
             do {
-                buffered = try await request.body.collect(upTo: ApplicationConfig.maxRetryBodyBytes)
+                kept = try await request.body.collect(upTo: Self.keptBodyBytes)
             } catch {
                 throw IngressFailure(status: .badRequest, message: "the request body could not be read: \(error)")
             }
         }
-
-        // A replica that refuses (full, stopping, gone) or cannot be reached never saw the
-        // request: try another, as long as the body was kept or has not started streaming. A
-        // GET or HEAD without a body, or any request to a route marked idempotent whose body
-        // was kept, may also be sent again once if its replica fails before answering
-        // (RFC 9110 §9.2.2).
         let idempotent = hasBody
-            ? app.idempotent && buffered != nil
+            ? app.idempotent && kept != nil
             : (request.head.method == .get || request.head.method == .head || app.idempotent)
-        var refusedBy: Set<String> = []
-        var unreachable = 0
-        var retriedAfterFailure = false
+        var policy = RetryPolicy(idempotent: idempotent)
         while true {
             let replica: ReplicaRoute
             do {
-                replica = try await router.acquire(excluding: refusedBy)
-            } catch DeploymentRouter.RouterError.queueFull(let limit) {
-                throw IngressFailure(status: .serviceUnavailable, message: "\(app.ingress.id) has \(limit) requests queued already (max_queued_requests); retry later")
-            } catch DeploymentRouter.RouterError.gone {
-                throw IngressFailure(status: .serviceUnavailable, message: "\(app.name) was removed")
-            } catch DeploymentRouter.RouterError.unavailable(let reason) {
-                throw IngressFailure(status: .serviceUnavailable, message: "\(app.ingress.id) has no replica to take the request: \(reason)")
+                replica = try await router.acquire(excluding: policy.excluded)
+            } catch let failure as RequestRouter.Failure {
+                let (status, message) = policy.answer(for: failure, deployment: "\(app.ingress.id)", app: app.name)
+                throw IngressFailure(status: HTTPResponse.Status(code: status), message: message)
             }
-            head.headerFields[ServeHeaders.replica] = replica.id
-            let outcome: Attempt
-            do {
-                outcome = try await self.attempt(
-                    head, request: request, hasBody: hasBody, buffered: buffered, replica: replica, table: table, writer: writer, progress: progress)
-            } catch {
-                await router.release(replica.id)
-                throw error
+            let outcome: RetryPolicy.Outcome
+            if let local, replica.nodeID == local.nodeID {
+                defer { router.release(replica.id) }
+                // A local replica refuses before reading anything: the client's body streams to it
+                // as it arrives (a kept one was read for an earlier try elsewhere).
+                let body = kept.map { HTTPBody(bytes: $0) } ?? request.body
+                switch try await local.serve(replica: replica.id, HTTPServerRequest(head: head, body: body, remoteAddress: request.remoteAddress), progress) {
+                case .answered(let status):
+                    return status
+                case .refused(let reason):
+                    outcome = .refused(replica: replica.id, reason: reason, bodyStarted: false)
+                }
+            } else {
+                var remoteHead = head
+                remoteHead.headerFields[ServeHeaders.token] = self.token
+                remoteHead.headerFields[ServeHeaders.replica] = replica.id
+                let attempt: Attempt
+                do {
+                    attempt = try await self.attempt(
+                        remoteHead, request: request, hasBody: hasBody, kept: kept, replica: replica, table: table, progress: progress)
+                } catch {
+                    router.release(replica.id)
+                    throw error
+                }
+                router.release(replica.id)
+                switch attempt {
+                case .answered(let status):
+                    return status
+                case .refused(let reason, let bodyStarted):
+                    outcome = .refused(replica: replica.id, reason: reason, bodyStarted: bodyStarted)
+                case .unreachable(let error):
+                    self.connections.forget(host: replica.host, port: replica.port)
+                    let reason = "replica \(replica.id) on node \(replica.nodeID) is unreachable: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
+                    self.logger.info("retrying a request on another replica", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
+                    outcome = .unreachable(replica: replica.id, reason: reason)
+                case .failed(let error):
+                    let reason = "replica \(replica.id) on node \(replica.nodeID) failed before answering: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
+                    outcome = .failed(replica: replica.id, reason: reason)
+                }
             }
-            await router.release(replica.id)
-            switch outcome {
-            case .answered(let status):
-                return status
-            case .refused(let refusal, let bodyStarted):
-                refusedBy.insert(replica.id)
-                if bodyStarted {
-                    // Part of the body may have gone to the refusing replica: it cannot be sent
-                    // again. (Bodies up to `keptBodyBytes` are kept and never get here.)
-                    throw IngressFailure(
-                        status: .serviceUnavailable,
-                        message: "replica \(replica.id) refused the request (\(refusal)) while its body streamed; send it again")
+            switch policy.decide(outcome, deployment: "\(app.ingress.id)") {
+            case .retry(let reason):
+                self.metrics.recordRetry(deployment: app.ingress.id, reason)
+                if let pause = policy.pauseBeforeRetry { try await Task.sleep(for: pause) }
+                if reason == .failed {
+                    self.logger.info("retrying an idempotent request on another replica", metadata: ["serve.replica": "\(replica.id)"])
                 }
-                self.metrics.recordRetry(deployment: app.ingress.id, .refused)
-            case .unreachable(let error):
-                // Never reached the replica: its node is gone or going. Try another.
-                self.connections.forget(host: replica.host, port: replica.port)
-                refusedBy.insert(replica.id)
-                unreachable += 1
-                self.metrics.recordRetry(deployment: app.ingress.id, .unreachable)
-                let reason = "replica \(replica.id) on node \(replica.nodeID) is unreachable: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
-                self.logger.info("retrying a request on another replica", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
-                guard unreachable < Self.maxUnreachable else {
-                    throw IngressFailure(status: .serviceUnavailable, message: "no replica of \(app.ingress.id) could be reached (\(unreachable) tried); last: \(reason)")
-                }
-            case .failed(let error):
-                let reason = "replica \(replica.id) on node \(replica.nodeID) failed before answering: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
-                guard idempotent && !retriedAfterFailure else { throw IngressFailure(status: .badGateway, message: reason) }
-                retriedAfterFailure = true
-                refusedBy.insert(replica.id)
-                self.metrics.recordRetry(deployment: app.ingress.id, .failed)
-                self.logger.info("retrying an idempotent request on another replica", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
+            case .fail(let status, let message):
+                throw IngressFailure(status: HTTPResponse.Status(code: status), message: message)
             }
         }
     }
 
-    /// How one try on one replica ended, when it did not throw an answer for the client.
+    /// How one try on one replica on another node ended, when it did not throw an answer for
+    /// the client.
     private enum Attempt {
         /// The response went to the client, with this status.
         case answered(Int)
@@ -299,29 +407,29 @@ public final class Ingress: Sendable {
         case failed(any Error)
     }
 
-    /// One try on one replica.
+    /// One try on one replica on another node, over an HTTP/2 stream.
     private func attempt(
         _ head: HTTPRequest,
         request: HTTPServerRequest,
         hasBody: Bool,
-        buffered: ByteBuffer?,
+        kept: ByteBuffer?,
         replica: ReplicaRoute,
         table: RouteTable,
-        writer: any HTTPResponseWriter,
         progress: ForwardProgress
     ) async throws -> Attempt {
+        let writer = progress
         let stream: HTTP2ClientStream
         let response: HTTP2Response
         var bodyStarted = false
         do {
             let connection = try await self.connections.connection(host: replica.host, port: replica.port)
-            if let buffered {
-                stream = try await connection.openStream(head, body: buffered)
+            if let kept {
+                stream = try await connection.openStream(head, body: kept)
             } else {
                 stream = try await connection.openStream(head, endStream: !hasBody)
             }
             guard progress.attach(stream) else { throw HTTP2Error.timeout }
-            if hasBody && buffered == nil {
+            if hasBody && kept == nil {
                 bodyStarted = true
                 // The body streams to the replica while its response streams back.
                 Task {
@@ -350,7 +458,6 @@ public final class Ingress: Sendable {
             _ = try? await response.body.collect(upTo: 1 << 16)
             return .refused(refusal, bodyStarted: bodyStarted)
         }
-        progress.markHeadSent()
         if let (body, trailers) = response.body.takeIfEnded() {
             // The usual small answer arrived whole with its head: one write, not three.
             if trailers?.isEmpty ?? true {
@@ -376,19 +483,6 @@ public final class Ingress: Sendable {
             HTTPResponse(status: status, headerFields: [.contentType: "text/plain; charset=utf-8"]),
             body: ByteBuffer(string: message + "\n")
         )
-    }
-
-    static func withTimeout<T: Sendable>(_ timeout: Duration?, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        guard let timeout else { return try await body() }
-        return try await withThrowingTaskGroup(of: T.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await Task.sleep(for: timeout)
-                throw IngressFailure(status: .gatewayTimeout, message: "no answer within request_timeout_s (\(timeout))")
-            }
-            defer { group.cancelAll() }
-            return try await group.next()!
-        }
     }
 }
 

@@ -27,14 +27,7 @@ public final class IngressMetrics: Sendable {
     private let retryCounts = NIOLockedValueBox<[DeploymentID: [RetryReason: Int]]>([:])
 
     /// Why a request went to another replica.
-    public enum RetryReason: String, Sendable, Hashable, CaseIterable {
-        /// The replica refused it (full, stopping, unknown) before it reached user code.
-        case refused
-        /// The replica's node could not be reached.
-        case unreachable
-        /// An idempotent request's replica failed before answering.
-        case failed
-    }
+    public typealias RetryReason = RetryPolicy.Reason
 
     public init() {}
 
@@ -54,5 +47,61 @@ public final class IngressMetrics: Sendable {
 
     public var snapshot: [DeploymentID: Series] {
         self.series.withLockedValue { $0 }
+    }
+}
+
+extension Ingress {
+    /// This proxy's series in Prometheus text: requests by status, errors, latency, retries and
+    /// the requests waiting at its routers. Each node serves its own (the head on its admin
+    /// port, a worker on `--metrics-port`), labelled with the node, so one scrape config
+    /// covers the cluster.
+    public func prometheusLines(node: String? = nil) -> [String] {
+        let nodeLabel = (node ?? self.localNodeID).map { ",node=\"\(Self.escape($0))\"" } ?? ""
+        func labels(_ id: DeploymentID) -> String {
+            "application=\"\(Self.escape(id.app))\",deployment=\"\(Self.escape(id.name))\"\(nodeLabel)"
+        }
+        var lines: [String] = []
+        let series = self.metrics.snapshot.sorted { "\($0.key)" < "\($1.key)" }
+        lines.append("# HELP serve_requests_total Requests answered by the proxy, by deployment and status code.")
+        lines.append("# TYPE serve_requests_total counter")
+        for (id, series) in series {
+            for (status, count) in series.requestsByStatus.sorted(by: { $0.key < $1.key }) {
+                lines.append("serve_requests_total{\(labels(id)),code=\"\(status)\"} \(count)")
+            }
+        }
+        lines.append("# HELP serve_request_errors_total Requests answered with a 5xx status.")
+        lines.append("# TYPE serve_request_errors_total counter")
+        for (id, series) in series {
+            let errors = series.requestsByStatus.filter { $0.key >= 500 }.values.reduce(0, +)
+            lines.append("serve_request_errors_total{\(labels(id))} \(errors)")
+        }
+        lines.append("# HELP serve_request_latency_seconds Proxy latency per request.")
+        lines.append("# TYPE serve_request_latency_seconds histogram")
+        for (id, series) in series {
+            for (index, bound) in IngressMetrics.buckets.enumerated() {
+                lines.append("serve_request_latency_seconds_bucket{\(labels(id)),le=\"\(bound)\"} \(series.bucketCounts[index])")
+            }
+            lines.append("serve_request_latency_seconds_bucket{\(labels(id)),le=\"+Inf\"} \(series.count)")
+            lines.append("serve_request_latency_seconds_sum{\(labels(id))} \(series.latencySum)")
+            lines.append("serve_request_latency_seconds_count{\(labels(id))} \(series.count)")
+        }
+        lines.append("# HELP serve_request_retries_total Requests the proxy sent to another replica, by why.")
+        lines.append("# TYPE serve_request_retries_total counter")
+        for (id, reasons) in self.metrics.retries.sorted(by: { "\($0.key)" < "\($1.key)" }) {
+            for (reason, count) in reasons.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
+                lines.append("serve_request_retries_total{\(labels(id)),reason=\"\(reason.rawValue)\"} \(count)")
+            }
+        }
+        lines.append("# HELP serve_router_queued_requests Requests waiting at the proxy's router for a replica.")
+        lines.append("# TYPE serve_router_queued_requests gauge")
+        for (id, count) in self.waitingRequests().sorted(by: { "\($0.key)" < "\($1.key)" }) {
+            lines.append("serve_router_queued_requests{\(labels(id))} \(count)")
+        }
+        return lines
+    }
+
+    static func escape(_ value: String) -> String {
+        value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+            .replacingOccurrences(of: "\n", with: "\\n")
     }
 }

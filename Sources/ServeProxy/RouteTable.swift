@@ -41,6 +41,24 @@ public struct RouteTable: Sendable, Hashable {
     }
 }
 
+/// Orders route tables as the head made them: by the head's start (`epoch`, so a restarted
+/// head's tables are newer), then its counter within that run.
+public struct TableVersion: Sendable, Hashable, Comparable, CustomStringConvertible {
+    public var epoch: UInt64
+    public var sequence: UInt64
+
+    public init(epoch: UInt64, sequence: UInt64) {
+        self.epoch = epoch
+        self.sequence = sequence
+    }
+
+    public static func < (lhs: TableVersion, rhs: TableVersion) -> Bool {
+        (lhs.epoch, lhs.sequence) < (rhs.epoch, rhs.sequence)
+    }
+
+    public var description: String { "\(self.epoch).\(self.sequence)" }
+}
+
 public struct ApplicationRoute: Sendable, Hashable {
     public var name: String
     public var routePrefix: String

@@ -5,6 +5,7 @@ import NIOCore
 import Serve
 import ServeCore
 import ServeProto
+import ServeProxy
 import ServeWire
 
 /// What a replica reports about its load and lifecycle.
@@ -43,7 +44,7 @@ actor Replica {
     private var nextWaiter = 0
     /// Requests of a Swift replica running now, to cancel when `graceful_shutdown_timeout_s`
     /// runs out while it stops.
-    private var work: [Int: Task<Void, any Error>] = [:]
+    private var work: [Int: Task<Int, any Error>] = [:]
     private var nextWork = 0
 
     enum ReplicaBody: Sendable {
@@ -97,16 +98,27 @@ actor Replica {
         for waiter in waiters { waiter.resume() }
     }
 
-    /// Serves one data-plane request, or refuses it with a 503 the router can retry elsewhere.
+    /// Serves one request that came over the data plane from another node's proxy, or refuses
+    /// it with a 503 (`serve-refused`) that proxy can retry elsewhere.
     nonisolated func serve(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws {
+        if case .refused(let reason) = try await self.serveLocal(request, writer) {
+            let message = reason == "full" ? "replica \(self.id) is at max_ongoing_requests" : "replica \(self.id) is not running (\(reason))"
+            try await Self.refuse(writer, reason: reason, message)
+        }
+    }
+
+    /// Serves one request in this process (from this node's proxy, or `serve` above); refused,
+    /// it reads and writes nothing. The only hop is the admission into this actor.
+    nonisolated func serveLocal(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws -> LocalAnswer {
         switch await self.admit() {
         case .full:
-            return try await Self.refuse(writer, reason: "full", "replica \(self.id) is at max_ongoing_requests")
+            return .refused("full")
         case .notRunning(let state):
-            return try await Self.refuse(writer, reason: "\(state)", "replica \(self.id) is not running (\(state))")
+            return .refused("\(state)")
         case .admitted:
             break
         }
+        let status: Int
         do {
             switch self.body {
             case .swift(let box):
@@ -116,20 +128,23 @@ actor Replica {
                 let work = Task { try await box.serve(request, writer, logger: logger, replicaID: replicaID) }
                 let number = await self.track(work)
                 do {
-                    try await withTaskCancellationHandler { try await work.value } onCancel: { work.cancel() }
+                    status = try await withTaskCancellationHandler { try await work.value } onCancel: { work.cancel() }
                 } catch {
                     await self.untrack(number)
                     throw error
                 }
                 await self.untrack(number)
             case .process(let process):
-                try await process.serve(request, writer)
+                let capture = StatusCapture(writer)
+                try await process.serve(request, capture)
+                status = capture.status
             }
         } catch {
             await self.finishedOne()
             throw error
         }
         await self.finishedOne()
+        return .answered(status)
     }
 
     static func refuse(_ writer: any HTTPResponseWriter, reason: String, _ message: String) async throws {
@@ -139,7 +154,7 @@ actor Replica {
         try await writer.respond(HTTPResponse(status: .serviceUnavailable, headerFields: fields), body: ByteBuffer(string: message + "\n"))
     }
 
-    private func track(_ task: Task<Void, any Error>) -> Int {
+    private func track(_ task: Task<Int, any Error>) -> Int {
         self.nextWork += 1
         self.work[self.nextWork] = task
         return self.nextWork
@@ -202,7 +217,8 @@ actor Replica {
 struct SwiftDeploymentBox: Sendable {
     let instance: any Deployment
 
-    func serve(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter, logger: Logger, replicaID: String) async throws {
+    /// Returns the status answered.
+    func serve(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter, logger: Logger, replicaID: String) async throws -> Int {
         let serveRequest = ServeRequest(
             method: request.head.method,
             path: request.head.path ?? "/",
@@ -222,15 +238,45 @@ struct SwiftDeploymentBox: Sendable {
                 HTTPResponse(status: .serviceUnavailable, headerFields: [.contentType: "text/plain; charset=utf-8"]),
                 body: ByteBuffer(string: "replica \(replicaID) was stopped before this request finished (graceful_shutdown_timeout_s passed)\n")
             )
-            return
+            return 503
         } catch {
             logger.warning("deployment raised an error", metadata: ["error": "\(error)"])
             try await writer.respond(
                 HTTPResponse(status: .internalServerError, headerFields: [.contentType: "text/plain; charset=utf-8"]),
                 body: ByteBuffer(string: "the deployment failed: \(error)\n")
             )
-            return
+            return 500
         }
         try await writer.respond(HTTPResponse(status: response.status, headerFields: response.headers), body: response.body)
+        return response.status.code
+    }
+}
+
+/// Passes a response on and keeps its status (a process replica's answer, for the proxy's
+/// metrics).
+final class StatusCapture: HTTPResponseWriter, @unchecked Sendable {  // `status` is written before it is read, by one task
+    private let writer: any HTTPResponseWriter
+    private(set) var status = 0
+
+    init(_ writer: any HTTPResponseWriter) {
+        self.writer = writer
+    }
+
+    func respond(_ head: HTTPResponse, body: ByteBuffer?, trailers: HTTPFields?) async throws {
+        self.status = head.status.code
+        try await self.writer.respond(head, body: body, trailers: trailers)
+    }
+
+    func writeHead(_ head: HTTPResponse) async throws {
+        self.status = head.status.code
+        try await self.writer.writeHead(head)
+    }
+
+    func write(_ chunk: ByteBuffer) async throws {
+        try await self.writer.write(chunk)
+    }
+
+    func finish(trailers: HTTPFields?) async throws {
+        try await self.writer.finish(trailers: trailers)
     }
 }

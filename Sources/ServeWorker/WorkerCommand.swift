@@ -42,6 +42,9 @@ public struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("node-id"), help: "Node id (default: a new one).") var nodeID: String?
     @Option(help: "Cluster token (default: SERVE_TOKEN).") var token: String?
     @Option(name: .customLong("head-timeout-s"), help: "Dial the head again when it has been silent this long (seconds).") var headTimeoutS = 5.0
+    @Option(name: .customLong("http-host"), help: "Address this node's HTTP proxy listens on (default: the config's http_options.host).") var httpHost: String?
+    @Option(name: .customLong("http-port"), help: "Port of this node's HTTP proxy (default: the config's http_options.port; 0: any free port).") var httpPort: Int?
+    @Option(name: .customLong("metrics-port"), help: "Serve this node's Prometheus metrics on this port (default: off; 0: any free port).") var metricsPort: Int?
     @Option(name: .customLong("drain-timeout-s"), help: "On SIGTERM, how long to wait for the head to move this node's replicas before stopping them (seconds).")
     var drainTimeoutS = NodeDrain.defaultTimeout
 
@@ -55,6 +58,9 @@ public struct WorkerCommand: AsyncParsableCommand {
             throw ValidationError("--head-timeout-s must be more than the head's 0.5 s ping interval (the default is 5)")
         }
         guard self.drainTimeoutS >= 0 else { throw ValidationError("--drain-timeout-s must be 0 or more") }
+        for (flag, port) in [("--http-port", self.httpPort), ("--metrics-port", self.metricsPort)] {
+            if let port, !(0...65535).contains(port) { throw ValidationError("\(flag) must be a TCP port (0-65535; 0: any free port)") }
+        }
         guard let token = self.token ?? ProcessInfo.processInfo.environment["SERVE_TOKEN"], !token.isEmpty else {
             throw ValidationError("the worker needs the cluster token: --token or SERVE_TOKEN (serve-head prints it)")
         }
@@ -84,6 +90,8 @@ public struct WorkerCommand: AsyncParsableCommand {
             registry: Self.registry
         )
         if let nodeID = self.nodeID { options.nodeID = nodeID }
+        options.proxy = .own(host: self.httpHost, port: self.httpPort)
+        options.metricsPort = self.metricsPort
         let worker = WorkerNode(options: options)
         FileHandle.standardOutput.write(Data("serve-worker \(options.nodeID) connecting to \(self.address) with \(options.resources)\n".utf8))
         // SIGTERM/SIGINT: report DRAINING; the head moves the replicas elsewhere and stops them

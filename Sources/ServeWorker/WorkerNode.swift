@@ -7,6 +7,7 @@ import NIOPosix
 import Serve
 import ServeCore
 import ServeProto
+import ServeProxy
 import ServeWire
 
 /// How a worker starts: where the head is, what it offers, how it is reached.
@@ -35,6 +36,18 @@ public struct WorkerOptions: Sendable {
     public var drainTimeout: Duration
     public var registry: DeploymentRegistry
     public var logDirectory: URL
+    /// This node's HTTP proxy: its own (started when the head's tables say proxies run on every
+    /// node), or one that shares its process (the head's, for the head's embedded worker).
+    public var proxy: ProxySetup = .own(host: nil, port: nil)
+    /// Where this node's Prometheus metrics are served (`--metrics-port`; nil: nowhere).
+    public var metricsPort: Int?
+
+    public enum ProxySetup: Sendable, Hashable {
+        /// Its own proxy, on `host`/`port` when given, else the config's `http_options`.
+        case own(host: String?, port: Int?)
+        /// The proxy of the process it runs in, at this address; this node starts none.
+        case shared(address: String)
+    }
 
     public init(
         headHost: String,
@@ -119,12 +132,38 @@ public final class WorkerNode: Sendable {
     private let registered = NIOLockedValueBox(false)
     /// The graceful shutdown on SIGTERM (`ServeCore.NodeDrain`).
     private let drain = NIOLockedValueBox(NodeDrain())
+    /// This node's HTTP proxy (`ServeProxy`), serving from the last route table the head sent;
+    /// the replicas here are called in process.
+    public let ingress: Ingress
+    private let proxyState = NIOLockedValueBox(ProxyState())
+    /// Sends a heartbeat at once, while the control stream is up (a cold start waits for no timer).
+    private let sendHeartbeatNow: NIOLockedValueBox<(@Sendable () -> Void)?>
+    private let metricsServer = NIOLockedValueBox<HTTP1Server?>(nil)
+    /// The address the head dials this node at (the proxy's address is shown with it).
+    private let advertisedHost = NIOLockedValueBox("127.0.0.1")
+
+    struct ProxyState {
+        var server: HTTPServer?
+        var status: PBProxyStatus = .none
+        var message = ""
+        var address = ""
+        /// A bind in progress (tables may arrive meanwhile).
+        var binding = false
+        /// Where the last bind failed: not tried again for each table, only when it changes.
+        var failedAt: String?
+    }
 
     public init(options: WorkerOptions, logger: Logger = Logger(label: "serve.worker")) {
         self.options = options
         var logger = logger
         logger[metadataKey: "serve.node"] = "\(options.nodeID)"
         self.logger = logger
+        let sendNow = NIOLockedValueBox<(@Sendable () -> Void)?>(nil)
+        self.sendHeartbeatNow = sendNow
+        var proxyLogger = logger
+        proxyLogger[metadataKey: "serve.component"] = "proxy"
+        self.ingress = Ingress(token: options.token, logger: proxyLogger, onColdDemand: { _ in sendNow.withLockedValue { $0 }?() })
+        self.ingress.setLocal(self)
     }
 
     /// The data plane's port, once `run` has bound it.
@@ -138,6 +177,20 @@ public final class WorkerNode: Sendable {
         }
         self.dataServer.withLockedValue { $0 = server }
         self.logger.info("worker data plane listening", metadata: ["port": "\(server.port)"])
+        if let port = self.options.metricsPort {
+            let ingress = self.ingress
+            let metrics = try await HTTP1Server.bind(host: self.options.listenHost, port: port) { request, writer in
+                guard request.head.path?.prefix(while: { $0 != "?" }) == "/metrics" else {
+                    try await writer.respond(HTTPResponse(status: .notFound), body: ByteBuffer(string: "see /metrics\n"))
+                    return
+                }
+                try await writer.respond(
+                    HTTPResponse(status: .ok, headerFields: [.contentType: "text/plain; version=0.0.4"]),
+                    body: ByteBuffer(string: ingress.prometheusLines().joined(separator: "\n") + "\n"))
+            }
+            self.metricsServer.withLockedValue { $0 = metrics }
+            self.logger.info("metrics at /metrics", metadata: ["port": "\(metrics.port)"])
+        }
         do {
             try await self.controlLoop(dataPort: server.port)
         } catch is CancellationError {
@@ -164,6 +217,9 @@ public final class WorkerNode: Sendable {
             self.logger.info("asked to stop again: leaving without waiting for the drain")
             return self.leave()
         }
+        // Load balancers see the proxy going (503 on /-/healthz) while it still serves.
+        self.ingress.setDraining(true)
+        self.proxyState.withLockedValue { if $0.server != nil { $0.status = .draining } }
         guard directives.isEmpty else { return self.act(directives) }
         self.logger.info("draining: the head moves this node's replicas elsewhere, then it exits", metadata: ["replicas": "\(self.hostedCount)"])
         Task {
@@ -212,6 +268,8 @@ public final class WorkerNode: Sendable {
     /// Stops every replica (gracefully) and the data plane.
     public func shutdown() async {
         self.stopping.withLockedValue { $0 = true }
+        await self.stopProxy()
+        await self.metricsServer.withLockedValue { $0 }?.shutdown(gracePeriod: .seconds(1))
         await self.stopReplicas(reason: "the worker is shutting down")
         let server = self.dataServer.withLockedValue { $0 }
         await server?.shutdown(gracePeriod: .seconds(2))
@@ -232,6 +290,99 @@ public final class WorkerNode: Sendable {
                 }
             }
         }
+    }
+
+    // MARK: the proxy
+
+    /// Starts this node's proxy when the tables say proxies run on every node (and it has none
+    /// yet), stops it when they say otherwise. A port that cannot be bound leaves the proxy
+    /// UNHEALTHY with the reason (shown in the nodes JSON), and the node serving replicas.
+    private func configureProxy(_ update: PBRouteTableUpdate) async {
+        guard case .own(let hostFlag, let portFlag) = self.options.proxy, !self.isStopping else { return }
+        let host = hostFlag ?? (update.httpHost.isEmpty ? "0.0.0.0" : update.httpHost)
+        let port = portFlag ?? Int(update.httpPort)
+        let wanted = update.proxyLocation.location == .everyNode
+        enum Step { case none, bind, stop(HTTPServer) }
+        let step = self.proxyState.withLockedValue { state -> Step in
+            if wanted {
+                guard state.server == nil, !state.binding, state.failedAt != "\(host):\(port)" else { return .none }
+                state.binding = true
+                state.status = .starting
+                return .bind
+            }
+            state.failedAt = nil
+            state.status = .none
+            state.message = ""
+            state.address = ""
+            guard let server = state.server else { return .none }
+            state.server = nil
+            return .stop(server)
+        }
+        switch step {
+        case .none:
+            return
+        case .stop(let server):
+            self.logger.info("stopping this node's proxy: proxy_location is \(update.proxyLocation.location.rawValue)")
+            await server.shutdown(gracePeriod: .seconds(5))
+        case .bind:
+            let ingress = self.ingress
+            do {
+                let server = try await HTTPServer.bind(host: host, port: port) { request, writer in
+                    try await ingress.handle(request, writer)
+                }
+                let shown = host == "0.0.0.0" || host == "::" ? self.advertisedHost.withLockedValue { $0 } : host
+                self.proxyState.withLockedValue {
+                    $0.server = server
+                    $0.binding = false
+                    $0.failedAt = nil
+                    $0.status = self.ingress.isDraining ? .draining : .healthy
+                    $0.message = ""
+                    $0.address = "\(shown):\(server.port)"
+                }
+                self.logger.info("proxy listening", metadata: ["address": "\(host):\(server.port)"])
+                if self.isStopping { await self.stopProxy() }
+            } catch {
+                let message = "cannot listen on \(host):\(port): \(error)"
+                self.proxyState.withLockedValue {
+                    $0.binding = false
+                    $0.failedAt = "\(host):\(port)"
+                    $0.status = .unhealthy
+                    $0.message = message
+                }
+                self.logger.error("the proxy could not start; this node serves its replicas to other proxies only", metadata: ["error": "\(message)"])
+            }
+        }
+    }
+
+    /// Stops the proxy gracefully: no new connections, each open one closes after its current
+    /// request.
+    private func stopProxy() async {
+        let server = self.proxyState.withLockedValue { state -> HTTPServer? in
+            defer { state.server = nil }
+            if state.server != nil { state.status = .drained }
+            return state.server
+        }
+        await server?.shutdown(gracePeriod: .seconds(5))
+    }
+
+    private func proxyReport() -> PBProxyReport {
+        var report = PBProxyReport()
+        if let version = self.ingress.tableVersion {
+            report.tableEpoch = version.epoch
+            report.tableSequence = version.sequence
+        }
+        switch self.options.proxy {
+        case .shared(let address):
+            report.httpAddress = address
+            report.status = self.ingress.isDraining ? .draining : .healthy
+        case .own:
+            self.proxyState.withLockedValue { state in
+                report.httpAddress = state.address
+                report.status = state.status
+                report.message = state.message
+            }
+        }
+        return report
     }
 
     // MARK: data plane
@@ -305,6 +456,7 @@ public final class WorkerNode: Sendable {
         register.protocolVersion = ControlPaths.protocolVersion
         let localAddress = connection.localAddress?.ipAddress ?? "127.0.0.1"
         register.address = self.options.advertiseAddress ?? localAddress
+        self.advertisedHost.withLockedValue { $0 = register.address }
         register.port = UInt32(dataPort)
         register.totalResources = PBResourceSet.with { $0.quantitiesE4 = self.options.resources.quantitiesE4 }
         register.labels = self.options.labels
@@ -366,6 +518,23 @@ public final class WorkerNode: Sendable {
                     try await Task.sleep(for: interval)
                 }
             }
+            // A request waiting for a deployment with no replica: the head hears of it now.
+            let lastKick = NIOLockedValueBox(ContinuousClock.now - .seconds(1))
+            self.sendHeartbeatNow.withLockedValue {
+                $0 = {
+                    let due = lastKick.withLockedValue { last -> Bool in
+                        guard ContinuousClock.now - last >= .milliseconds(20) else { return false }
+                        last = .now
+                        return true
+                    }
+                    guard due else { return }
+                    Task {
+                        let heartbeat = await self.heartbeat(0)
+                        try? await send(PBWorkerMessage.with { $0.heartbeat = heartbeat })
+                    }
+                }
+            }
+            defer { self.sendHeartbeatNow.withLockedValue { $0 = nil } }
             let (wakes, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
             self.reports.withLockedValue { $0.wake = wake }
             wake.yield()  // what piled up while disconnected
@@ -405,6 +574,14 @@ public final class WorkerNode: Sendable {
         heartbeat.sentAtUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
         let draining = self.isStopping || self.drain.withLockedValue { $0.isDraining || $0.isDone }
         heartbeat.health = PBNodeHealth.with { $0.status = draining ? .draining : .ok }
+        heartbeat.proxy = self.proxyReport()
+        heartbeat.waiting = self.ingress.waitingRequests().map { id, count in
+            PBRouterDemand.with {
+                $0.app = id.app
+                $0.deployment = id.name
+                $0.waiting = UInt32(clamping: count)
+            }
+        }
         for replica in self.replicas.withLockedValue({ Array($0.values) }) {
             let status = await replica.status
             heartbeat.replicas.append(PBReplicaLoad.with {
@@ -443,6 +620,9 @@ public final class WorkerNode: Sendable {
                     $0.sentAtUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
                 }
             })
+        case .routes(let update):
+            self.ingress.update(RouteTable(update), version: TableVersion(update))
+            Task { await self.configureProxy(update) }
         case .drain, .registerAnswer, .none:
             break
         }
@@ -636,5 +816,18 @@ public final class WorkerNode: Sendable {
         self.replicas.withLockedValue { $0[stop.replicaID] = nil }
         self.logger.info("replica stopped", metadata: ["serve.replica": "\(replica.id)", "reason": "\(stop.reason)"])
         self.report(replica.id, .stopped, stop.reason, specVersion: replica.specVersion)
+    }
+}
+
+/// This node's replicas, as its proxy (and the head's, for the embedded worker) calls them: in
+/// process, with no socket.
+extension WorkerNode: LocalReplicas {
+    public var nodeID: String { self.options.nodeID }
+
+    public func serve(replica replicaID: String, _ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws -> LocalAnswer {
+        guard let replica = self.replicas.withLockedValue({ $0[replicaID] }) else {
+            return .refused("no replica \(replicaID) on node \(self.options.nodeID)")
+        }
+        return try await replica.serveLocal(request, writer)
     }
 }

@@ -107,16 +107,20 @@ struct Status: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let nodeAutoscaler = try await NodeAutoscalerStatus.fetch(client)
+        let proxies = try await ProxyStatus.fetch(client)
         if self.json {
-            if let nodeAutoscaler, case .object(var object) = try JSONValue.parse(body) {
-                object["node_autoscaler"] = nodeAutoscaler
+            if case .object(var object) = try JSONValue.parse(body) {
+                if let nodeAutoscaler { object["node_autoscaler"] = nodeAutoscaler }
+                object["proxies"] = proxies
                 print(JSONValue.object(object).jsonString())
             } else {
                 print(body, terminator: body.hasSuffix("\n") ? "" : "\n")
             }
             return
         }
-        print(StatusTree.render(try JSONValue.parse(body)) + (nodeAutoscaler.map(NodeAutoscalerStatus.render) ?? ""), terminator: "")
+        print(
+            StatusTree.render(try JSONValue.parse(body)) + ProxyStatus.render(proxies) + (nodeAutoscaler.map(NodeAutoscalerStatus.render) ?? ""),
+            terminator: "")
     }
 }
 
@@ -210,6 +214,37 @@ enum StatusTree {
                     out += "    \(id)  \(state)  node \(node)  ongoing \(ongoing)\n"
                 }
             }
+        }
+        return out
+    }
+}
+
+/// Each node's HTTP proxy, from `GET /api/cluster/nodes`.
+enum ProxyStatus {
+    static func fetch(_ client: AdminClient) async throws -> JSONValue {
+        let (status, body) = try await client.call(.get, "/api/cluster/nodes")
+        guard status == 200, let nodes = try? JSONValue.parse(body)["nodes"]?.arrayValue else { return .array([]) }
+        return .array(nodes.map { node in
+            .object([
+                "node_id": node["node_id"] ?? .null,
+                "state": node["state"] ?? .null,
+                "http_address": node["http_address"] ?? .null,
+                "proxy_status": node["proxy_status"] ?? .null,
+                "proxy_message": node["proxy_message"] ?? .null,
+            ])
+        })
+    }
+
+    static func render(_ proxies: JSONValue) -> String {
+        let nodes = proxies.arrayValue ?? []
+        guard !nodes.isEmpty else { return "" }
+        var out = "proxies\n"
+        for node in nodes {
+            let id = node["node_id"]?.stringValue ?? "?"
+            let status = node["proxy_status"]?.stringValue ?? "NONE"
+            let address = node["http_address"]?.stringValue.map { " at \($0)" } ?? ""
+            let message = node["proxy_message"]?.stringValue.flatMap { $0.isEmpty ? nil : " (\($0))" } ?? ""
+            out += "  \(id)  \(node["state"]?.stringValue ?? "?")  proxy \(status)\(address)\(message)\n"
         }
         return out
     }

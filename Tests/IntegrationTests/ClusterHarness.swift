@@ -161,12 +161,14 @@ final class TestCluster: @unchecked Sendable {
         self.admin = HTTP1ConnectionPool(host: "127.0.0.1", port: self.adminPort)
     }
 
+    /// A worker whose proxy listens on a free loopback port (unless `extra` names its own).
     @discardableResult
     func addWorker(cpus: Double, extra: [String] = [], token: String? = nil) async throws -> Child {
+        let proxy = extra.contains("--http-port") ? [] : ["--http-host", "127.0.0.1", "--http-port", "0"]
         let worker = try Child("serve-worker", [
             "--address", "127.0.0.1:\(self.clusterPort)", "--num-cpus", String(cpus), "--num-gpus", "0",
             "--listen-host", "127.0.0.1", "--token", token ?? self.token,
-        ] + extra)
+        ] + proxy + extra)
         self.workers.append(worker)
         return worker
     }

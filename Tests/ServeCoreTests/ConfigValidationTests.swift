@@ -225,7 +225,7 @@ struct ConfigValidationTests {
                       - just a string
                 """
             ) == [
-                "logging: unknown field (expected one of: http_options, applications)",
+                "logging: unknown field (expected one of: proxy_location, http_options, applications)",
                 "grpc_options: unknown field (not supported: the ingress speaks HTTP/1.1 and h2c; see http_options)",
                 "http_options.hots: unknown field (did you mean host?)",
                 "applications[0].import_path: unknown field (not supported: each deployment names a `handler` (a Swift deployment) or a `command`)",
@@ -314,5 +314,21 @@ struct ConfigValidationTests {
             problems("applications: [{name: a, deployments: [{name: A, handler: echo, health_check_period_s: .inf}]}]")
                 == ["applications[0].deployments[0].health_check_period_s: must be a finite number"]
         )
+    }
+}
+
+@Suite("proxy_location")
+struct ProxyLocationConfigTests {
+    @Test("EveryNode by default; HeadOnly and Disabled as Ray spells them; anything else refused with a hint")
+    func values() throws {
+        #expect(try parse("applications: []").proxyLocation == .everyNode)
+        #expect(try parse("proxy_location: HeadOnly\napplications: []").proxyLocation == .headOnly)
+        #expect(try parse("proxy_location: Disabled\napplications: []").proxyLocation == .disabled)
+        #expect(problems("proxy_location: HeadOnl\napplications: []") == [
+            "proxy_location: must be EveryNode, HeadOnly or Disabled, not \"HeadOnl\" (did you mean HeadOnly?)"
+        ])
+        // Written back out (the state dir) and read again, it is the same.
+        let config = try parse("proxy_location: Disabled\napplications: []")
+        #expect(try parse(config.jsonValue.jsonString()) == config)
     }
 }

@@ -2,92 +2,208 @@ import Testing
 
 @testable import ServeCore
 
-@Suite("Power of two choices")
+@Suite("Request router")
 struct RouterTests {
-    @Test("never picks a replica whose in-flight count reached max_ongoing_requests")
-    func neverPicksFull() {
-        var generator = SeededGenerator(seed: 7)
-        for _ in 0..<500 {
-            let replicas = (0..<5).map { index in
-                ReplicaLoadView(
-                    id: "r\(index)",
-                    inFlight: Int.random(in: 0...4, using: &generator),
-                    reported: Int.random(in: 0...8, using: &generator),
-                    maxOngoing: 4
-                )
-            }
-            let choice = PowerOfTwoChoices.choose(replicas, using: &generator)
-            if replicas.allSatisfy({ $0.inFlight >= $0.maxOngoing }) {
-                #expect(choice == nil)
-            } else if let index = choice {
-                #expect(replicas[index].inFlight < 4)
-            } else {
-                Issue.record("no replica chosen although one had room: \(replicas)")
-            }
-        }
+    private func replicas(_ count: Int, local: Set<Int> = [], reported: [Int: Int] = [:]) -> [RequestRouter.Replica] {
+        (0..<count).map { RequestRouter.Replica(id: "r\($0)", isLocal: local.contains($0), reported: reported[$0] ?? 0) }
     }
 
-    @Test("none, one or a full set")
-    func smallCases() {
-        var generator = SeededGenerator(seed: 1)
-        #expect(PowerOfTwoChoices.choose([], using: &generator) == nil)
-        let full = ReplicaLoadView(id: "full", inFlight: 5, reported: 0, maxOngoing: 5)
-        let free = ReplicaLoadView(id: "free", inFlight: 0, reported: 9, maxOngoing: 5)
-        #expect(PowerOfTwoChoices.choose([full, full], using: &generator) == nil)
-        for _ in 0..<20 {
-            #expect(PowerOfTwoChoices.choose([full, free, full], using: &generator) == 1)
+    private func id(_ router: RequestRouter, _ acquired: RequestRouter.Acquired) -> String? {
+        if case .replica(let index) = acquired { return router.replicas[index].id }
+        return nil
+    }
+
+    @Test("never more than max_ongoing_requests per replica by its own count, then a bounded queue")
+    func capacity() {
+        var generator = SeededGenerator(seed: 7)
+        var router = RequestRouter(replicas: self.replicas(3), maxOngoing: 4, maxQueued: 2)
+        var counts: [String: Int] = [:]
+        for _ in 0..<12 {
+            guard let id = self.id(router, router.acquire(using: &generator)) else {
+                Issue.record("no replica although one had room")
+                return
+            }
+            counts[id, default: 0] += 1
         }
+        #expect(counts.values.allSatisfy { $0 == 4 })
+        #expect(router.acquire(using: &generator) == .wait(0))
+        #expect(router.acquire(using: &generator) == .wait(1))
+        #expect(router.acquire(using: &generator) == .failed(.queueFull(2)))
+        // A freed slot goes to the oldest waiting request.
+        #expect(router.release("r1", using: &generator) == [.replica(waiter: 0, index: 1)])
+        #expect(router.waiting == 1)
     }
 
     @Test("sequential requests spread over all replicas")
     func spreads() {
         var generator = SeededGenerator(seed: 42)
-        let replicas = (0..<5).map { ReplicaLoadView(id: "r\($0)", maxOngoing: 5) }
-        var picks = Array(repeating: 0, count: replicas.count)
+        var router = RequestRouter(replicas: self.replicas(5), maxOngoing: 5, maxQueued: -1)
+        var picks: [String: Int] = [:]
         for _ in 0..<1000 {
-            picks[PowerOfTwoChoices.choose(replicas, using: &generator)!] += 1
+            let id = self.id(router, router.acquire(using: &generator))!
+            picks[id, default: 0] += 1
+            _ = router.release(id, using: &generator)
         }
-        #expect(picks.allSatisfy { $0 > 120 }, "picks: \(picks)")
+        #expect(picks.count == 5 && picks.values.allSatisfy { $0 > 120 }, "picks: \(picks)")
     }
 
-    @Test("prefers the lower load, counting both in-flight and reported")
-    func prefersLowerLoad() {
+    @Test("of two draws the less loaded wins, by the larger of its in-flight count and its report")
+    func lessLoaded() {
         var generator = SeededGenerator(seed: 3)
-        let pair = [
-            ReplicaLoadView(id: "busy", inFlight: 0, reported: 4, maxOngoing: 5),
-            ReplicaLoadView(id: "idle", inFlight: 1, reported: 0, maxOngoing: 5),
-        ]
-        for _ in 0..<50 {
-            #expect(PowerOfTwoChoices.choose(pair, using: &generator) == 1)
-        }
-        // With three, the least loaded one wins whenever it is drawn: two thirds of the time.
-        let three = [
-            ReplicaLoadView(id: "a", inFlight: 3, maxOngoing: 10),
-            ReplicaLoadView(id: "b", inFlight: 0, maxOngoing: 10),
-            ReplicaLoadView(id: "c", inFlight: 3, maxOngoing: 10),
-        ]
-        var idleChosen = 0
-        for _ in 0..<900 where PowerOfTwoChoices.choose(three, using: &generator) == 1 {
-            idleChosen += 1
-        }
-        #expect((540...660).contains(idleChosen))
-    }
-
-    @Test("ties go to the first draw")
-    func tiesToFirstDraw() {
-        let replicas = (0..<4).map { ReplicaLoadView(id: "r\($0)", inFlight: 1, maxOngoing: 5) }
-        var generator = SeededGenerator(seed: 99)
-        for _ in 0..<100 {
-            var replay = generator
-            let firstDraw = Int.random(in: 0..<4, using: &replay)
-            #expect(PowerOfTwoChoices.choose(replicas, using: &generator) == firstDraw)
+        var router = RequestRouter(replicas: self.replicas(2, reported: [0: 9]), maxOngoing: 100, maxQueued: -1)
+        for _ in 0..<8 {
+            #expect(self.id(router, router.acquire(using: &generator)) == "r1")
         }
     }
 
-    @Test("the seeded generator repeats")
-    func seededGenerator() {
-        var a = SeededGenerator(seed: 5)
-        var b = SeededGenerator(seed: 5)
-        #expect((0..<10).map { _ in a.next() } == (0..<10).map { _ in b.next() })
+    @Test("the router's own node first; other nodes only when its replicas are full")
+    func localFirst() {
+        var generator = SeededGenerator(seed: 9)
+        var router = RequestRouter(replicas: self.replicas(4, local: [1, 3]), maxOngoing: 2, maxQueued: -1)
+        var first: [String] = []
+        for _ in 0..<4 { first.append(self.id(router, router.acquire(using: &generator))!) }
+        #expect(first.sorted() == ["r1", "r1", "r3", "r3"])
+        let spill = self.id(router, router.acquire(using: &generator))!
+        #expect(spill == "r0" || spill == "r2")
+    }
+
+    @Test("a woken request never goes to a replica that refused it; one that every replica refused fails")
+    func exclusionsWhileWaiting() {
+        var generator = SeededGenerator(seed: 5)
+        var router = RequestRouter(replicas: self.replicas(2), maxOngoing: 1, maxQueued: -1)
+        _ = router.acquire(using: &generator)
+        _ = router.acquire(using: &generator)
+        // Waiter 0 was refused by r0; waiter 1 by nobody.
+        #expect(router.acquire(excluding: ["r0"], using: &generator) == .wait(0))
+        #expect(router.acquire(using: &generator) == .wait(1))
+        // r0 frees: waiter 0 must not take it, waiter 1 does.
+        #expect(router.release("r0", using: &generator) == [.replica(waiter: 1, index: 0)])
+        #expect(router.release("r1", using: &generator) == [.replica(waiter: 0, index: 1)])
+        #expect(router.acquire(excluding: ["r0", "r1"], using: &generator) == .failed(.exhausted))
+    }
+
+    @Test("a table from before the one applied is ignored; a newer one drops stopped replicas' counts")
+    func staleTables() {
+        var generator = SeededGenerator(seed: 1)
+        var router = RequestRouter(replicas: self.replicas(2), maxOngoing: 1, maxQueued: -1, version: 5)
+        #expect(router.update(replicas: [], maxOngoing: 1, maxQueued: -1, unavailable: nil, version: 4, using: &generator).isEmpty)
+        #expect(router.replicas.count == 2)
+        _ = router.acquire(using: &generator)
+        _ = router.update(replicas: self.replicas(1), maxOngoing: 1, maxQueued: -1, unavailable: nil, version: 6, using: &generator)
+        #expect(router.replicas.map(\.id) == ["r0"])
+    }
+
+    @Test("cold start: waiting requests wake when replicas appear; an unavailable deployment fails them")
+    func coldStart() {
+        var generator = SeededGenerator(seed: 2)
+        var router = RequestRouter(replicas: [], maxOngoing: 1, maxQueued: -1)
+        #expect(router.acquire(using: &generator) == .wait(0))
+        #expect(router.acquire(using: &generator) == .wait(1))
+        let cancelled = router.cancel(1)
+        #expect(cancelled)
+        let wakes = router.update(replicas: self.replicas(1), maxOngoing: 1, maxQueued: -1, unavailable: nil, version: 1, using: &generator)
+        #expect(wakes == [.replica(waiter: 0, index: 0)])
+        #expect(router.acquire(using: &generator) == .wait(2))
+        let failed = router.update(replicas: [], maxOngoing: 1, maxQueued: -1, unavailable: "exit 3", version: 2, using: &generator)
+        #expect(failed == [.failed(waiter: 2, .unavailable("exit 3"))])
+        #expect(router.acquire(using: &generator) == .failed(.unavailable("exit 3")))
+    }
+
+    @Test("randomized: slots per replica never exceed the limit, and every waiter is woken or failed once")
+    func invariants() {
+        var generator = SeededGenerator(seed: 11)
+        for round in 0..<50 {
+            var router = RequestRouter(replicas: self.replicas(3), maxOngoing: 2, maxQueued: 10)
+            var held: [String] = []
+            var waiting: Set<Int> = []
+            for _ in 0..<200 {
+                switch Int.random(in: 0..<3, using: &generator) {
+                case 0:
+                    switch router.acquire(using: &generator) {
+                    case .replica(let index): held.append(router.replicas[index].id)
+                    case .wait(let number): waiting.insert(number)
+                    case .failed: break
+                    }
+                case 1 where !held.isEmpty:
+                    let id = held.remove(at: Int.random(in: 0..<held.count, using: &generator))
+                    for wake in router.release(id, using: &generator) {
+                        guard case .replica(let waiter, let index) = wake, waiting.remove(waiter) != nil else {
+                            Issue.record("round \(round): a wake for no waiter: \(wake)")
+                            return
+                        }
+                        held.append(router.replicas[index].id)
+                    }
+                default:
+                    if let waiter = waiting.first, router.cancel(waiter) { waiting.remove(waiter) }
+                }
+                for replica in router.replicas {
+                    #expect(router.inFlight(replica.id) <= 2)
+                    #expect(router.inFlight(replica.id) == held.filter { $0 == replica.id }.count)
+                }
+                #expect(router.waiting == waiting.count)
+            }
+        }
+    }
+}
+
+@Suite("Retry policy")
+struct RetryPolicyTests {
+    @Test("refusals are retried elsewhere, up to a cap, then 503 with the reason")
+    func refusals() {
+        var policy = RetryPolicy(idempotent: false, maxRefusals: 3)
+        #expect(policy.decide(.refused(replica: "a", reason: "STOPPING", bodyStarted: false), deployment: "app/D") == .retry(.refused))
+        #expect(policy.pauseBeforeRetry == nil)
+        #expect(policy.decide(.refused(replica: "b", reason: "unknown", bodyStarted: false), deployment: "app/D") == .retry(.refused))
+        guard case .fail(503, let message) = policy.decide(.refused(replica: "c", reason: "STOPPING", bodyStarted: false), deployment: "app/D") else {
+            Issue.record("a third refusal was not answered 503")
+            return
+        }
+        #expect(message.contains("3 replicas") && message.contains("STOPPING"))
+        #expect(policy.excluded == ["a", "b", "c"])
+    }
+
+    @Test("a full replica stays a candidate, tried again after a pause that doubles")
+    func fullReplica() {
+        var policy = RetryPolicy(idempotent: false, maxRefusals: 4)
+        var pauses: [Duration] = []
+        for _ in 0..<3 {
+            #expect(policy.decide(.refused(replica: "a", reason: "full", bodyStarted: false), deployment: "D") == .retry(.refused))
+            pauses.append(policy.pauseBeforeRetry!)
+        }
+        #expect(pauses == [.milliseconds(1), .milliseconds(2), .milliseconds(4)])
+        #expect(policy.excluded.isEmpty)
+        guard case .fail(503, _) = policy.decide(.refused(replica: "a", reason: "full", bodyStarted: false), deployment: "D") else {
+            Issue.record("refusals were not capped")
+            return
+        }
+    }
+
+    @Test("a refusal after a streamed body started is answered, never sent again")
+    func streamedBody() {
+        var policy = RetryPolicy(idempotent: true)
+        guard case .fail(503, _) = policy.decide(.refused(replica: "a", reason: "full", bodyStarted: true), deployment: "D") else {
+            Issue.record("a half-sent body was retried")
+            return
+        }
+    }
+
+    @Test("unreachable replicas are tried up to the limit")
+    func unreachable() {
+        var policy = RetryPolicy(idempotent: false)
+        #expect(policy.decide(.unreachable(replica: "a", reason: "refused"), deployment: "D") == .retry(.unreachable))
+        #expect(policy.decide(.unreachable(replica: "b", reason: "refused"), deployment: "D") == .retry(.unreachable))
+        guard case .fail(503, _) = policy.decide(.unreachable(replica: "c", reason: "refused"), deployment: "D") else {
+            Issue.record("a third unreachable replica was tried again")
+            return
+        }
+    }
+
+    @Test("a failure mid-request is retried once for idempotent requests only")
+    func failures() {
+        var idempotent = RetryPolicy(idempotent: true)
+        #expect(idempotent.decide(.failed(replica: "a", reason: "reset"), deployment: "D") == .retry(.failed))
+        #expect(idempotent.decide(.failed(replica: "b", reason: "reset"), deployment: "D") == .fail(status: 502, message: "reset"))
+        var other = RetryPolicy(idempotent: false)
+        #expect(other.decide(.failed(replica: "a", reason: "reset"), deployment: "D") == .fail(status: 502, message: "reset"))
     }
 }

@@ -27,7 +27,7 @@ struct IngressFailoverTests {
         }
         let ingress = Ingress(token: "t")
         let id = DeploymentID(app: "a", name: "D")
-        await ingress.update(
+        ingress.update(
             RouteTable(applications: [
                 ApplicationRoute(
                     name: "a",
@@ -44,7 +44,7 @@ struct IngressFailoverTests {
                     idempotent: idempotent
                 )
             ]),
-            sequence: 1
+            version: TableVersion(epoch: 1, sequence: 1)
         )
         let server = try await HTTPServer.bind(host: "127.0.0.1", port: 0) { request, writer in
             try await ingress.handle(request, writer)

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import ServeCore
 import Testing
 
@@ -39,83 +40,113 @@ struct RouteTableTests {
 
 @Suite("Deployment router")
 struct DeploymentRouterTests {
-    private func route(replicas: Int, maxOngoing: Int, maxQueued: Int) -> DeploymentRoute {
+    private func route(replicas: Int, maxOngoing: Int, maxQueued: Int, node: (Int) -> String = { _ in "n" }) -> DeploymentRoute {
         DeploymentRoute(
             id: DeploymentID(app: "a", name: "D"),
             maxOngoingRequests: maxOngoing,
             maxQueuedRequests: maxQueued,
-            replicas: (0..<replicas).map { ReplicaRoute(id: "D#\($0)", nodeID: "n", host: "127.0.0.1", port: 1) }
+            replicas: (0..<replicas).map { ReplicaRoute(id: "D#\($0)", nodeID: node($0), host: "127.0.0.1", port: 1) }
         )
     }
 
     @Test("never more than max_ongoing_requests per replica; then a bounded queue, then refusal")
     func capacityAndQueue() async throws {
-        let router = DeploymentRouter(route: self.route(replicas: 2, maxOngoing: 2, maxQueued: 1))
+        let router = DeploymentRouter(route: self.route(replicas: 2, maxOngoing: 2, maxQueued: 1), localNode: nil)
         var taken: [String] = []
         for _ in 0..<4 { taken.append(try await router.acquire().id) }
         #expect(taken.filter { $0 == "D#0" }.count == 2)
         #expect(taken.filter { $0 == "D#1" }.count == 2)
         let waiting = Task { try await router.acquire().id }
-        while await router.waiting == 0 { await Task.yield() }
-        await #expect(throws: DeploymentRouter.RouterError.queueFull(1)) { _ = try await router.acquire() }
-        await router.release("D#1")
+        while router.waiting == 0 { await Task.yield() }
+        await #expect(throws: RequestRouter.Failure.queueFull(1)) { _ = try await router.acquire() }
+        router.release("D#1")
         #expect(try await waiting.value == "D#1")
     }
 
-    @Test("waiting requests are served when replicas appear (scale from zero)")
+    @Test("waiting requests are served when replicas appear (scale from zero), and the first wait is a cold start")
     func waitsForReplicas() async throws {
-        let router = DeploymentRouter(route: self.route(replicas: 0, maxOngoing: 1, maxQueued: -1))
+        let cold = ManagedCounter()
+        let router = DeploymentRouter(route: self.route(replicas: 0, maxOngoing: 1, maxQueued: -1), localNode: nil, onColdWait: { cold.add() })
         let first = Task { try await router.acquire().id }
         let second = Task { try await router.acquire().id }
-        while await router.waiting < 2 { await Task.yield() }
-        await router.update(self.route(replicas: 2, maxOngoing: 1, maxQueued: -1), sequence: 1)
+        while router.waiting < 2 { await Task.yield() }
+        #expect(cold.value == 2)
+        router.update(self.route(replicas: 2, maxOngoing: 1, maxQueued: -1), localNode: nil, version: 1)
         let ids = Set([try await first.value, try await second.value])
         #expect(ids == ["D#0", "D#1"])
     }
 
     @Test("a removed deployment fails its waiting requests")
     func closeFailsWaiters() async throws {
-        let router = DeploymentRouter(route: self.route(replicas: 0, maxOngoing: 1, maxQueued: -1))
+        let router = DeploymentRouter(route: self.route(replicas: 0, maxOngoing: 1, maxQueued: -1), localNode: nil)
         let waiter = Task { try await router.acquire() }
-        while await router.waiting == 0 { await Task.yield() }
-        await router.close()
-        await #expect(throws: DeploymentRouter.RouterError.gone) { _ = try await waiter.value }
+        while router.waiting == 0 { await Task.yield() }
+        router.close()
+        await #expect(throws: RequestRouter.Failure.gone) { _ = try await waiter.value }
+    }
+
+    @Test("a waiting request whose client leaves is taken out of the queue")
+    func cancelledWaiter() async throws {
+        let router = DeploymentRouter(route: self.route(replicas: 0, maxOngoing: 1, maxQueued: -1), localNode: nil)
+        let waiter = Task { try await router.acquire() }
+        while router.waiting == 0 { await Task.yield() }
+        waiter.cancel()
+        await #expect(throws: CancellationError.self) { _ = try await waiter.value }
+        #expect(router.waiting == 0)
     }
 
     @Test("a deployment whose replicas keep failing to start fails waiting and new requests with the reason")
     func unavailable() async throws {
-        let router = DeploymentRouter(route: self.route(replicas: 0, maxOngoing: 1, maxQueued: -1))
+        let router = DeploymentRouter(route: self.route(replicas: 0, maxOngoing: 1, maxQueued: -1), localNode: nil)
         let waiter = Task { try await router.acquire() }
-        while await router.waiting == 0 { await Task.yield() }
+        while router.waiting == 0 { await Task.yield() }
         var failing = self.route(replicas: 0, maxOngoing: 1, maxQueued: -1)
         failing.unavailable = "exit 3"
-        await router.update(failing, sequence: 1)
-        await #expect(throws: DeploymentRouter.RouterError.unavailable("exit 3")) { _ = try await waiter.value }
-        await #expect(throws: DeploymentRouter.RouterError.unavailable("exit 3")) { _ = try await router.acquire() }
+        router.update(failing, localNode: nil, version: 1)
+        await #expect(throws: RequestRouter.Failure.unavailable("exit 3")) { _ = try await waiter.value }
+        await #expect(throws: RequestRouter.Failure.unavailable("exit 3")) { _ = try await router.acquire() }
         // A replica that runs after all takes requests again, the mark notwithstanding.
         var recovered = self.route(replicas: 1, maxOngoing: 1, maxQueued: -1)
         recovered.unavailable = "exit 3"
-        await router.update(recovered, sequence: 2)
+        router.update(recovered, localNode: nil, version: 2)
         #expect(try await router.acquire().id == "D#0")
     }
 
     @Test("a route from an older table update, delivered late, is ignored")
     func staleUpdate() async throws {
-        let router = DeploymentRouter(route: self.route(replicas: 0, maxOngoing: 1, maxQueued: -1), sequence: 1)
-        await router.update(self.route(replicas: 2, maxOngoing: 1, maxQueued: -1), sequence: 3)
-        await router.update(self.route(replicas: 0, maxOngoing: 1, maxQueued: -1), sequence: 2)
-        #expect(await router.route.replicas.count == 2)
-        await router.update(self.route(replicas: 1, maxOngoing: 1, maxQueued: -1), sequence: 4)
-        #expect(await router.route.replicas.count == 1)
+        let router = DeploymentRouter(route: self.route(replicas: 0, maxOngoing: 1, maxQueued: -1), localNode: nil, version: 1)
+        router.update(self.route(replicas: 2, maxOngoing: 1, maxQueued: -1), localNode: nil, version: 3)
+        router.update(self.route(replicas: 0, maxOngoing: 1, maxQueued: -1), localNode: nil, version: 2)
+        #expect(router.hasReplica(on: "n"))
+        router.update(self.route(replicas: 0, maxOngoing: 1, maxQueued: -1), localNode: nil, version: 4)
+        #expect(!router.hasReplica(on: "n"))
     }
 
     @Test("a refusing replica is skipped on retry")
     func excluding() async throws {
-        let router = DeploymentRouter(route: self.route(replicas: 2, maxOngoing: 5, maxQueued: -1))
+        let router = DeploymentRouter(route: self.route(replicas: 2, maxOngoing: 5, maxQueued: -1), localNode: nil)
         for _ in 0..<20 {
             let replica = try await router.acquire(excluding: ["D#0"])
             #expect(replica.id == "D#1")
-            await router.release(replica.id)
+            router.release(replica.id)
         }
+        await #expect(throws: RequestRouter.Failure.exhausted) { _ = try await router.acquire(excluding: ["D#0", "D#1"]) }
     }
+
+    @Test("replicas on the router's own node take requests first, the others when those are full")
+    func localFirst() async throws {
+        let router = DeploymentRouter(
+            route: self.route(replicas: 4, maxOngoing: 2, maxQueued: -1, node: { $0 == 2 ? "here" : "there" }), localNode: "here")
+        #expect(try await router.acquire().id == "D#2")
+        #expect(try await router.acquire().id == "D#2")
+        let third = try await router.acquire()
+        #expect(third.nodeID == "there")
+    }
+}
+
+/// A counter the router's callback bumps (from any thread).
+final class ManagedCounter: Sendable {
+    private let count = NIOLockedValueBox(0)
+    func add() { self.count.withLockedValue { $0 += 1 } }
+    var value: Int { self.count.withLockedValue { $0 } }
 }

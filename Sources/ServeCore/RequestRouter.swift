@@ -1,0 +1,228 @@
+/// One deployment's request router, as a value: which replica takes a request, which requests
+/// wait, and which waiting request a freed slot wakes. No I/O and no clock: the proxy
+/// (`ServeProxy.DeploymentRouter`) keeps one behind a lock per deployment and only carries out
+/// what its methods return (resume a waiter with a replica, or with an error).
+///
+/// Rules (DESIGN.md "The data plane on every node", PEERS.md §2):
+/// - power of two choices over queue lengths, never past a replica's `max_ongoing_requests` by
+///   this router's own count;
+/// - replicas on the router's own node first (`Replica.isLocal`: called in process or on
+///   loopback), the others only when no local replica has room;
+/// - a request that no replica can take waits, at most `max_queued_requests` of them (-1:
+///   unbounded); a waiting request keeps the replicas it must avoid (those that refused it) and
+///   is woken only with another;
+/// - a route from an older table than the one applied is ignored.
+public struct RequestRouter: Sendable {
+    public struct Replica: Sendable, Hashable {
+        public var id: String
+        /// On the router's own node.
+        public var isLocal: Bool
+        /// The queue length it last reported (running plus queued, from every router).
+        public var reported: Int
+
+        public init(id: String, isLocal: Bool, reported: Int = 0) {
+            self.id = id
+            self.isLocal = isLocal
+            self.reported = reported
+        }
+    }
+
+    public enum Failure: Error, Sendable, Hashable {
+        /// More requests wait than `max_queued_requests` allows.
+        case queueFull(Int)
+        /// The deployment was removed while the request waited.
+        case gone
+        /// No replica runs and none is coming (the reason is the deployment's).
+        case unavailable(String)
+        /// Every replica refused the request or could not be reached.
+        case exhausted
+    }
+
+    /// What `acquire` decided.
+    public enum Acquired: Sendable, Hashable {
+        /// Go to the replica at this index of `replicas` (its slot is reserved: `release` it).
+        case replica(Int)
+        /// Wait under this number until `release`, `update` or `cancel` says more.
+        case wait(Int)
+        case failed(Failure)
+    }
+
+    /// A waiting request woken, with the index of its replica or why it failed.
+    public enum Wake: Sendable, Hashable {
+        case replica(waiter: Int, index: Int)
+        case failed(waiter: Int, Failure)
+    }
+
+    public private(set) var replicas: [Replica]
+    public private(set) var maxOngoing: Int
+    public private(set) var maxQueued: Int
+    public private(set) var unavailable: String?
+    /// The table version `replicas` came from.
+    public private(set) var version: UInt64
+    private var inFlight: [String: Int] = [:]
+    /// Waiting requests by number, and their order (numbers of finished waits are skipped).
+    private var waiters: [Int: Set<String>] = [:]
+    private var order: [Int] = []
+    private var orderStart = 0
+    private var nextWaiter = 0
+
+    public init(replicas: [Replica], maxOngoing: Int, maxQueued: Int, unavailable: String? = nil, version: UInt64 = 0) {
+        self.replicas = replicas
+        self.maxOngoing = max(1, maxOngoing)
+        self.maxQueued = maxQueued
+        self.unavailable = unavailable
+        self.version = version
+    }
+
+    /// Requests waiting for a replica (the autoscaler counts them as demand).
+    public var waiting: Int { self.waiters.count }
+
+    /// This router's requests in flight on `replicaID`.
+    public func inFlight(_ replicaID: String) -> Int { self.inFlight[replicaID] ?? 0 }
+
+    /// A replica for one request, avoiding `excluded`; or a number to wait under; or why not.
+    public mutating func acquire<G: RandomNumberGenerator>(excluding excluded: Set<String> = [], using generator: inout G) -> Acquired {
+        if let index = self.pick(excluding: excluded, using: &generator) { return .replica(index) }
+        if let reason = self.unavailable, self.replicas.isEmpty { return .failed(.unavailable(reason)) }
+        if !excluded.isEmpty && self.replicas.allSatisfy({ excluded.contains($0.id) }) { return .failed(.exhausted) }
+        if self.maxQueued >= 0 && self.waiters.count >= self.maxQueued { return .failed(.queueFull(self.maxQueued)) }
+        let number = self.nextWaiter
+        self.nextWaiter += 1
+        self.waiters[number] = excluded
+        self.order.append(number)
+        return .wait(number)
+    }
+
+    /// A request on `replicaID` ended: its slot may wake a waiting one.
+    public mutating func release<G: RandomNumberGenerator>(_ replicaID: String, using generator: inout G) -> [Wake] {
+        if let count = self.inFlight[replicaID] {
+            self.inFlight[replicaID] = count > 1 ? count - 1 : nil
+        }
+        return self.wake(using: &generator)
+    }
+
+    /// A waiting request gave up (its client left, or its deadline passed). False if it was not
+    /// waiting any more (woken already).
+    public mutating func cancel(_ waiter: Int) -> Bool {
+        self.waiters.removeValue(forKey: waiter) != nil
+    }
+
+    /// A newer table's replicas and limits. One from an older table is ignored (returns no
+    /// wake): a late update must never bring back a stopped replica.
+    public mutating func update<G: RandomNumberGenerator>(
+        replicas: [Replica],
+        maxOngoing: Int,
+        maxQueued: Int,
+        unavailable: String?,
+        version: UInt64,
+        using generator: inout G
+    ) -> [Wake] {
+        guard version >= self.version else { return [] }
+        self.version = version
+        self.replicas = replicas
+        self.maxOngoing = max(1, maxOngoing)
+        self.maxQueued = maxQueued
+        self.unavailable = unavailable
+        let live = Set(replicas.map(\.id))
+        self.inFlight = self.inFlight.filter { live.contains($0.key) }
+        var wakes = self.wake(using: &generator)
+        if let reason = unavailable, replicas.isEmpty {
+            wakes += self.failAll(.unavailable(reason))
+        } else {
+            // A waiting request that every remaining replica refused has nowhere to go.
+            for number in self.pendingOrder where self.replicas.allSatisfy({ self.waiters[number]!.contains($0.id) }) && !self.replicas.isEmpty {
+                self.waiters[number] = nil
+                wakes.append(.failed(waiter: number, .exhausted))
+            }
+        }
+        return wakes
+    }
+
+    /// The deployment is gone: every waiting request fails.
+    public mutating func close() -> [Wake] {
+        self.failAll(.gone)
+    }
+
+    private mutating func failAll(_ failure: Failure) -> [Wake] {
+        let numbers = self.pendingOrder
+        self.waiters.removeAll()
+        self.order.removeAll()
+        self.orderStart = 0
+        return numbers.map { .failed(waiter: $0, failure) }
+    }
+
+    /// Waiting numbers, oldest first.
+    private var pendingOrder: [Int] {
+        self.order[self.orderStart...].filter { self.waiters[$0] != nil }
+    }
+
+    /// Wakes waiting requests in order while replicas have room; one whose exclusions leave it
+    /// no room keeps its place and lets later ones by.
+    private mutating func wake<G: RandomNumberGenerator>(using generator: inout G) -> [Wake] {
+        var wakes: [Wake] = []
+        var position = self.orderStart
+        while position < self.order.count {
+            let number = self.order[position]
+            guard let excluded = self.waiters[number] else {
+                if position == self.orderStart { self.orderStart += 1 }
+                position += 1
+                continue
+            }
+            guard let index = self.pick(excluding: excluded, using: &generator) else {
+                // Nothing has room for anyone: stop here. (With exclusions, a later request may
+                // still fit.)
+                if excluded.isEmpty { break }
+                position += 1
+                continue
+            }
+            self.waiters[number] = nil
+            wakes.append(.replica(waiter: number, index: index))
+            if position == self.orderStart { self.orderStart += 1 }
+            position += 1
+        }
+        self.compact()
+        return wakes
+    }
+
+    private mutating func compact() {
+        if self.orderStart == self.order.count {
+            self.order.removeAll(keepingCapacity: true)
+            self.orderStart = 0
+        } else if self.orderStart > 64 && self.orderStart * 2 > self.order.count {
+            self.order.removeFirst(self.orderStart)
+            self.orderStart = 0
+        }
+    }
+
+    /// Reserves a slot: power of two choices among the local replicas with room, else among the
+    /// others.
+    private mutating func pick<G: RandomNumberGenerator>(excluding excluded: Set<String>, using generator: inout G) -> Int? {
+        var local: [Int] = []
+        var remote: [Int] = []
+        for (index, replica) in self.replicas.enumerated() where !excluded.contains(replica.id) {
+            guard (self.inFlight[replica.id] ?? 0) < self.maxOngoing else { continue }
+            if replica.isLocal { local.append(index) } else { remote.append(index) }
+        }
+        let pool = local.isEmpty ? remote : local
+        let chosen: Int
+        switch pool.count {
+        case 0:
+            return nil
+        case 1:
+            chosen = pool[0]
+        default:
+            let first = Int.random(in: 0..<pool.count, using: &generator)
+            var second = Int.random(in: 0..<(pool.count - 1), using: &generator)
+            if second >= first { second += 1 }
+            chosen = self.load(pool[second]) < self.load(pool[first]) ? pool[second] : pool[first]
+        }
+        self.inFlight[self.replicas[chosen].id, default: 0] += 1
+        return chosen
+    }
+
+    /// The larger of what this router knows it sent and what the replica last said.
+    private func load(_ index: Int) -> Int {
+        let replica = self.replicas[index]
+        return max(self.inFlight[replica.id] ?? 0, replica.reported)
+    }
+}
