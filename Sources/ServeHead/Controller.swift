@@ -511,6 +511,7 @@ public actor Controller {
         }
         if let until = self.holdStartsUntil, until <= .now { self.holdStartsUntil = nil }
         let holding = self.holdStartsUntil != nil
+        var stops: [(String?, PBStopReplica)] = []
         let now = Self.seconds(.now)
         for action in actions {
             if holding && !action.isStop { continue }
@@ -542,11 +543,15 @@ public actor Controller {
                     )
                 }
             case .stop(let replicaID):
-                self.stop(replicaID, reason: "scaled down or replaced")
+                stops += self.stop(replicaID, reason: "scaled down or replaced").map { [$0] } ?? []
             }
         }
         self.deletingApps = self.deletingApps.filter { app in self.replicas.values.contains { $0.record.deployment.app == app } }
         await self.publishRoutes()
+        // After the tables that leave them out: the proxy on a stopping replica's own node has
+        // stopped routing to it before the replica stops taking requests (on its one control
+        // stream, in order). Other nodes' proxies that still send one are refused and retry.
+        for (nodeID, stop) in stops { self.send(to: nodeID, .stopReplica(stop)) }
     }
 
     func nodeViews() -> [NodeView] {
@@ -627,21 +632,22 @@ public actor Controller {
         self.send(to: entry.record.nodeID, .startReplica(start))
     }
 
-    private func stop(_ replicaID: String, reason: String) {
-        guard var entry = self.replicas[replicaID] else { return }
-        guard entry.record.state != .stopping else { return }
+    /// Marks the replica STOPPING; returns the stop command for its node (nil: nothing runs).
+    private func stop(_ replicaID: String, reason: String) -> (String?, PBStopReplica)? {
+        guard var entry = self.replicas[replicaID] else { return nil }
+        guard entry.record.state != .stopping else { return nil }
         if entry.record.state == .pending || entry.record.nodeID == nil {
             self.replicas[replicaID] = nil
-            return
+            return nil
         }
         entry.record.state = .stopping
         self.replicas[replicaID] = entry
         let timeout = self.deployments[entry.record.deployment]?.config.gracefulShutdownTimeoutS ?? 20
-        self.send(to: entry.record.nodeID, .stopReplica(PBStopReplica.with {
+        return (entry.record.nodeID, PBStopReplica.with {
             $0.replicaID = replicaID
             $0.gracefulTimeoutMs = UInt32(timeout * 1000)
             $0.reason = reason
-        }))
+        })
     }
 
     private func send(to nodeID: String?, _ kind: PBHeadMessage.OneOf_Kind) {

@@ -214,4 +214,48 @@ struct ProxyTests {
             #expect(answer == 200 && body == "/cold")
         }
     }
+
+    @Test("scaling down and up under load on a worker's proxy fails no request; the worker's --metrics-port counts them")
+    func scaleUnderLoad() async throws {
+        try await withCluster { cluster in
+            let worker = try await cluster.addWorker(cpus: 4, extra: ["--http-host", "127.0.0.1", "--http-port", "0", "--metrics-port", "0"])
+            let node = try await FailureTests.nodeID(of: worker)
+            _ = try await cluster.waitForNodes(1)
+            func deploy(_ replicas: Int) async throws {
+                try await cluster.deploy(
+                    """
+                    applications:
+                      - name: echo
+                        route_prefix: /echo
+                        deployments:
+                          - {name: E, handler: echo, num_replicas: \(replicas), max_ongoing_requests: 2, ray_actor_options: {num_cpus: 0.5}}
+                    """)
+                _ = try await cluster.waitForRunning(app: "echo", deployment: "E", replicas: replicas)
+            }
+            try await deploy(3)
+            let port = try await Self.proxyPort(of: node, cluster)
+            let load = FailureTests.Load(port: port, clients: 8) { client in
+                (HTTPRequest(method: .get, scheme: "http", authority: "127.0.0.1", path: "/echo/\(client)"), nil)
+            }
+            for replicas in [1, 3, 1] {
+                let before = load.successes
+                try await deploy(replicas)
+                try await load.waitForSuccesses(before + 100)
+            }
+            let outcomes = await load.stop()
+            let failed = outcomes.filter { $0.status != 200 }
+            #expect(failed.isEmpty, "\(failed.count) of \(outcomes.count) failed: \(failed.prefix(3))")
+            // The worker's own metrics: its proxy's requests, labelled with its node.
+            let output = try await worker.waitForOutput(matching: "metrics at /metrics")
+            guard let line = output.split(separator: "\n").first(where: { $0.contains("metrics at /metrics") }),
+                let match = line.firstMatch(of: /port=(\d+)/), let metricsPort = Int(match.1)
+            else { throw HarnessFailure("no metrics port in:\n\(output)") }
+            let (status, metrics) = try await Self.get(metricsPort, "/metrics")
+            #expect(status == 200)
+            let counted = metrics.split(separator: "\n").first {
+                $0.hasPrefix("serve_requests_total{application=\"echo\",deployment=\"E\",node=\"\(node)\",code=\"200\"}")
+            }
+            #expect(counted.flatMap { Int($0.split(separator: " ").last ?? "") } == outcomes.count, "\(metrics)")
+        }
+    }
 }
