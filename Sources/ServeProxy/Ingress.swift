@@ -308,9 +308,8 @@ public final class Ingress: Sendable {
     ) async throws -> Int {
         var head = request.head
         head.path = RouteTable.strip(prefix: app.routePrefix, from: request.head.path ?? "/")
+        head.headerFields = HopByHop.removing(from: head.headerFields)
         head.headerFields[ServeHeaders.forwardedPrefix] = app.routePrefix
-        head.headerFields[.connection] = nil
-        head.headerFields[.transferEncoding] = nil
         // HTTP/2 requests may carry a body with neither Content-Length nor Transfer-Encoding
         // (RFC 9113 §8.1): whether one comes is what the connection saw, not a header.
         let hasBody = !request.body.isKnownEmpty

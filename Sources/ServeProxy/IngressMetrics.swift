@@ -1,7 +1,13 @@
 import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
 import ServeCore
 
-/// Request counts and latencies per deployment, for the head's Prometheus endpoint.
+/// Request counts and latencies per deployment, for the node's Prometheus endpoint.
+///
+/// Counted in shards, one per event loop that serves requests (a request's handler runs on its
+/// connection's loop), each behind its own lock, and summed when scraped: the request path
+/// never contends on one lock across loops (issue 13, item 11).
 public final class IngressMetrics: Sendable {
     /// Latency bucket bounds in seconds (Prometheus histogram `le` labels).
     public static let buckets: [Double] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
@@ -13,6 +19,13 @@ public final class IngressMetrics: Sendable {
         public var count: Int = 0
         init() { self.bucketCounts = Array(repeating: 0, count: IngressMetrics.buckets.count) }
 
+        mutating func add(_ other: Series) {
+            self.requestsByStatus.merge(other.requestsByStatus, uniquingKeysWith: +)
+            for index in self.bucketCounts.indices { self.bucketCounts[index] += other.bucketCounts[index] }
+            self.latencySum += other.latencySum
+            self.count += other.count
+        }
+
         mutating func record(status: Int, seconds: Double) {
             self.requestsByStatus[status, default: 0] += 1
             self.count += 1
@@ -23,30 +36,53 @@ public final class IngressMetrics: Sendable {
         }
     }
 
-    private let series = NIOLockedValueBox<[DeploymentID: Series]>([:])
-    private let retryCounts = NIOLockedValueBox<[DeploymentID: [RetryReason: Int]]>([:])
+    private struct Shard {
+        var series: [DeploymentID: Series] = [:]
+        var retries: [DeploymentID: [RetryReason: Int]] = [:]
+    }
+
+    /// More shards than this machine has event loops (one per core), so each loop has its own
+    /// in practice; a request off any loop uses shard 0.
+    private let shards: [NIOLockedValueBox<Shard>]
+
+    private var shard: NIOLockedValueBox<Shard> {
+        guard let loop = MultiThreadedEventLoopGroup.currentEventLoop else { return self.shards[0] }
+        return self.shards[Int(UInt(bitPattern: ObjectIdentifier(loop).hashValue) % UInt(self.shards.count))]
+    }
 
     /// Why a request went to another replica.
     public typealias RetryReason = RetryPolicy.Reason
 
-    public init() {}
+    public init(shards: Int = 4 * System.coreCount) {
+        self.shards = (0..<max(1, shards)).map { _ in NIOLockedValueBox(Shard()) }
+    }
 
     func record(deployment: DeploymentID, status: Int, seconds: Double) {
         // In place: a copy taken out of the dictionary would copy its arrays on every request.
-        self.series.withLockedValue { $0[deployment, default: Series()].record(status: status, seconds: seconds) }
+        self.shard.withLockedValue { $0.series[deployment, default: Series()].record(status: status, seconds: seconds) }
     }
 
     func recordRetry(deployment: DeploymentID, _ reason: RetryReason) {
-        self.retryCounts.withLockedValue { $0[deployment, default: [:]][reason, default: 0] += 1 }
+        self.shard.withLockedValue { $0.retries[deployment, default: [:]][reason, default: 0] += 1 }
     }
 
     /// Requests sent to another replica, by deployment and why.
     public var retries: [DeploymentID: [RetryReason: Int]] {
-        self.retryCounts.withLockedValue { $0 }
+        var total: [DeploymentID: [RetryReason: Int]] = [:]
+        for shard in self.shards {
+            for (id, reasons) in shard.withLockedValue({ $0.retries }) {
+                total[id, default: [:]].merge(reasons, uniquingKeysWith: +)
+            }
+        }
+        return total
     }
 
     public var snapshot: [DeploymentID: Series] {
-        self.series.withLockedValue { $0 }
+        var total: [DeploymentID: Series] = [:]
+        for shard in self.shards {
+            for (id, series) in shard.withLockedValue({ $0.series }) { total[id, default: Series()].add(series) }
+        }
+        return total
     }
 }
 

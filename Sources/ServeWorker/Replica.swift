@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import Serve
 import ServeCore
@@ -16,36 +17,45 @@ public struct ReplicaStatus: Sendable {
     public var message: String
 }
 
-/// One replica on this worker, as an actor: it owns the deployment instance (or the child
-/// process), counts the requests it is running, admits at most `max_ongoing_requests` at once
-/// (one more is refused back to the router, which tries another replica or waits), and drains on
-/// stop: no new requests, in-flight ones finish within `graceful_shutdown_timeout_s`.
+/// One replica on this worker: it owns the deployment instance (or the child process), counts
+/// the requests it is running, admits at most `max_ongoing_requests` at once (one more is
+/// refused back to the router, which tries another replica or waits), and drains on stop: no new
+/// requests, in-flight ones finish within `graceful_shutdown_timeout_s`.
 ///
-/// Only admission and bookkeeping are isolated; the request itself runs outside the actor, so a
-/// replica serves its requests concurrently.
-actor Replica {
-    nonisolated let id: String
-    nonisolated let app: String
-    nonisolated let deployment: String
-    nonisolated let specVersion: String
-    nonisolated let grant: PBResourceGrant
+/// Admission and bookkeeping are a few lines under a lock, so a request pays no actor hop and
+/// no task for them: it runs in the caller's task (the proxy's, for a request from this node).
+final class Replica: Sendable {
+    let id: String
+    let app: String
+    let deployment: String
+    let specVersion: String
+    let grant: PBResourceGrant
     /// `graceful_shutdown_timeout_s`: how long in-flight requests may take when it stops.
-    nonisolated let gracefulShutdownTimeout: Duration
-    private nonisolated let body: ReplicaBody
-    private nonisolated let logger: Logger
+    let gracefulShutdownTimeout: Duration
+    private let body: ReplicaBody
+    private let logger: Logger
+    private let state: NIOLockedValueBox<State>
 
-    private var ongoing = 0
-    private var maxOngoing: Int
-    private var state: PBReplicaState = .starting
-    private var message = ""
-    /// Who waits for the last request to end (`stop`), by number: a waiter is resumed once,
-    /// by whichever comes first, that or its timeout.
-    private var drained: [Int: CheckedContinuation<Void, Never>] = [:]
-    private var nextWaiter = 0
-    /// Requests of a Swift replica running now, to cancel when `graceful_shutdown_timeout_s`
-    /// runs out while it stops.
-    private var work: [Int: Task<Int, any Error>] = [:]
-    private var nextWork = 0
+    private struct State {
+        var ongoing = 0
+        var maxOngoing: Int
+        var state: PBReplicaState = .starting
+        var message = ""
+        /// Who waits for the last request to end (`stop`), by number: a waiter is resumed once,
+        /// by whichever comes first, that or its timeout.
+        var drained: [Int: CheckedContinuation<Void, Never>] = [:]
+        var nextWaiter = 0
+        /// The tasks running a Swift replica's requests now, to cancel when
+        /// `graceful_shutdown_timeout_s` runs out while it stops.
+        var work: [Int: RunningTask] = [:]
+        var nextWork = 0
+    }
+
+    /// A request's task, kept only while that request runs here (it is removed before the
+    /// request returns), so that `stop` can cancel it.
+    private struct RunningTask: @unchecked Sendable {
+        let task: UnsafeCurrentTask
+    }
 
     enum ReplicaBody: Sendable {
         case swift(SwiftDeploymentBox)
@@ -67,50 +77,56 @@ actor Replica {
         self.gracefulShutdownTimeout = .milliseconds(Int(start.spec.gracefulShutdownTimeoutMs > 0 ? start.spec.gracefulShutdownTimeoutMs : 20_000))
         self.body = body
         self.logger = logger
-        self.maxOngoing = max(1, Int(start.spec.maxOngoingRequests))
+        self.state = NIOLockedValueBox(State(maxOngoing: max(1, Int(start.spec.maxOngoingRequests))))
     }
 
     var status: ReplicaStatus {
-        ReplicaStatus(state: self.state, running: self.ongoing, queued: 0, message: self.message)
+        self.state.withLockedValue { ReplicaStatus(state: $0.state, running: $0.ongoing, queued: 0, message: $0.message) }
     }
 
     func setState(_ state: PBReplicaState, message: String = "") {
-        self.state = state
-        self.message = message
+        self.state.withLockedValue {
+            $0.state = state
+            $0.message = message
+        }
     }
 
     func setMaxOngoing(_ value: Int) {
-        self.maxOngoing = max(1, value)
+        self.state.withLockedValue { $0.maxOngoing = max(1, value) }
     }
 
     private func admit() -> Admission {
-        guard self.state == .running else { return .notRunning(self.state) }
-        guard self.ongoing < self.maxOngoing else { return .full }
-        self.ongoing += 1
-        return .admitted
+        self.state.withLockedValue { state in
+            guard state.state == .running else { return .notRunning(state.state) }
+            guard state.ongoing < state.maxOngoing else { return .full }
+            state.ongoing += 1
+            return .admitted
+        }
     }
 
     private func finishedOne() {
-        self.ongoing -= 1
-        guard self.ongoing == 0 else { return }
-        let waiters = self.drained.values
-        self.drained.removeAll()
+        let waiters = self.state.withLockedValue { state -> [CheckedContinuation<Void, Never>] in
+            state.ongoing -= 1
+            guard state.ongoing == 0 else { return [] }
+            defer { state.drained.removeAll() }
+            return Array(state.drained.values)
+        }
         for waiter in waiters { waiter.resume() }
     }
 
     /// Serves one request that came over the data plane from another node's proxy, or refuses
     /// it with a 503 (`serve-refused`) that proxy can retry elsewhere.
-    nonisolated func serve(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws {
+    func serve(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws {
         if case .refused(let reason) = try await self.serveLocal(request, writer) {
             let message = reason == "full" ? "replica \(self.id) is at max_ongoing_requests" : "replica \(self.id) is not running (\(reason))"
             try await Self.refuse(writer, reason: reason, message)
         }
     }
 
-    /// Serves one request in this process (from this node's proxy, or `serve` above); refused,
-    /// it reads and writes nothing. The only hop is the admission into this actor.
-    nonisolated func serveLocal(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws -> LocalAnswer {
-        switch await self.admit() {
+    /// Serves one request in the caller's task (from this node's proxy, or `serve` above);
+    /// refused, it reads and writes nothing.
+    func serveLocal(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws -> LocalAnswer {
+        switch self.admit() {
         case .full:
             return .refused("full")
         case .notRunning(let state):
@@ -118,33 +134,17 @@ actor Replica {
         case .admitted:
             break
         }
-        let status: Int
-        do {
-            switch self.body {
-            case .swift(let box):
-                // On its own task, so that a stop past the graceful timeout can cancel it.
-                let logger = self.logger
-                let replicaID = self.id
-                let work = Task { try await box.serve(request, writer, logger: logger, replicaID: replicaID) }
-                let number = await self.track(work)
-                do {
-                    status = try await withTaskCancellationHandler { try await work.value } onCancel: { work.cancel() }
-                } catch {
-                    await self.untrack(number)
-                    throw error
-                }
-                await self.untrack(number)
-            case .process(let process):
-                let capture = StatusCapture(writer)
-                try await process.serve(request, capture)
-                status = capture.status
-            }
-        } catch {
-            await self.finishedOne()
-            throw error
+        defer { self.finishedOne() }
+        switch self.body {
+        case .swift(let box):
+            let number = self.track()
+            defer { self.untrack(number) }
+            return .answered(try await box.serve(request, writer, logger: self.logger, replicaID: self.id))
+        case .process(let process):
+            let capture = StatusCapture(writer)
+            try await process.serve(request, capture)
+            return .answered(capture.status)
         }
-        await self.finishedOne()
-        return .answered(status)
     }
 
     static func refuse(_ writer: any HTTPResponseWriter, reason: String, _ message: String) async throws {
@@ -154,50 +154,63 @@ actor Replica {
         try await writer.respond(HTTPResponse(status: .serviceUnavailable, headerFields: fields), body: ByteBuffer(string: message + "\n"))
     }
 
-    private func track(_ task: Task<Int, any Error>) -> Int {
-        self.nextWork += 1
-        self.work[self.nextWork] = task
-        return self.nextWork
+    /// Records the current task (cancelled if the replica stops past its graceful timeout).
+    private func track() -> Int {
+        withUnsafeCurrentTask { task in
+            self.state.withLockedValue { state in
+                state.nextWork += 1
+                if let task { state.work[state.nextWork] = RunningTask(task: task) }
+                return state.nextWork
+            }
+        }
     }
 
     private func untrack(_ number: Int) {
-        self.work[number] = nil
+        self.state.withLockedValue { _ = $0.work.removeValue(forKey: number) }
     }
 
     /// Waits until no request is running (resumed by the last one to finish), or `timeout`.
     private func waitUntilIdle(timeout: Duration) async {
-        if self.ongoing == 0 { return }
-        self.nextWaiter += 1
-        let number = self.nextWaiter
+        let number: Int? = self.state.withLockedValue { state in
+            guard state.ongoing > 0 else { return nil }
+            state.nextWaiter += 1
+            return state.nextWaiter
+        }
+        guard let number else { return }
         let timer = Task {
             try? await Task.sleep(for: timeout)
-            self.giveUpWaiting(number)
+            self.state.withLockedValue { $0.drained.removeValue(forKey: number) }?.resume()
         }
-        await withCheckedContinuation { self.drained[number] = $0 }
+        await withCheckedContinuation { continuation in
+            let idle = self.state.withLockedValue { state -> Bool in
+                guard state.ongoing > 0 else { return true }
+                state.drained[number] = continuation
+                return false
+            }
+            if idle { continuation.resume() }
+        }
         timer.cancel()
-    }
-
-    private func giveUpWaiting(_ number: Int) {
-        self.drained.removeValue(forKey: number)?.resume()
     }
 
     /// Stops taking requests, lets in-flight ones finish for up to `timeout`, then stops the body
     /// (a child process gets SIGTERM, then SIGKILL). Ray's graceful shutdown.
     func stop(timeout: Duration) async {
-        self.state = .stopping
+        self.setState(.stopping)
         await self.waitUntilIdle(timeout: timeout)
         // Swift requests still running are cancelled (cooperatively: they answer 503 as soon as
         // they notice); a child process is stopped below, cutting its requests short.
-        for task in self.work.values { task.cancel() }
+        self.state.withLockedValue { state in
+            for running in state.work.values { running.task.cancel() }
+        }
         if case .process(let process) = self.body {
             await process.terminate(grace: timeout)
         }
-        self.state = .stopped
+        self.setState(.stopped)
     }
 
     /// One health check: a Swift deployment's `checkHealth()`; for a command deployment, that
     /// its process is alive and answers (`health_path` with 2xx, else its port accepts).
-    nonisolated func checkHealth() async throws {
+    func checkHealth() async throws {
         switch self.body {
         case .swift(let box):
             try await box.instance.checkHealth()
@@ -206,7 +219,7 @@ actor Replica {
         }
     }
 
-    nonisolated func reconfigure(userConfig: JSONValue?) async throws {
+    func reconfigure(userConfig: JSONValue?) async throws {
         if case .swift(let box) = self.body {
             try await box.instance.reconfigure(userConfig: userConfig)
         }

@@ -467,7 +467,7 @@ public final class WorkerNode: Sendable {
         register.workerVersion = ServeVersion.string
         register.handlerNames = self.options.registry.names.sorted()
         for replica in self.replicas.withLockedValue({ Array($0.values) }) {
-            let state = await replica.status.state
+            let state = replica.status.state
             register.runningReplicas.append(PBRunningReplica.with {
                 $0.replicaID = replica.id
                 $0.appName = replica.app
@@ -583,7 +583,7 @@ public final class WorkerNode: Sendable {
             }
         }
         for replica in self.replicas.withLockedValue({ Array($0.values) }) {
-            let status = await replica.status
+            let status = replica.status
             heartbeat.replicas.append(PBReplicaLoad.with {
                 $0.replicaID = replica.id
                 $0.runningRequests = UInt32(status.running)
@@ -603,7 +603,7 @@ public final class WorkerNode: Sendable {
             Task { await self.stopReplica(stop) }
         case .reconfigureReplica(let change):
             guard let replica = self.replicas.withLockedValue({ $0[change.replicaID] }) else { return }
-            if change.hasMaxOngoingRequests { await replica.setMaxOngoing(Int(change.maxOngoingRequests)) }
+            if change.hasMaxOngoingRequests { replica.setMaxOngoing(Int(change.maxOngoingRequests)) }
             if change.hasUserConfigJson {
                 let config = try? JSONValue.parse(String(decoding: change.userConfigJson, as: UTF8.self))
                 do {
@@ -707,7 +707,7 @@ public final class WorkerNode: Sendable {
                 throw DeploymentError("the replica spec names neither a handler nor a command")
             }
             let replica = Replica(start: start, body: body, logger: logger)
-            await replica.setState(.running)
+            replica.setState(.running)
             // In `replicas` before it leaves `starting`, so a stop always finds it in one.
             self.replicas.withLockedValue { $0[id] = replica }
             if self.starting.withLockedValue({ $0.removeValue(forKey: id) }) == true {
@@ -739,7 +739,7 @@ public final class WorkerNode: Sendable {
             while let wake = monitor.nextWake {
                 try? await Task.sleep(for: .milliseconds(max(1, Int((wake - Self.now) * 1000))))
                 // Stopped, replaced or crashed meanwhile: nothing more to watch.
-                guard self.replicas.withLockedValue({ $0[replica.id] }) === replica, await replica.status.state == .running else { return }
+                guard self.replicas.withLockedValue({ $0[replica.id] }) === replica, replica.status.state == .running else { return }
                 var directives = monitor.tick(now: Self.now)
                 while !directives.isEmpty {
                     switch directives.removeFirst() {

@@ -1,3 +1,4 @@
+import HTTPTypes
 import NIOConcurrencyHelpers
 import ServeCore
 import Testing
@@ -149,4 +150,29 @@ final class ManagedCounter: Sendable {
     private let count = NIOLockedValueBox(0)
     func add() { self.count.withLockedValue { $0 += 1 } }
     var value: Int { self.count.withLockedValue { $0 } }
+}
+
+@Suite("Hop-by-hop fields")
+struct HopByHopTests {
+    @Test("Connection, the fields it names, Keep-Alive, Proxy-Connection, Transfer-Encoding, Upgrade and TE are dropped")
+    func dropped() {
+        var fields = HTTPFields()
+        fields[.connection] = "close, X-Secret"
+        fields[HTTPField.Name("x-secret")!] = "1"
+        fields[HTTPField.Name("keep-alive")!] = "timeout=5"
+        fields[HTTPField.Name("proxy-connection")!] = "keep-alive"
+        fields[.transferEncoding] = "chunked"
+        fields[.upgrade] = "h2c"
+        fields[.te] = "gzip"
+        fields[.accept] = "*/*"
+        let kept = HopByHop.removing(from: fields)
+        #expect(kept.map(\.name.canonicalName) == ["accept"])
+    }
+
+    @Test("TE goes too, whatever it says (this proxy asks for nothing on the client's behalf)", arguments: [["trailers"], ["gzip, trailers"]])
+    func te(values: [String]) {
+        var fields = HTTPFields()
+        for value in values { fields.append(HTTPField(name: .te, value: value)) }
+        #expect(HopByHop.removing(from: fields).isEmpty)
+    }
 }
