@@ -1,7 +1,10 @@
 // swift-tools-version: 6.0
 import PackageDescription
 
+/// The project's own targets: `any` spelled out, and in CI (`SERVE_WARNINGS_AS_ERRORS=1`, set by
+/// `.ci/run`) every warning is an error. Dependencies are not affected.
 let strict: [SwiftSetting] = [.enableUpcomingFeature("ExistentialAny")]
+    + (Context.environment["SERVE_WARNINGS_AS_ERRORS"] == "1" ? [.unsafeFlags(["-warnings-as-errors"])] : [])
 
 let package = Package(
     name: "swift-serve",
@@ -49,7 +52,8 @@ let package = Package(
         .target(
             name: "ServeProto",
             dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
-            exclude: ["README.md"]
+            exclude: ["README.md"],
+            swiftSettings: strict
         ),
         .target(
             name: "ServeCore",

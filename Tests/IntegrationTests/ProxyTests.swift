@@ -127,7 +127,7 @@ struct ProxyTests {
     @Test("the head killed under load on a worker's proxy: every request answered 200; the restarted head's tables reach the proxy")
     func headDies() async throws {
         try await withCluster { cluster in
-            let (node, port) = try await Self.oneWorkerServingEnv(cluster)
+            let (_, port) = try await Self.oneWorkerServingEnv(cluster)
             let load = FailureTests.Load(port: port, clients: 8) { _ in
                 (HTTPRequest(method: .get, scheme: "http", authority: "127.0.0.1", path: "/env"), nil)
             }
