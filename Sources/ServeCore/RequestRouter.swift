@@ -53,6 +53,11 @@ public struct RequestRouter: Sendable {
         case failed(waiter: Int, Failure)
     }
 
+    /// The most requests one router holds when `max_queued_requests` is -1 ("unbounded", as in
+    /// Ray): past it they are answered 503 like a full queue, so a flood cannot grow memory
+    /// without end.
+    public static let unboundedQueueLimit = 100_000
+
     public private(set) var replicas: [Replica]
     public private(set) var maxOngoing: Int
     public private(set) var maxQueued: Int
@@ -85,7 +90,8 @@ public struct RequestRouter: Sendable {
         if let index = self.pick(excluding: excluded, using: &generator) { return .replica(index) }
         if let reason = self.unavailable, self.replicas.isEmpty { return .failed(.unavailable(reason)) }
         if !excluded.isEmpty && self.replicas.allSatisfy({ excluded.contains($0.id) }) { return .failed(.exhausted) }
-        if self.maxQueued >= 0 && self.waiters.count >= self.maxQueued { return .failed(.queueFull(self.maxQueued)) }
+        let limit = self.maxQueued >= 0 ? self.maxQueued : Self.unboundedQueueLimit
+        if self.waiters.count >= limit { return .failed(.queueFull(limit)) }
         let number = self.nextWaiter
         self.nextWaiter += 1
         self.waiters[number] = excluded

@@ -23,7 +23,9 @@ enum ClusterService {
             guard !register.nodeID.isEmpty else {
                 throw RPCError(.invalidArgument, "the registration has no node id")
             }
-            let (commands, outbox) = AsyncStream<PBHeadMessage>.makeStream()
+            // Bounded: a worker that stops reading is dropped when its commands pile up past the
+            // limit (`Controller.send`), and registers again to get the current state whole.
+            let (commands, outbox) = AsyncStream<PBHeadMessage>.makeStream(bufferingPolicy: .bufferingOldest(Controller.outboxLimit))
             let (answer, connection) = await controller.registerNode(register, outbox: outbox)
             var reply = PBHeadMessage()
             reply.inReplyTo = first.sequence

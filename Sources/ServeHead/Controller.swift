@@ -650,13 +650,22 @@ public actor Controller {
         })
     }
 
+    /// Commands waiting to be written to one node's control stream, at most.
+    static let outboxLimit = 10_000
+
     private func send(to nodeID: String?, _ kind: PBHeadMessage.OneOf_Kind) {
         guard let nodeID, let outbox = self.nodes[nodeID]?.outbox else { return }
         self.sequence += 1
         var message = PBHeadMessage()
         message.sequence = self.sequence
         message.kind = kind
-        outbox.yield(message)
+        if case .dropped = outbox.yield(message) {
+            // The node has not read its last `outboxLimit` commands: its stream ends (it is
+            // declared DEAD as any node whose stream closes) and it registers again.
+            self.logger.error("a node's control stream is not draining; dropping it", metadata: ["serve.node": "\(nodeID)"])
+            outbox.finish()
+            self.nodes[nodeID]?.outbox = nil
+        }
     }
 
     /// Gives the ingress the RUNNING replicas of every application's ingress deployment.

@@ -638,9 +638,14 @@ public final class WorkerNode: Sendable {
         }
         self.reports.withLockedValue { pending in
             pending.queue.append(report)
+            if pending.queue.count > Self.pendingReportLimit { pending.queue = pending.queue.latestPerKey(\.replicaID) }
             pending.wake?.yield()
         }
     }
+
+    /// State reports kept while the head is away, before they are folded to the latest per
+    /// replica (only a replica's last state matters to a head that hears it late).
+    static let pendingReportLimit = 1024
 
     /// The replica's environment: what its grant implies, then runtime_env.env_vars.
     private func environment(for start: PBStartReplica) -> [String: String] {

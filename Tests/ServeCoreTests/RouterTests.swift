@@ -207,3 +207,27 @@ struct RetryPolicyTests {
         #expect(other.decide(.failed(replica: "a", reason: "reset"), deployment: "D") == .fail(status: 502, message: "reset"))
     }
 }
+
+@Suite("Bounded backlogs")
+struct BoundedBacklogTests {
+    @Test("max_queued_requests -1 still stops at the documented limit")
+    func unboundedQueueHasALimit() {
+        var generator = SeededGenerator(seed: 4)
+        var router = RequestRouter(replicas: [], maxOngoing: 1, maxQueued: -1)
+        for number in 0..<RequestRouter.unboundedQueueLimit {
+            guard router.acquire(using: &generator) == .wait(number) else {
+                Issue.record("request \(number) was not queued")
+                return
+            }
+        }
+        #expect(router.acquire(using: &generator) == .failed(.queueFull(RequestRouter.unboundedQueueLimit)))
+    }
+
+    @Test("a backlog folds to each subject's latest state, in order")
+    func latestPerKey() {
+        let reports = [("a", "STARTING"), ("b", "STARTING"), ("a", "RUNNING"), ("c", "STARTING"), ("b", "STOPPED")]
+        let folded = reports.latestPerKey(\.0)
+        #expect(folded.map(\.0) == ["a", "c", "b"])
+        #expect(folded.map(\.1) == ["RUNNING", "STARTING", "STOPPED"])
+    }
+}
