@@ -282,24 +282,37 @@ def head_kill_table(r):
     if "head_kill" not in r:
         return ["", f"**Head SIGKILLed under load: not measured ({r.get('head_kill_status', 'not run')}).**"] \
             if r.get("head_kill_status") else []
+    runs = [("this run", r["head_kill"])]
+    if "head_kill_rerun" in r:   # the same measurement run again on its own (BENCH_PARTS=head-kill), merged in
+        runs.append((r["head_kill_rerun"].get("label", "rerun"), r["head_kill_rerun"]))
     h = r["head_kill"]
-    sec = lambda k: f"{h[k]:.2f} s" if k in h else "never (60 s)"
-    ok = h["outage_failed"] == 0
-    return ["", f"**The head SIGKILLed while {h['clients']} clients load a worker's proxy** (head --num-cpus 0, one worker "
-            "with the `echo` replica and its own proxy; closed-loop clients, keep-alive `http.client`, 5 s timeout; "
-            f"the head started again {h['down_s']} s after the kill with the same ports, state dir and token; load average "
-            f"{h['load_start'][0]:.2f} → {h['load_end'][0]:.2f}):", "",
-            "| measurement | value | target | met |", "|---|---:|---|---|",
-            f"| requests failed between the kill and the new head's table at the proxy | {h['outage_failed']} of {h['outage_requests']} "
-            f"({h['outage_s']:.1f} s) | 0 | {'yes' if ok else '**no**'} |",
-            f"| requests failed in the whole run | {h['failed']} of {h['requests']} | 0 | {'yes' if h['failed'] == 0 else '**no**'} |",
-            f"| req/s through the worker's proxy: before the kill / head down / after | {h['rps_before']:.0f} / {h['rps_head_down']:.0f} / "
-            f"{h['rps_after']:.0f} | – | – |",
-            f"| restart → the new head's admin API answers | {sec('admin_up_s')} | – | – |",
-            f"| restart → the worker ALIVE on the new head with its proxy HEALTHY | {sec('worker_healthy_s')} | – | – |",
-            f"| restart → an application deployed on the new head is in the worker proxy's `/-/routes` | {sec('route_at_proxy_s')} "
-            f"(deploy accepted at {sec('deployed_s')}) | – | – |"] \
-        + ([f"", f"Failures seen: {', '.join(h['failures'])}."] if h.get("failures") else [])
+    sec = lambda h, k: f"{h[k]:.2f} s" if k in h else "not seen (60 s)"
+    word = lambda ok: "yes" if ok else "**no**"
+
+    def row(label, f, target="–", ok=None):
+        return f"| {label} | " + " | ".join(f(x) for _, x in runs) + f" | {target} | {'–' if ok is None else word(ok)} |"
+
+    lines = ["", f"**The head SIGKILLed while {h['clients']} clients load a worker's proxy** (head --num-cpus 0, one worker "
+             "with the `echo` replica and its own proxy; closed-loop clients, keep-alive `http.client`, 5 s timeout; "
+             f"the head started again {h['down_s']} s after the kill with the same ports, state dir and token; load average "
+             + "; ".join(f"{x['load_start'][0]:.2f} → {x['load_end'][0]:.2f}" for _, x in runs) + "):", "",
+             "| measurement | " + " | ".join(name for name, _ in runs) + " | target | met |", "|---|" + "---:|" * len(runs) + "---|---|",
+             row("requests failed between the kill and the new head's table at the proxy",
+                 lambda x: f"{x['outage_failed']} of {x['outage_requests']} ({x['outage_s']:.1f} s)", "0",
+                 all(x["outage_failed"] == 0 for _, x in runs)),
+             row("requests failed in the whole run", lambda x: f"{x['failed']} of {x['requests']}", "0", all(x["failed"] == 0 for _, x in runs)),
+             row("req/s through the worker's proxy: before the kill / head down / after",
+                 lambda x: f"{x['rps_before']:.0f} / {x['rps_head_down']:.0f} / {x['rps_after']:.0f}"),
+             row("restart → the new head's admin API answers", lambda x: sec(x, "admin_up_s")),
+             row("restart → the worker ALIVE on the new head with its proxy HEALTHY", lambda x: sec(x, "worker_healthy_s")),
+             row("restart → an application deployed on the new head is in the worker proxy's `/-/routes`",
+                 lambda x: f"{sec(x, 'route_at_proxy_s')} (deploy accepted at {sec(x, 'deployed_s')})")]
+    for name, x in runs:
+        if x.get("failures"):
+            lines += ["", f"Failures seen ({name}): {', '.join(x['failures'])}."]
+    if "head_kill_rerun" in r and r["head_kill_rerun"].get("note"):
+        lines += ["", r["head_kill_rerun"]["note"]]
+    return lines
 
 
 # --- plots --------------------------------------------------------------------------------------------
