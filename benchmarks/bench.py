@@ -4,16 +4,25 @@
     python3 benchmarks/bench.py              # the whole suite (about half an hour on 2 cores)
     BENCH_QUICK=1 python3 benchmarks/bench.py  # a few minutes: 2 s wrk runs, one Ray start-up
 
-Knobs (environment): ROUNDS (3), DURATION (wrk seconds: 5, quick 2), SKIP_RAY=1, SKIP_BUILD=1,
-SERVE_BIN (the binaries' folder: .build/release), RAY_VENV (.bench-ray-venv), BENCH_TAG (suffix of
-the JSON's name), SKIP_WIRE=1, SKIP_AUTOSCALING=1.
+Knobs (environment): ROUNDS (3), DURATION (wrk seconds: 5, quick 2), SKIP_RAY=1 (both Ray modes),
+SKIP_RAY_HAPROXY=1, SKIP_BUILD=1, SERVE_BIN (the binaries' folder: .build/release), RAY_VENV
+(.bench-ray-venv), BENCH_TAG (suffix of the JSON's name), SKIP_WIRE=1, SKIP_AUTOSCALING=1, and
+BENCH_PARTS (a comma-separated subset of embedded, head+worker, worker-proxy, proxy-ab, ray,
+ray-haproxy, command, head-kill; default all) to measure some rows only.
 
 Systems, each measured the same way:
-- swift-serve, embedded: one `serve-head --config ... --num-cpus 4` (ingress, controller and
-  replicas in one process; the ingress still reaches the replicas over HTTP/2 on loopback);
-- swift-serve, head + 1 worker: `serve-head --num-cpus 0` and `serve-worker --num-cpus 4`;
+- swift-serve, embedded: one `serve-head --config ... --num-cpus 4` (proxy, controller and
+  replicas in one process; the proxy calls its replicas in process);
+- swift-serve, head + 1 worker: `serve-head --num-cpus 0` and `serve-worker --num-cpus 4`, load on
+  the head's proxy (an HTTP/2 stream to the worker per request);
+- swift-serve, worker proxy: the same two processes, the worker with `--http-port`, load on the
+  worker's own proxy (its replica local, called in process);
+- swift-serve, proxy A→B: `serve-head --num-cpus 0`, worker A `--num-cpus 0 --http-port` (a proxy
+  only) and worker B with the replicas (and its own `--http-port`), load on A's proxy (no h2load);
 - Ray Serve from PyPI (benchmarks/bench_ray.py, ray.init(num_cpus=4)), installed into RAY_VENV
-  when missing; when it cannot be installed or started, the table says so;
+  when missing, in its default mode (Python proxy) and in its throughput-optimized mode with
+  HAProxy as the ingress (RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1); when it
+  cannot be installed or started, the table says so;
 - nginx answering the same fixed body itself (one hop, 2 workers, access log off). nginx runs
   through the whole suite, and every swift-serve and Ray measurement is interleaved with the same
   measurement of nginx, so each ratio comes from runs minutes, not hours, apart.
@@ -24,7 +33,16 @@ request overhead = p50 at 1 connection of a 10 ms `sleep` deployment minus 10 ms
 launching the binaries to the first 200 of a 1-replica deployment; memory = total RSS of every
 process of the runtime (the launched processes, their sessions and descendants), idle with the
 one deployment 2 s after its first 200, and the peak while wrk drives 64 connections. Medians of
-ROUNDS runs. Then benchmarks/wire and benchmarks/autoscaling (their own tables).
+ROUNDS runs. Then two scenarios of their own:
+- a command replica (examples/model.py, a Python HTTP/1.1 server) behind a worker's proxy, against
+  a second nginx proxying to the same child process (found through /proc: its PORT) with keep-alive
+  upstream connections, and against the child answered directly; wrk at 8 and 32 connections,
+  interleaved;
+- the head SIGKILLed while 16 closed-loop clients (threads, keep-alive http.client) load a worker's
+  proxy, started again 10 s later (same ports, state dir, token): requests failed, and the times
+  from the restart to the admin API answering, to the worker ALIVE with its proxy HEALTHY, and to a
+  new application (deployed on the new head as soon as it answers) on the worker's /-/routes.
+Then benchmarks/wire and benchmarks/autoscaling (their own tables).
 
 Writes benchmarks/results/<date>.json, benchmarks/results/bench-latest.md, the plots
 benchmarks/results/bench-*.svg, and the latest section of benchmarks/README.md.
@@ -53,10 +71,22 @@ ROUNDS = int(os.environ.get("ROUNDS", "3"))
 DURATION = int(os.environ.get("DURATION", "2" if QUICK else "5"))
 CONNECTIONS = [8, 32, 64]
 REPLICAS = [1, 2]
+COMMAND_CONNECTIONS = [8, 32]
+HEAD_KILL_CLIENTS, HEAD_DOWN_S = 16, 10
 H2_CONNECTIONS, H2_STREAMS = 8, 16
 STARTUP_ROUNDS = 3
 RAY_STARTUP_ROUNDS = 1 if QUICK else 3
 SKIP_RAY = os.environ.get("SKIP_RAY", "0") == "1"
+SKIP_RAY_HAPROXY = os.environ.get("SKIP_RAY_HAPROXY", "0") == "1"
+RAY_DEFAULT, RAY_HAPROXY = "Ray Serve", "Ray Serve (HAProxy)"
+# BENCH_PARTS: a comma-separated subset of embedded, head+worker, worker proxy, proxy A→B (or proxy-ab),
+# Ray Serve, Ray Serve (HAProxy) (or ray, ray-haproxy), command, head-kill; default all.
+PARTS = {p.strip() for p in os.environ.get("BENCH_PARTS", "").split(",") if p.strip()}
+ALIASES = {"proxy-ab": "proxy A→B", "worker-proxy": "worker proxy", "ray": RAY_DEFAULT, "ray-haproxy": RAY_HAPROXY}
+
+
+def part(name):
+    return not PARTS or name in {ALIASES.get(p, p) for p in PARTS}
 VENV = os.environ.get("RAY_VENV", ".bench-ray-venv")
 SLEEP_MS = 10
 TOKEN = "bench-token"
@@ -304,37 +334,64 @@ def config(echo_replicas, with_sleep):
 
 
 class SwiftServe:
-    def __init__(self, work, topology):
-        self.work, self.topology = work, topology
+    """One swift-serve topology; `port` is where the load goes.
+
+    - embedded: one serve-head hosting the replicas (its proxy calls them in process);
+    - head+worker: serve-head --num-cpus 0 and one worker with the replicas, load on the head's proxy;
+    - worker proxy: the same two processes, load on the worker's own proxy (replica local, in process);
+    - proxy A→B: serve-head --num-cpus 0, worker A --num-cpus 0 (a proxy only) and worker B with the
+      replicas, load on A's proxy (every request an HTTP/2 stream from A to B).
+    """
+    def __init__(self, work, topology, tag=""):
+        self.work, self.topology, self.tag = work, topology, tag
         self.name = f"swift-serve {topology}"
         self.procs = Processes()
         self.n = 0
 
+    def head_args(self, d):
+        return [f"{RELEASE}/serve-head", "--host", "127.0.0.1", "--port", str(self.cluster),
+                "--http-host", "127.0.0.1", "--http-port", str(self.head_port), "--admin-port", str(self.admin),
+                "--state-dir", os.path.join(d, "state"), "--token", TOKEN]
+
+    def worker(self, d, name, cpus, http_port):
+        """A worker whose proxy listens on 127.0.0.1:http_port (0: any port; it is not the one measured)."""
+        return self.procs.start([f"{RELEASE}/serve-worker", "--address", f"127.0.0.1:{self.cluster}", "--token", TOKEN,
+                                 "--num-cpus", str(cpus), "--listen-host", "127.0.0.1", "--node-address", "127.0.0.1",
+                                 "--http-host", "127.0.0.1", "--http-port", str(http_port)],
+                                os.path.join(d, f"{name}.log"))
+
     def launch(self):
         """Starts the binaries with the one no-op deployment; returns the launch time."""
         self.n += 1
-        d = os.path.join(self.work, f"{self.topology.replace(' ', '')}-{self.n}")
+        d = os.path.join(self.work, f"{re.sub(r'[^A-Za-z0-9]', '', self.topology)}{self.tag}-{self.n}")
         os.makedirs(d)
         self.dir = d
-        self.port, self.admin, self.cluster = free_port(), free_port(), free_port()
+        self.head_port, self.admin, self.cluster = free_port(), free_port(), free_port()
+        self.port = self.head_port
         cfg = os.path.join(d, "config.yaml")
         open(cfg, "w").write(config(1, False))
-        head = [f"{RELEASE}/serve-head", "--config", cfg, "--host", "127.0.0.1", "--port", str(self.cluster),
-                "--http-host", "127.0.0.1", "--http-port", str(self.port), "--admin-port", str(self.admin),
-                "--state-dir", os.path.join(d, "state"), "--token", TOKEN]
+        head = self.head_args(d) + ["--config", cfg]
         started = time.monotonic()
         if self.topology == "embedded":
-            self.procs.start(head + ["--num-cpus", "4"], os.path.join(d, "head.log"))
+            self.head = self.procs.start(head + ["--num-cpus", "4"], os.path.join(d, "head.log"))
         else:
-            self.procs.start(head + ["--num-cpus", "0"], os.path.join(d, "head.log"))
-            self.procs.start([f"{RELEASE}/serve-worker", "--address", f"127.0.0.1:{self.cluster}", "--token", TOKEN,
-                              "--num-cpus", "4", "--listen-host", "127.0.0.1", "--node-address", "127.0.0.1"],
-                             os.path.join(d, "worker.log"))
+            self.head = self.procs.start(head + ["--num-cpus", "0"], os.path.join(d, "head.log"))
+            if self.topology == "head+worker":
+                self.worker(d, "worker", 4, 0)
+            elif self.topology == "worker proxy":
+                self.port = free_port()
+                self.worker(d, "worker", 4, self.port)
+            elif self.topology == "proxy A→B":
+                self.port = free_port()
+                self.worker(d, "worker-a", 0, self.port)
+                self.worker(d, "worker-b", 4, free_port())
+            else:
+                raise ValueError(self.topology)
         return started
 
     def logs(self):
         out = []
-        for f in ("head.log", "worker.log"):
+        for f in ("head.log", "worker.log", "worker-a.log", "worker-b.log"):
             p = os.path.join(self.dir, f)
             if os.path.exists(p):
                 out.append(f"--- {f} ---\n" + open(p, errors="replace").read()[-4000:])
@@ -355,6 +412,8 @@ class SwiftServe:
                 reps = apps["echo"]["deployments"]["Echo"]["replicas"]
                 if (all(apps.get(a, {}).get("status") == "RUNNING" for a in ("echo", "sleep"))
                         and len(reps) == echo_replicas and all(r["state"] == "RUNNING" for r in reps)):
+                    # The proxy measured may be a worker's: wait for the head's table to reach it.
+                    first_200(self.port, "/sleep", time.monotonic(), timeout=30)
                     return
             except (OSError, KeyError, ValueError, http.client.HTTPException):
                 pass
@@ -366,19 +425,21 @@ class SwiftServe:
 
 
 class RayServe:
-    name = "Ray Serve"
+    """Ray Serve from RAY_VENV (benchmarks/bench_ray.py); `env` selects a mode, e.g. its HAProxy ingress."""
 
-    def __init__(self, work):
+    def __init__(self, work, name="Ray Serve", env=None):
         self.work, self.procs, self.n = work, Processes(), 0
+        self.name, self.env = name, env or {}
         self.python = os.path.join(VENV, "bin", "python")
 
     def launch(self):
         self.n += 1
         self.port = free_port()
-        self.log = os.path.join(self.work, f"ray-{self.n}.log")
+        self.log = os.path.join(self.work, f"{re.sub(r'[^A-Za-z0-9]', '', self.name)}-{self.n}.log")
         started = time.monotonic()
         self.proc = self.procs.start([self.python, "benchmarks/bench_ray.py", str(self.port)], self.log,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, **self.env})
         return started
 
     def logs(self):
@@ -487,6 +548,250 @@ def measure(system, nginx, work, startup_rounds, h2=True):
     return res
 
 
+# --- a command replica through its node's proxy, against nginx proxying to the same child --------------
+
+MODEL_PATH = "/predict?x=3"   # what the child answers in both paths (the proxy strips /model)
+
+
+def command_config():
+    return f"""applications:
+  - name: model
+    route_prefix: /model
+    deployments:
+      - name: Model
+        command: [{json.dumps(sys.executable)}, {json.dumps(os.path.join(ROOT, "examples", "model.py"))}]
+        health_path: /healthz
+        num_replicas: 1
+        max_ongoing_requests: 100
+"""
+
+
+def child_port(procs, marker="model.py"):
+    """The PORT of the one process in the tree whose command line names `marker` (the replica's child)."""
+    for pid in procs.tree():
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+            if any(a.endswith(marker.encode()) for a in cmdline):
+                env = dict(x.split(b"=", 1) for x in open(f"/proc/{pid}/environ", "rb").read().split(b"\0") if b"=" in x)
+                return pid, int(env[b"PORT"])
+        except (OSError, KeyError, ValueError):
+            continue
+    raise RuntimeError(f"no process running {marker} under the worker")
+
+
+class NginxProxy:
+    """nginx as a one-hop reverse proxy to 127.0.0.1:upstream (keep-alive upstream connections)."""
+
+    def __init__(self, work, upstream):
+        self.dir = os.path.join(work, "nginx-proxy")
+        os.makedirs(os.path.join(self.dir, "logs"), exist_ok=True)
+        self.port = free_port()
+        self.procs = Processes()
+        temp = "\n".join(f"  {k}_temp_path {self.dir}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        open(os.path.join(self.dir, "nginx.conf"), "w").write(f"""daemon off;
+master_process on;
+worker_processes 2;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+{temp}
+  upstream child {{
+    server 127.0.0.1:{upstream};
+    keepalive 128;
+    keepalive_requests 10000000;
+  }}
+  server {{
+    listen 127.0.0.1:{self.port};
+    location / {{
+      proxy_pass http://child;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+""")
+
+    def start(self):
+        nginx = "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else "nginx"
+        self.procs.start([nginx, "-p", self.dir, "-c", f"{self.dir}/nginx.conf", "-e", f"{self.dir}/logs/error.log"],
+                         os.path.join(self.dir, "nginx.out"))
+        first_200(self.port, MODEL_PATH, time.monotonic(), timeout=30, procs=self.procs.procs)
+
+
+def measure_command(work):
+    """A command replica (examples/model.py) behind a worker's proxy, against nginx proxying to the same
+    child process and against the child answered directly; interleaved, at COMMAND_CONNECTIONS."""
+    log("command replica: head --num-cpus 0 + worker (proxy on its own port), examples/model.py as the replica")
+    s = SwiftServe(work, "worker proxy", tag="-command")
+    res = {"connections": COMMAND_CONNECTIONS, "rows": [], "load_start": os.getloadavg()}
+    proxy = None
+    try:
+        started = s.launch()
+        first_200(s.port, "/echo/bench", started, procs=s.procs.procs)
+        open(os.path.join(s.dir, "model.yaml"), "w").write(command_config())
+        deploy = subprocess.run([f"{RELEASE}/serve", "deploy", os.path.join(s.dir, "model.yaml"), "--address",
+                                 f"http://127.0.0.1:{s.admin}"], capture_output=True, text=True, env={**os.environ, "SERVE_TOKEN": TOKEN})
+        if deploy.returncode != 0:
+            raise RuntimeError(f"serve deploy of the command replica failed: {deploy.stderr.strip()}")
+        try:
+            first_200(s.port, "/model" + MODEL_PATH, time.monotonic(), timeout=120, procs=s.procs.procs)
+        except RuntimeError:
+            log(s.logs())
+            raise
+        pid, port = child_port(s.procs)
+        res["child"] = {"pid": pid, "port": port}
+        proxy = NginxProxy(work, port)
+        proxy.start()
+        log(f"  child pid {pid} on :{port}; nginx → child on :{proxy.port}; worker proxy on :{s.port}")
+        targets = {"swift": (s.port, "/model" + MODEL_PATH), "nginx": (proxy.port, MODEL_PATH), "direct": (port, MODEL_PATH)}
+        for port_, path in targets.values():
+            wrk(port_, path, 8)   # warm-up
+        for conns in COMMAND_CONNECTIONS:
+            row = {"connections": conns, **{k: [] for k in targets}}
+            for _ in range(ROUNDS):
+                for k, (port_, path) in targets.items():
+                    row[k].append(wrk(port_, path, conns))
+            res["rows"].append(row)
+            m = {k: statistics.median(r["rps"] for r in row[k]) for k in targets}
+            log(f"  {conns} connections: proxy {m['swift']:.0f}, nginx → child {m['nginx']:.0f}, child direct "
+                f"{m['direct']:.0f} req/s ({m['swift'] / m['nginx']:.2f}× nginx)")
+    finally:
+        if proxy:
+            proxy.procs.stop()
+        s.stop()
+    res["load_end"] = os.getloadavg()
+    return res
+
+
+# --- the head SIGKILLed under load on a worker's proxy ------------------------------------------------
+
+class ClosedLoop:
+    """`clients` threads, each a keep-alive http.client connection sending GETs back to back; every
+    request recorded as (monotonic end, ok, what went wrong)."""
+
+    def __init__(self, port, path, clients):
+        self.port, self.path, self.done = port, path, threading.Event()
+        self.records = [[] for _ in range(clients)]
+        self.threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(clients)]
+
+    def client(self, i):
+        out, conn = self.records[i], None
+        while not self.done.is_set():
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", self.path)
+                r = conn.getresponse()
+                r.read()
+                out.append((time.monotonic(), r.status == 200, None if r.status == 200 else f"HTTP {r.status}"))
+            except (OSError, http.client.HTTPException) as e:
+                out.append((time.monotonic(), False, type(e).__name__))
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.01)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        for t in self.threads:
+            t.join(10)
+
+    def all(self):
+        return sorted(r for rs in self.records for r in rs)
+
+
+def admin_json(port, path):
+    status, body = get(port, path, timeout=2)
+    return json.loads(body) if status == 200 else None
+
+
+def measure_head_kill(work):
+    """Head SIGKILLed while HEAD_KILL_CLIENTS clients load a worker's proxy; HEAD_DOWN_S seconds later it
+    is started again (same ports, state dir, token). Counts the requests that failed, and times the new
+    head: admin API up, the worker ALIVE with its proxy HEALTHY, and a new application's route on the
+    worker's proxy (deployed on the new head as soon as it answers)."""
+    log(f"head SIGKILLed under load: {HEAD_KILL_CLIENTS} clients on a worker's proxy, head down {HEAD_DOWN_S} s")
+    s = SwiftServe(work, "worker proxy", tag="-headkill")
+    res = {"clients": HEAD_KILL_CLIENTS, "down_s": HEAD_DOWN_S, "load_start": os.getloadavg()}
+    try:
+        started = s.launch()
+        first_200(s.port, "/echo/bench", started, procs=s.procs.procs)
+        time.sleep(1)
+        with ClosedLoop(s.port, "/echo/bench", HEAD_KILL_CLIENTS) as load:
+            time.sleep(3)
+            t_kill = time.monotonic()
+            os.kill(s.head.pid, signal.SIGKILL)
+            s.head.wait()
+            time.sleep(HEAD_DOWN_S)
+            t_restart = time.monotonic()
+            s.head = s.procs.start(s.head_args(s.dir) + ["--num-cpus", "0"], os.path.join(s.dir, "head-restarted.log"))
+            times, deployed = {}, False
+            probe = os.path.join(s.dir, "probe.yaml")
+            open(probe, "w").write(config(1, False) + """  - name: probe
+    route_prefix: /probe
+    deployments:
+      - name: Probe
+        handler: echo
+        num_replicas: 1
+""")
+            while time.monotonic() - t_restart < 60 and not {"worker_healthy_s", "route_at_proxy_s"} <= times.keys():
+                now = time.monotonic() - t_restart
+                nodes = admin_json(s.admin, "/api/cluster/nodes")
+                if nodes is not None:
+                    times.setdefault("admin_up_s", now)
+                    if not deployed:
+                        deployed = subprocess.run([f"{RELEASE}/serve", "deploy", probe, "--address", f"http://127.0.0.1:{s.admin}"],
+                                                  capture_output=True, env={**os.environ, "SERVE_TOKEN": TOKEN}).returncode == 0
+                        if deployed:
+                            times["deployed_s"] = time.monotonic() - t_restart
+                    if any(n.get("state") == "ALIVE" and n.get("proxy_status") == "HEALTHY" for n in nodes.get("nodes", [])):
+                        times.setdefault("worker_healthy_s", now)
+                if deployed:
+                    status, body = get(s.port, "/-/routes")
+                    try:
+                        if status == 200 and json.loads(body).get("/probe") == "probe":
+                            times.setdefault("route_at_proxy_s", time.monotonic() - t_restart)
+                    except ValueError:
+                        pass
+                time.sleep(0.02)
+            t_tables = t_restart + times.get("route_at_proxy_s", 60)
+            time.sleep(2)
+            t_end = time.monotonic()
+        recs = load.all()
+        t0 = recs[0][0] if recs else t_kill
+        window = lambda a, b: [r for r in recs if a <= r[0] < b]
+        outage = window(t_kill, t_tables)
+        res.update(times)
+        res.update({
+            "requests": len(recs), "failed": sum(1 for r in recs if not r[1]),
+            "outage_requests": len(outage), "outage_failed": sum(1 for r in outage if not r[1]),
+            "outage_s": t_tables - t_kill,
+            "rps_before": len(window(t0, t_kill)) / max(1e-9, t_kill - t0),
+            "rps_head_down": len(window(t_kill, t_restart)) / max(1e-9, t_restart - t_kill),
+            "rps_after": len(window(t_tables, t_end)) / max(1e-9, t_end - t_tables),
+            "failures": sorted({r[2] for r in recs if not r[1]}),
+        })
+        log(f"  {res['requests']} requests, {res['failed']} failed ({res['outage_failed']} of {res['outage_requests']} "
+            f"between the kill and the new head's table at the proxy); restart → admin {times.get('admin_up_s', -1):.2f} s, "
+            f"→ worker HEALTHY {times.get('worker_healthy_s', -1):.2f} s, → new route at the proxy {times.get('route_at_proxy_s', -1):.2f} s")
+        if "route_at_proxy_s" not in times:
+            log(s.logs())
+    finally:
+        s.stop()
+    res["load_end"] = os.getloadavg()
+    return res
+
+
 def run_script(args, env):
     log(f"running {' '.join(args)}")
     p = subprocess.run(args, env={**os.environ, **env})
@@ -508,30 +813,58 @@ def main():
     if os.environ.get("SKIP_BUILD", "0") != "1":
         log("building release binaries (swift build -c release --static-swift-stdlib, as make release)...")
         subprocess.run(["swift", "build", "-c", "release", "--static-swift-stdlib"], check=True)
-    ray_status = "skipped (SKIP_RAY=1)" if SKIP_RAY else ray_available()
+    if SKIP_RAY:
+        ray_status = "skipped (SKIP_RAY=1)"
+    elif not (part(RAY_DEFAULT) or part(RAY_HAPROXY)):
+        ray_status = "skipped (not in BENCH_PARTS)"
+    else:
+        ray_status = ray_available()
     if ray_status is None:
         result["ray_version"] = subprocess.run([os.path.join(VENV, "bin", "python"), "-c", "import ray; print(ray.__version__)"],
                                                capture_output=True, text=True).stdout.strip()
 
     work = tempfile.mkdtemp(prefix="serve-bench-")
     nginx = Nginx(work)
-    systems = [SwiftServe(work, "embedded"), SwiftServe(work, "head+worker")]
+    topologies = [t for t in ("embedded", "head+worker", "worker proxy", "proxy A→B") if part(t)]
+    systems = [SwiftServe(work, t) for t in topologies]
+    rays = [(RAY_DEFAULT, {}, "ray_status")]
+    if SKIP_RAY_HAPROXY:
+        result["ray_haproxy_status"] = "skipped (SKIP_RAY_HAPROXY=1)"
+    else:
+        rays.append((RAY_HAPROXY, {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}, "ray_haproxy_status"))
     try:
         nginx.start()
         result["nginx"] = {"startup_s": nginx.startup_s, "idle_rss_mib": nginx.idle_rss_mib}
         log(f"nginx on :{nginx.port} (h2c :{nginx.h2_port}): start-up {nginx.startup_s:.3f} s, {nginx.idle_rss_mib:.1f} MiB")
         for s in systems:
-            result["systems"][s.name] = measure(s, nginx, work, STARTUP_ROUNDS)
-        if ray_status is None:
-            ray = RayServe(work)
+            # A proxy whose only replica is on another node: throughput and overhead (no h2load).
+            result["systems"][s.name] = measure(s, nginx, work, STARTUP_ROUNDS, h2=s.topology != "proxy A→B")
+        for name, env, key in rays:
+            if ray_status is not None or not part(name):
+                result[key] = ray_status or f"skipped (not in BENCH_PARTS)"
+                continue
+            ray = RayServe(work, name, env)
             try:
-                result["systems"]["Ray Serve"] = measure(ray, nginx, work, RAY_STARTUP_ROUNDS, h2=False)
+                result["systems"][name] = measure(ray, nginx, work, RAY_STARTUP_ROUNDS, h2=False)
+                result[key] = None
             except (RuntimeError, subprocess.CalledProcessError) as e:
-                ray_status = f"failed: {e}"
-                log(f"Ray Serve failed: {e}\n{ray.logs()}")
+                result[key] = f"failed: {str(e).splitlines()[0]}"
+                log(f"{name} failed: {e}\n{ray.logs()}")
+                result.setdefault("ray_logs", {})[name] = ray.logs()
             finally:
                 ray.stop()
-        result["ray_status"] = ray_status
+        if part("command"):
+            try:
+                result["command"] = measure_command(work)
+            except (RuntimeError, subprocess.CalledProcessError) as e:
+                result["command_status"] = f"failed: {e}"
+                log(f"command replica failed: {e}")
+        if part("head-kill"):
+            try:
+                result["head_kill"] = measure_head_kill(work)
+            except (RuntimeError, subprocess.CalledProcessError) as e:
+                result["head_kill_status"] = f"failed: {e}"
+                log(f"head kill failed: {e}")
     finally:
         for s in systems:
             s.stop()

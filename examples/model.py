@@ -14,6 +14,10 @@ from urllib.parse import parse_qs, urlparse
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: the head and the body go out in two writes, and with Nagle's algorithm the body
+    # waits for the client's delayed ACK of the head, about 40 ms per request on a keep-alive
+    # connection (22 req/s at one connection here, instead of about 1,100).
+    disable_nagle_algorithm = True
 
     def _answer(self, status, payload):
         body = json.dumps(payload).encode()
