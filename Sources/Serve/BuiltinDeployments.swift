@@ -1,3 +1,4 @@
+import Synchronization
 import Foundation
 import HTTPTypes
 import NIOCore
@@ -6,6 +7,8 @@ import ServeWire
 
 /// `echo`: returns the request body, or the path when there is none.
 struct EchoDeployment: Deployment {
+    var isNonBlocking: Bool { true }
+
     func handle(_ request: ServeRequest) async throws -> ServeResponse {
         let body = try await request.body.collect(upTo: 100 << 20)
         if body.readableBytes == 0 {
@@ -26,22 +29,24 @@ private func milliseconds(_ request: ServeRequest, _ userConfig: JSONValue?, fal
 
 /// `sleep`: waits `ms` milliseconds (from `?ms=` or `user_config: {ms: …}`), then answers.
 /// Its `user_config` can change without a restart (`reconfigure`).
-actor SleepDeployment: Deployment {
-    private var userConfig: JSONValue?
+final class SleepDeployment: Deployment {
+    private let userConfig: Mutex<JSONValue?>
+    /// It only awaits a timer.
+    var isNonBlocking: Bool { true }
 
     init(context: ReplicaContext) {
-        self.userConfig = context.userConfig
+        self.userConfig = Mutex(context.userConfig)
     }
 
     func handle(_ request: ServeRequest) async throws -> ServeResponse {
         _ = try await request.body.collect(upTo: 100 << 20)
-        let ms = milliseconds(request, self.userConfig, fallback: 100)
+        let ms = milliseconds(request, self.userConfig.withLock { $0 }, fallback: 100)
         try await Task.sleep(for: .milliseconds(ms))
         return .text("slept \(ms) ms\n")
     }
 
     func reconfigure(userConfig: JSONValue?) async throws {
-        self.userConfig = userConfig
+        self.userConfig.withLock { $0 = userConfig }
     }
 }
 
@@ -78,6 +83,7 @@ actor CPUDeployment: Deployment {
 /// `env`: describes the replica: ids, its resource grant, and its environment (DESIGN.md).
 struct EnvDeployment: Deployment {
     let context: ReplicaContext
+    var isNonBlocking: Bool { true }
 
     func handle(_ request: ServeRequest) async throws -> ServeResponse {
         _ = try await request.body.collect(upTo: 100 << 20)

@@ -112,11 +112,17 @@ public protocol Deployment: Sendable {
     /// a call that throws, or takes longer than `health_check_timeout_s`, is a failed check, and
     /// three in a row get the replica replaced (Ray Serve's `check_health`).
     func checkHealth() async throws
+    /// True for a deployment whose `handle` never blocks a thread and does no heavy CPU work
+    /// (it only awaits): it then runs on the connection's event loop, which saves the two
+    /// thread hops to the shared pool and back on every request. Default false: user code runs
+    /// on the pool, where a slow handler cannot stall the node's sockets.
+    var isNonBlocking: Bool { get }
 }
 
 extension Deployment {
     public func reconfigure(userConfig: JSONValue?) async throws {}
     public func checkHealth() async throws {}
+    public var isNonBlocking: Bool { false }
 }
 
 /// Makes deployment instances by name: the built-in handlers, and any a custom worker binary

@@ -241,9 +241,14 @@ struct SwiftDeploymentBox: Sendable {
         )
         let response: ServeResponse
         do {
-            // User code runs on the shared pool, never on the connection's event loop.
-            response = try await withTaskExecutorPreference(globalConcurrentExecutor) {
-                try await self.instance.handle(serveRequest)
+            if self.instance.isNonBlocking {
+                // It only awaits: it runs where the request is (the connection's event loop).
+                response = try await self.instance.handle(serveRequest)
+            } else {
+                // User code runs on the shared pool, never on the connection's event loop.
+                response = try await withTaskExecutorPreference(globalConcurrentExecutor) {
+                    try await self.instance.handle(serveRequest)
+                }
             }
         } catch where Task.isCancelled {
             // Its replica stopped and `graceful_shutdown_timeout_s` ran out first.
