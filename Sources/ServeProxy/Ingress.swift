@@ -121,8 +121,10 @@ public final class Ingress: Sendable {
             return try await self.text(writer, .serviceUnavailable, "\(app.name) is not ready")
         }
         let started = ContinuousClock.now
-        let outcome = await self.forward(request, app: app, router: router, table: table, writer: writer)
+        let progress = ForwardProgress()
+        let outcome = await self.forward(request, app: app, router: router, table: table, writer: writer, progress: progress)
         self.metrics.record(deployment: app.ingress.id, status: outcome, seconds: (ContinuousClock.now - started).seconds)
+        if let cut = progress.cut { throw cut }
     }
 
     /// Forwards and answers; returns the status sent (for metrics).
@@ -131,9 +133,9 @@ public final class Ingress: Sendable {
         app: ApplicationRoute,
         router: DeploymentRouter,
         table: RouteTable,
-        writer: any HTTPResponseWriter
+        writer: any HTTPResponseWriter,
+        progress: ForwardProgress
     ) async -> Int {
-        let progress = ForwardProgress()
         do {
             return try await Self.withTimeout(table.requestTimeout) {
                 try await withTaskCancellationHandler {
@@ -148,6 +150,9 @@ public final class Ingress: Sendable {
             return failure.status.code
         } catch {
             self.logger.debug("request failed after its response began", metadata: ["error": "\(error)"])
+            // The head went out: only a cut (connection closed short, RST_STREAM) says the body
+            // is incomplete, so the server is told to make one rather than end it cleanly.
+            progress.cutResponse(error)
             return 502
         }
     }
@@ -159,10 +164,15 @@ public final class Ingress: Sendable {
             var stream: HTTP2ClientStream?
             var headSent = false
             var cancelled = false
+            var cut: (any Error)?
         }
         private let state = NIOLockedValueBox(State())
 
         var headSent: Bool { self.state.withLockedValue { $0.headSent } }
+
+        /// The response failed after its head went out (the handler throws it, so the server cuts).
+        var cut: (any Error)? { self.state.withLockedValue { $0.cut } }
+        func cutResponse(_ error: any Error) { self.state.withLockedValue { $0.cut = error } }
 
         func markHeadSent() { self.state.withLockedValue { $0.headSent = true } }
 
@@ -205,7 +215,8 @@ public final class Ingress: Sendable {
         head.headerFields[ServeHeaders.token] = self.token
         head.headerFields[.connection] = nil
         head.headerFields[.transferEncoding] = nil
-        let hasBody = request.head.headerFields[.contentLength].map { $0 != "0" } ?? (request.head.headerFields[.transferEncoding] != nil)
+        head.addForwardedFields(client: request.remoteAddress)
+        let hasBody = request.hasBody
 
         // A small body is read first and kept, so that the request can go to another replica
         // if the first refuses it or cannot be reached (a streamed body is consumed by the
@@ -333,6 +344,10 @@ public final class Ingress: Sendable {
                             try await stream.write(chunk)
                         }
                         try await stream.finish()
+                    } catch let error as HTTP2Error {
+                        // A body that cannot be read (bad gzip, over the limit) fails the request
+                        // with that error, so it is answered as the client's fault.
+                        stream.cancel(error: error)
                     } catch {
                         stream.cancel()
                     }
@@ -341,6 +356,10 @@ public final class Ingress: Sendable {
             response = try await stream.response()
         } catch HTTP2Error.timeout {
             throw IngressFailure(status: .gatewayTimeout, message: "no answer within request_timeout_s")
+        } catch HTTP2Error.badBody(let reason) {
+            throw IngressFailure(status: .badRequest, message: "the request body could not be read: \(reason)")
+        } catch HTTP2Error.bodyTooLarge(let limit) {
+            throw IngressFailure(status: .contentTooLarge, message: "the body is over the \(limit)-byte limit")
         } catch let error as HTTP2Error where error.isSafeToRetry && !bodyStarted {
             return .unreachable(error)
         } catch {
