@@ -134,6 +134,72 @@ struct IntermediaryTests {
         #expect(endedByServer.isEmpty, "\(output)")
         await server.close()
     }
+
+    @Test("hop-by-hop fields never cross an HTTP/2 hop: Connection and what it names, TE other than trailers")
+    func hopByHopFields() async throws {
+        let server = try await HTTP2Server.bind(host: "127.0.0.1", port: 0) { request, writer in
+            var fields = HTTPFields()
+            fields[HTTPField.Name("x-saw-te")!] = request.head.headerFields[.te] ?? "none"
+            fields[.connection] = "close, x-hop"
+            fields[HTTPField.Name("x-hop")!] = "1"
+            fields[HTTPField.Name("x-end-to-end")!] = "2"
+            try await writer.respond(HTTPResponse(status: .ok, headerFields: fields), body: nil)
+        }
+        let client = try await HTTP2ClientConnection.connect(host: "127.0.0.1", port: server.port)
+        // nghttp2 resets a stream whose te is not "trailers" (RFC 9113 §8.2.2): it must not go out.
+        let response = try await client.send(request(.get, "/", [.te: "gzip"]), timeout: .seconds(10))
+        #expect(response.head.status == .ok)
+        #expect(response.head.headerFields[HTTPField.Name("x-saw-te")!] == "none")
+        #expect(response.head.headerFields[HTTPField.Name("x-hop")!] == nil)
+        #expect(response.head.headerFields[.connection] == nil)
+        #expect(response.head.headerFields[HTTPField.Name("x-end-to-end")!] == "2")
+        let trailers = try await client.send(request(.get, "/", [.te: "trailers"]), timeout: .seconds(10))
+        #expect(trailers.head.headerFields[HTTPField.Name("x-saw-te")!] == "trailers")
+        await client.close()
+        await server.close()
+    }
+
+    @Test("the HTTP/1.1 server decodes content-coded request bodies as the HTTP/2 server does: gzip read decoded, a corrupt one 400, an unknown coding 415")
+    func http1RequestDecoding() async throws {
+        let server = try await HTTP1Server.bind(host: "127.0.0.1", port: 0) { request, writer in
+            let body = try await request.body.collect(upTo: 1 << 20)
+            var fields = HTTPFields()
+            fields[HTTPField.Name("x-saw-encoding")!] = request.head.headerFields[.contentEncoding] ?? "none"
+            try await writer.respond(HTTPResponse(status: .ok, headerFields: fields), body: body)
+        }
+        let file = temporaryPath("body.gz")
+        defer { try? FileManager.default.removeItem(at: file) }
+        let zipped = try Zlib.compress(ByteBuffer(string: "decoded for the handler"), coding: .gzip)
+        try Data(zipped.readableBytesView).write(to: file)
+        let url = "http://127.0.0.1:\(server.port)/"
+        let good = try await curl(["-i", "-H", "content-encoding: gzip", "--data-binary", "@\(file.path)", url])
+        #expect(good.output.hasPrefix("HTTP/1.1 200"), "\(good.output)")
+        #expect(good.output.contains("x-saw-encoding: none"))
+        #expect(good.output.hasSuffix("decoded for the handler"), "\(good.output)")
+        let corrupt = try await curl(["-o", "/dev/null", "-w", "%{http_code}", "-H", "content-encoding: gzip", "-d", "plain", url])
+        #expect(corrupt.output == "400")
+        let unknown = try await curl(["-o", "/dev/null", "-w", "%{http_code}", "-H", "content-encoding: br", "-d", "x", url])
+        #expect(unknown.output == "415")
+        await server.close()
+    }
+
+    @Test(arguments: [
+        ("http://h:8000/e/x?q=1", "h:8000", "/e/x?q=1"),
+        ("HTTP://h", "h", "/"),
+        ("http://h?q", "h", "/?q"),
+        ("https://[::1]:8443/p", "[::1]:8443", "/p"),
+    ])
+    func absoluteFormTargets(target: String, authority: String, path: String) {
+        let parsed = HTTP1ServerConnection.absoluteForm(target)
+        #expect(parsed?.authority == authority)
+        #expect(parsed?.path == path)
+    }
+
+    @Test func originFormIsNotAbsolute() {
+        #expect(HTTP1ServerConnection.absoluteForm("/e/x") == nil)
+        #expect(HTTP1ServerConnection.absoluteForm("/redirect?to=http://x") == nil)
+        #expect(HTTP1ServerConnection.absoluteForm("*") == nil)
+    }
 }
 
 extension String {
