@@ -367,6 +367,20 @@ struct ProxyFramingTests {
             let h2Host = (h2["headers"]?.arrayValue ?? []).first { $0.arrayValue?.first?.stringValue == "host" }?.arrayValue?.last?.stringValue
             #expect(h2Host == "app.example:8080", "\(output)")
 
+            // An h2c upload without content-length (curl -T -, httpx with a generator) has a body
+            // all the same: HEADERS without END_STREAM (HTTPServerRequest.hasBody).
+            let upload = FileManager.default.temporaryDirectory.appendingPathComponent("upload-\(UUID().uuidString)")
+            try Data(repeating: 0x61, count: 1000).write(to: upload)
+            defer { try? FileManager.default.removeItem(at: upload) }
+            for path in ["/p/echo", "/e/x"] {
+                let (status, output) = try await Self.run(
+                    "/usr/bin/curl",
+                    ["--silent", "--http2-prior-knowledge", "-H", "content-length:", "--data-binary", "@\(upload.path)",
+                     "http://127.0.0.1:\(port)\(path)"])
+                #expect(status == 0)
+                #expect(output.contains(String(repeating: "a", count: 1000)), "\(path): \(output.prefix(300))")
+            }
+
             // Many bodyless requests over h2c on few connections: a stray `0` chunk would be read
             // by the replica as its next request and answered with an error.
             let (loadStatus, load) = try await Self.run(
