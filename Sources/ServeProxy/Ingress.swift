@@ -344,10 +344,12 @@ public final class Ingress: Sendable {
                             try await stream.write(chunk)
                         }
                         try await stream.finish()
-                    } catch let error as HTTP2Error {
-                        // A body that cannot be read (bad gzip, over the limit) fails the request
-                        // with that error, so it is answered as the client's fault.
-                        stream.cancel(error: error)
+                    } catch HTTP2Error.badBody(let reason) {
+                        // A body that cannot be read (not the gzip it claims) fails the request
+                        // with that error, so it is answered 400 as the client's fault.
+                        stream.cancel(error: .badBody(reason))
+                    } catch HTTP2Error.bodyTooLarge(let limit) {
+                        stream.cancel(error: .bodyTooLarge(limit: limit))
                     } catch {
                         stream.cancel()
                     }
