@@ -43,6 +43,8 @@ public struct RetryPolicy: Sendable, Hashable {
     public private(set) var unreachable = 0
     public private(set) var retriedAfterFailure = false
     private var lastRefusalWasFull = false
+    /// Why the last replica that failed mid-request failed (the answer if no other can be tried).
+    private var lastFailure: String?
 
     /// How long to wait before the next try: after a refusal because the replica was full, a
     /// pause doubling from 1 ms (at most 64 ms), so that the retries spread over the time a
@@ -85,6 +87,7 @@ public struct RetryPolicy: Sendable, Hashable {
         case .failed(let replica, let reason):
             self.lastRefusalWasFull = false
             guard self.idempotent && !self.retriedAfterFailure else { return .fail(status: 502, message: reason) }
+            self.lastFailure = reason
             self.excluded.insert(replica)
             self.retriedAfterFailure = true
             return .retry(.failed)
@@ -101,6 +104,9 @@ public struct RetryPolicy: Sendable, Hashable {
         case .unavailable(let reason):
             return (503, "\(deployment) has no replica to take the request: \(reason)")
         case .exhausted:
+            // The one retry of a request whose replica failed had nowhere else to go: the
+            // failure is the answer.
+            if let failure = self.lastFailure { return (502, failure) }
             return (503, "every replica of \(deployment) refused the request or could not be reached (\(self.excluded.count) tried)")
         }
     }

@@ -173,8 +173,10 @@ public final class Ingress: Sendable {
             return try await self.text(writer, .serviceUnavailable, "\(app.name) is not ready")
         }
         let started = ContinuousClock.now
-        let outcome = await self.forward(request, app: app, router: router, table: table, writer: writer)
+        let progress = ForwardProgress(writer)
+        let outcome = await self.forward(request, app: app, router: router, table: table, writer: writer, progress: progress)
         self.metrics.record(deployment: app.ingress.id, status: outcome, seconds: (ContinuousClock.now - started).seconds)
+        if let cut = progress.cut { throw cut }
     }
 
     /// `/-/healthz` and `/-/routes`, as Ray's proxy answers them.
@@ -202,9 +204,9 @@ public final class Ingress: Sendable {
         app: ApplicationRoute,
         router: DeploymentRouter,
         table: RouteTable,
-        writer: any HTTPResponseWriter
+        writer: any HTTPResponseWriter,
+        progress: ForwardProgress
     ) async -> Int {
-        let progress = ForwardProgress(writer)
         do {
             return try await withDeadline(table.requestTimeout) {
                 try await withTaskCancellationHandler {
@@ -223,6 +225,9 @@ public final class Ingress: Sendable {
             return 504
         } catch {
             self.logger.debug("request failed after its response began", metadata: ["error": "\(error)"])
+            // The head went out: only a cut (connection closed short, RST_STREAM) says the body
+            // is incomplete, so the server is told to make one rather than end it cleanly.
+            progress.cutResponse(error)
             return 502
         }
     }
@@ -235,6 +240,7 @@ public final class Ingress: Sendable {
             var stream: HTTP2ClientStream?
             var headSent = false
             var cancelled = false
+            var cut: (any Error)?
         }
         private let state = NIOLockedValueBox(State())
         private let writer: any HTTPResponseWriter
@@ -274,6 +280,10 @@ public final class Ingress: Sendable {
             try await self.writer.finish(trailers: trailers)
         }
 
+        /// The response failed after its head went out (the handler throws it, so the server cuts).
+        var cut: (any Error)? { self.state.withLockedValue { $0.cut } }
+        func cutResponse(_ error: any Error) { self.state.withLockedValue { $0.cut = error } }
+
         /// Records the stream; false if the request was cancelled already.
         func attach(_ stream: HTTP2ClientStream) -> Bool {
             let cancelled = self.state.withLockedValue { state -> Bool in
@@ -310,9 +320,10 @@ public final class Ingress: Sendable {
         head.path = RouteTable.strip(prefix: app.routePrefix, from: request.head.path ?? "/")
         head.headerFields = HopByHop.removing(from: head.headerFields)
         head.headerFields[ServeHeaders.forwardedPrefix] = app.routePrefix
+        head.addForwardedFields(client: request.remoteAddress)
         // HTTP/2 requests may carry a body with neither Content-Length nor Transfer-Encoding
         // (RFC 9113 §8.1): whether one comes is what the connection saw, not a header.
-        let hasBody = !request.body.isKnownEmpty
+        let hasBody = request.hasBody
         let local = self.local.withLockedValue { $0 }
 
         // A small body is read first and kept, so that the request can go to another replica
@@ -346,7 +357,8 @@ public final class Ingress: Sendable {
                 // A local replica refuses before reading anything: the client's body streams to it
                 // as it arrives (a kept one was read for an earlier try elsewhere).
                 let body = kept.map { HTTPBody(bytes: $0) } ?? request.body
-                switch try await local.serve(replica: replica.id, HTTPServerRequest(head: head, body: body, remoteAddress: request.remoteAddress), progress) {
+                let forwarded = HTTPServerRequest(head: head, body: body, remoteAddress: request.remoteAddress, hasBody: hasBody)
+                switch try await local.serve(replica: replica.id, forwarded, progress) {
                 case .answered(let status):
                     return status
                 case .refused(let reason):
@@ -440,6 +452,12 @@ public final class Ingress: Sendable {
                             try await stream.write(chunk)
                         }
                         try await stream.finish()
+                    } catch HTTP2Error.badBody(let reason) {
+                        // A body that cannot be read (not the gzip it claims) fails the request
+                        // with that error, so it is answered 400 as the client's fault.
+                        stream.cancel(error: .badBody(reason))
+                    } catch HTTP2Error.bodyTooLarge(let limit) {
+                        stream.cancel(error: .bodyTooLarge(limit: limit))
                     } catch {
                         stream.cancel()
                     }
@@ -448,6 +466,10 @@ public final class Ingress: Sendable {
             response = try await stream.response()
         } catch HTTP2Error.timeout {
             throw IngressFailure(status: .gatewayTimeout, message: "no answer within request_timeout_s")
+        } catch HTTP2Error.badBody(let reason) {
+            throw IngressFailure(status: .badRequest, message: "the request body could not be read: \(reason)")
+        } catch HTTP2Error.bodyTooLarge(let limit) {
+            throw IngressFailure(status: .contentTooLarge, message: "the body is over the \(limit)-byte limit")
         } catch let error as HTTP2Error where error.isSafeToRetry && !bodyStarted {
             return .unreachable(error)
         } catch {
@@ -522,6 +544,14 @@ final class NodeConnections: Sendable {
         return (Key(node: Node(host: host, port: port), loop: loop.map { ObjectIdentifier($0) }), loop)
     }
 
+    /// Bodies between nodes are compressed only where it pays: never on loopback, never below
+    /// 64 KiB, at zlib level 1 (`HTTP2Configuration.Compression.betweenNodes`).
+    static func configuration(host: String) -> HTTP2Configuration {
+        var configuration = HTTP2Configuration()
+        configuration.compression = HTTP2Configuration.Compression.betweenNodes.forPeer(host: host)
+        return configuration
+    }
+
     func connection(host: String, port: Int) async throws -> HTTP2ClientConnection {
         let (key, loop) = Self.key(host: host, port: port)
         let entry = self.connections.withLockedValue { connections -> Entry in
@@ -530,6 +560,7 @@ final class NodeConnections: Sendable {
                 try await HTTP2ClientConnection.connect(
                     host: host,
                     port: port,
+                    configuration: Self.configuration(host: host),
                     eventLoopGroup: loop ?? MultiThreadedEventLoopGroup.singleton,
                     connectTimeout: .seconds(5)
                 )

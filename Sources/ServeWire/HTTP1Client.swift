@@ -588,6 +588,12 @@ final class HTTP1ClientConnection: ChannelInboundHandler {
         exchange.timeout?.cancel()
         exchange.timeout = nil
         exchange.keepAlive = exchange.keepAlive && head.isKeepAlive
+        if head.status.code == 204, (head.headers.contentLength ?? 0) > 0 || head.headers.contains(name: "transfer-encoding") {
+            // A 204 has no body (RFC 9110 §15.3.5), yet this one announced one: a server that
+            // confused may send those bytes anyway, and they would be read as the next
+            // response. The connection is not reused.
+            exchange.keepAlive = false
+        }
         let id = exchange.id
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let source = InboundBodySource { count in

@@ -29,6 +29,10 @@ public struct HTTP1Configuration: Sendable, Hashable {
     /// closes: a client that sends its head a byte at a time (slowloris) holds a connection for
     /// at most this long, not for `idleTimeout` after every byte. nil: only `idleTimeout` applies.
     public var requestHeadTimeout: TimeAmount? = .seconds(10)
+    /// The largest decompressed request body accepted: a body sent with `content-encoding: gzip`
+    /// or `deflate` is decoded as it is read, and one that would decode to more fails its reader
+    /// with `HTTP2Error.bodyTooLarge` (a decompression bomb answers 413).
+    public var maxDecompressedBodySize: Int = 100 << 20
 
     public init() {}
 }

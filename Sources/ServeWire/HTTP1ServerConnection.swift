@@ -300,16 +300,53 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
                 message: "more than \(self.configuration.maxHeaderCount) header fields\n")
             return
         }
+        // RFC 9112 §3.2: more than one Host is a bad request; RFC 9112 §6.3: a transfer coding
+        // that does not end in chunked (an empty one included) leaves the body's length unknown.
+        let hosts = head.headers["host"]
+        if hosts.count > 1 || !Self.hasUsableTransferCoding(head.headers) {
+            exchange.handlerDone = true
+            exchange.closeAfterResponse = true
+            let message = hosts.count > 1 ? "more than one Host header field\n" : "a Transfer-Encoding that does not end in chunked\n"
+            self.respondNow(exchange, status: .badRequest, message: message)
+            return
+        }
+        var fields = HTTPFields(converting: head.headers)
+        // The authority travels as the request's `authority` (HTTP/2's :authority), not as a
+        // field, so that a request reads the same whichever protocol carried it.
+        fields[values: HTTPField.Name("host")!] = []
+        var authority = hosts.first
+        var path = head.uri
+        if let absolute = Self.absoluteForm(head.uri) {
+            // RFC 9112 §3.2.2: a server accepts the absolute form, and its authority wins over Host.
+            authority = absolute.authority
+            path = absolute.path
+        }
+        // A request body sent with a content coding is decoded as it is read, as the HTTP/2
+        // server does: the handler (and anything it forwards to) sees the content itself.
+        var decoding: ContentCoding?
+        if hasBody, let encoding = fields[.contentEncoding], encoding.trimmingOWS().lowercased() != "identity" {
+            guard let coding = ContentCoding(contentEncodingHeader: encoding) else {
+                exchange.handlerDone = true
+                self.respondNow(
+                    exchange, status: .unsupportedMediaType,
+                    message: "unsupported content-encoding '\(encoding)'; send gzip, deflate or identity\n")
+                return
+            }
+            decoding = coding
+            fields[.contentEncoding] = nil
+            fields[.contentLength] = nil
+        }
         let request = HTTPServerRequest(
             head: HTTPRequest(
                 method: method,
                 scheme: "http",
-                authority: head.headers.first(name: "host"),
-                path: head.uri,
-                headerFields: HTTPFields(converting: head.headers)
+                authority: authority,
+                path: path,
+                headerFields: fields
             ),
-            body: HTTPBody(source: source),
-            remoteAddress: self.remoteAddress
+            body: HTTPBody(source: source, decoding: decoding, decodeLimit: self.configuration.maxDecompressedBodySize),
+            remoteAddress: self.remoteAddress,
+            hasBody: hasBody
         )
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let writer = HTTP1ResponseWriter(connection: loopBound, exchangeID: id)
@@ -331,6 +368,28 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
             // (a refusal) never makes the client send a body it does not need.
             context.eventLoop.execute { loopBound.value.sendContinueIfWaiting(id) }
         }
+    }
+
+    /// No `transfer-encoding`, or one whose last coding is chunked (RFC 9112 §6.3).
+    static func hasUsableTransferCoding(_ headers: HTTPHeaders) -> Bool {
+        let values = headers["transfer-encoding"]
+        guard !values.isEmpty else { return true }
+        let codings = values.flatMap { $0.split(separator: ",", omittingEmptySubsequences: false) }
+        return codings.last.map { $0.trimmingOWS().lowercased() == "chunked" } ?? false
+    }
+
+    /// The authority and path of an absolute-form request target (`http://host:8000/e/x?q`),
+    /// or nil for the usual origin form (RFC 9112 §3.2.2).
+    static func absoluteForm(_ target: String) -> (authority: String, path: String)? {
+        guard !target.hasPrefix("/"), let schemeEnd = target.range(of: "://") else { return nil }
+        let scheme = target[..<schemeEnd.lowerBound].lowercased()
+        guard scheme == "http" || scheme == "https" else { return nil }
+        let rest = target[schemeEnd.upperBound...]
+        let pathStart = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
+        let authority = String(rest[..<pathStart])
+        var path = String(rest[pathStart...])
+        if path.isEmpty || path.hasPrefix("?") { path = "/" + path }
+        return (authority, path)
     }
 
     private func sendContinueIfWaiting(_ id: UInt64) {
@@ -553,6 +612,11 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
         closing: Bool = false
     ) -> Bool {
         var headers = HTTPHeaders(converting: head.headerFields)
+        if head.status.code == 204 || head.status.kind == .informational {
+            // RFC 9110 §8.6, RFC 9112 §6.1: no body framing on a 1xx or 204 response.
+            headers.remove(name: "content-length")
+            headers.remove(name: "transfer-encoding")
+        }
         let bodyAllowed = head.status.allowsBody && !exchange.isHead
         let http10 = !exchange.version.atLeastHTTP11
         var close =

@@ -42,6 +42,25 @@ public struct HTTP2Configuration: Sendable, Hashable {
         /// (every ServeWire server does); plain HTTP/2 servers may not.
         public var compressRequests: Bool = false
 
+        /// Between the nodes of a cluster (`benchmarks/compression.py`, README "Compression
+        /// between nodes"): zlib pays only on links slower than its own speed (level 1 about
+        /// 100-450 Mbit/s of savings per core on JSON here, level 6 about a third of that), so
+        /// level 1, and only bodies of 64 KiB or more, where the per-call cost is amortized. A
+        /// client on loopback asks for none (`forPeer(host:)`).
+        public static let betweenNodes = Compression(enabled: true, minimumSize: 64 << 10, level: 1)
+
+        /// `self`, or nothing for a peer on loopback: the bytes never leave the machine, so
+        /// compressing them only costs CPU.
+        public func forPeer(host: String) -> Compression {
+            var compression = self
+            if Self.isLoopback(host) { compression.enabled = false }
+            return compression
+        }
+
+        static func isLoopback(_ host: String) -> Bool {
+            host == "localhost" || host == "::1" || host == "[::1]" || host.hasPrefix("127.")
+        }
+
         public init(enabled: Bool = true, minimumSize: Int = 1024, level: Int32 = 6, compressRequests: Bool = false) {
             self.enabled = enabled
             self.minimumSize = minimumSize

@@ -161,37 +161,63 @@ enum HeaderBlock {
         fields: HTTPFields,
         _ body: (UnsafePointer<nghttp2_nv>, Int) -> R
     ) -> R {
+        // Fields that `connection` names are this hop's only, like `connection` itself
+        // (RFC 9110 §7.6.1); rare, so the common case pays one lookup.
+        var named: Set<String> = []
+        for value in fields[values: .connection] {
+            for token in value.split(separator: ",") {
+                let name = token.trimmingOWS().lowercased()
+                if !name.isEmpty { named.insert(name) }
+            }
+        }
+        func forwarded(_ field: HTTPField) -> Bool {
+            let name = field.name.canonicalName
+            if isConnectionSpecific(name) { return false }
+            // HTTP/2 allows `te` with the value "trailers" only (RFC 9113 §8.2.2); TE is hop-by-hop
+            // anyway (RFC 9110 §10.1.4), so any other value is not passed on.
+            if name == "te" { return field.value.trimmingOWS().lowercased() == "trailers" }
+            return named.isEmpty || !named.contains(name)
+        }
         var total = 0
         var count = 0
         for (name, value) in pseudo {
             total += name.utf8.count + value.utf8.count
             count += 1
         }
-        for field in fields where !isConnectionSpecific(field.name.canonicalName) {
-            total += field.name.canonicalName.utf8.count + field.value.utf8.count
+        for field in fields where forwarded(field) {
+            total += field.name.canonicalName.utf8.count + field.withUnsafeBytesOfValue { $0.count }
             count += 1
         }
         return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(total, 1)) { storage in
             withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: max(count, 1)) { nva in
                 var offset = 0
                 var index = 0
-                func add(_ name: String, _ value: String) {
+                func add(_ name: String, value: UnsafeBufferPointer<UInt8>) {
                     let namePointer = storage.baseAddress! + offset
-                    offset += copy(name, to: namePointer)
+                    let nameLength = copy(name, to: namePointer)
+                    offset += nameLength
                     let valuePointer = storage.baseAddress! + offset
-                    offset += copy(value, to: valuePointer)
+                    if let base = value.baseAddress, value.count > 0 {
+                        valuePointer.update(from: base, count: value.count)
+                    }
+                    offset += value.count
                     nva[index] = nghttp2_nv(
                         name: namePointer,
                         value: valuePointer,
-                        namelen: name.utf8.count,
-                        valuelen: value.utf8.count,
+                        namelen: nameLength,
+                        valuelen: value.count,
                         flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)
                     )
                     index += 1
                 }
-                for (name, value) in pseudo { add(name, value) }
-                for field in fields where !isConnectionSpecific(field.name.canonicalName) {
-                    add(field.name.canonicalName, field.value)
+                for (name, value) in pseudo {
+                    var value = value
+                    value.withUTF8 { add(name, value: $0) }
+                }
+                // A value's bytes as they arrived: header values are octets (RFC 9110 §5.5), and
+                // a byte that is not UTF-8 (0xE9 from a Latin-1 client) passes through unchanged.
+                for field in fields where forwarded(field) {
+                    field.withUnsafeBytesOfValue { add(field.name.canonicalName, value: $0) }
                 }
                 return body(UnsafePointer(nva.baseAddress!), count)
             }

@@ -42,13 +42,18 @@ extension HTTP2Connection {
             head.headerFields[.contentEncoding] = nil
             head.headerFields[.contentLength] = nil
         }
+        // Compression is a hop's business, asked for by a ServeWire client with its own field;
+        // the end client's `accept-encoding` is the origin's to answer (RFC 9110 §12.5.3).
         if self.configuration.compression.enabled {
-            stream.acceptedCoding = ContentCoding.negotiate(acceptEncoding: head.headerFields[.acceptEncoding])
+            stream.acceptedCoding = ContentCoding.negotiate(acceptEncoding: head.headerFields[ServeHeaders.acceptHopCoding])
         }
+        head.headerFields[ServeHeaders.acceptHopCoding] = nil
+        stream.isHeadRequest = head.method == .head
         let request = HTTPServerRequest(
             head: head,
             body: HTTPBody(source: stream.inbound, decoding: decoding, decodeLimit: self.configuration.maxDecompressedBodySize),
-            remoteAddress: self.remoteAddress
+            remoteAddress: self.remoteAddress,
+            hasBody: !stream.endedWithHeaders
         )
         let writer = HTTP2ResponseWriter(
             connection: NIOLoopBound(self, eventLoop: context.eventLoop),
@@ -83,9 +88,23 @@ extension HTTP2Connection {
         let stream = try self.writableStream(streamID)
         guard !stream.headSubmitted else { throw HTTP2Error.protocolError("the response head was already sent") }
         var head = head
+        Self.removeForbiddenFraming(&head)
         let length = head.headerFields[.contentLength].flatMap { Int($0) }
+        if stream.isHeadRequest || !head.status.allowsBody {
+            stream.dropsBody = true
+        } else {
+            stream.declaredLength = length
+        }
         self.chooseResponseCoding(stream, head: &head, knownLength: length)
         try self.submitResponseHead(stream, head: head, withBody: true)
+    }
+
+    /// RFC 9110 §8.6: a 1xx or 204 response carries no `content-length` (a 304's, like a HEAD
+    /// response's, is the length a GET would get, and stays).
+    static func removeForbiddenFraming(_ head: inout HTTPResponse) {
+        if head.status.code == 204 || head.status.kind == .informational {
+            head.headerFields[.contentLength] = nil
+        }
     }
 
     /// Server: a whole response in one step (head, body, trailers): the common case, one hop.
@@ -93,7 +112,18 @@ extension HTTP2Connection {
         guard let stream = try? self.writableStream(streamID), !stream.headSubmitted else { return }
         var head = head
         var body = body ?? ByteBuffer()
-        self.chooseResponseCoding(stream, head: &head, knownLength: body.readableBytes)
+        Self.removeForbiddenFraming(&head)
+        let bodyless = stream.isHeadRequest || !head.status.allowsBody
+        if bodyless {
+            // A HEAD response keeps the length the handler gave (the GET's, RFC 9110 §9.3.2), or
+            // says the length of what it wrote; a 304 keeps one it was given. Nothing is sent.
+            if stream.isHeadRequest, head.status.allowsBody, head.headerFields[.contentLength] == nil, body.readableBytes > 0 {
+                head.headerFields[.contentLength] = String(body.readableBytes)
+            }
+            body.clear()
+        } else {
+            self.chooseResponseCoding(stream, head: &head, knownLength: body.readableBytes)
+        }
         if let compressor = stream.compressor {
             var compressed = ByteBuffer()
             do {
@@ -106,7 +136,7 @@ extension HTTP2Connection {
             stream.compressor = nil
             body = compressed
         }
-        if head.status.code != 204 && head.status.code != 304 && head.status.kind != .informational {
+        if !bodyless {
             head.headerFields[.contentLength] = String(body.readableBytes)
         }
         let hasBody = body.readableBytes > 0 || (trailers.map { !$0.isEmpty } ?? false)
@@ -119,19 +149,22 @@ extension HTTP2Connection {
         try? self.submitResponseHead(stream, head: head, withBody: hasBody)
     }
 
-    /// Decides whether to compress a response: the client must accept a coding, the body must be
-    /// large enough to pay for it (when its length is known), and it must not be encoded already.
+    /// Decides whether to compress a response for this hop: the client must be a ServeWire peer
+    /// that asked for it (`ServeHeaders.acceptHopCoding`), the body must be large enough to pay
+    /// for it (when its length is known), and not encoded already. The response's own
+    /// `content-length` travels in `ServeHeaders.hopDecodedLength`, and the client puts it back:
+    /// no `content-encoding`, no `vary`, nothing the handler did not say reaches its caller.
     private func chooseResponseCoding(_ stream: HTTP2StreamState, head: inout HTTPResponse, knownLength: Int?) {
         let compression = self.configuration.compression
-        guard compression.enabled, let coding = stream.acceptedCoding,
+        guard compression.enabled, let coding = stream.acceptedCoding, !stream.isHeadRequest,
             let length = knownLength, length >= compression.minimumSize,
             head.headerFields[.contentEncoding] == nil,
-            head.status.code != 204, head.status.code != 304
+            head.status.allowsBody
         else { return }
         stream.compressor = StreamingCompressor(coding: coding, level: compression.level)
-        head.headerFields[.contentEncoding] = coding.rawValue
+        head.headerFields[ServeHeaders.hopCoding] = coding.rawValue
+        head.headerFields[ServeHeaders.hopDecodedLength] = String(length)
         head.headerFields[.contentLength] = nil
-        head.headerFields.append(HTTPField(name: .vary, value: "accept-encoding"))
     }
 
     private func submitResponseHead(_ stream: HTTP2StreamState, head: HTTPResponse, withBody: Bool) throws {
@@ -158,9 +191,9 @@ extension HTTP2Connection {
         if let terminalError = self.terminalError { throw terminalError }
         var head = head
         let compression = self.configuration.compression
-        if compression.enabled, head.headerFields[.acceptEncoding] == nil {
-            head.headerFields[.acceptEncoding] = "gzip, deflate"
-        }
+        // The response may come back compressed for this hop only; the caller's own
+        // `accept-encoding` (if any) goes to the server untouched.
+        head.headerFields[ServeHeaders.acceptHopCoding] = compression.enabled ? "gzip, deflate" : nil
         var body = body
         var compressor: StreamingCompressor?
         if compression.enabled, compression.compressRequests, head.headerFields[.contentEncoding] == nil,
@@ -222,12 +255,19 @@ extension HTTP2Connection {
             return
         }
         stream.headFields = []
+        // Only a hop coding is decoded here; a `content-encoding` is the origin's and passes on
+        // untouched, as does its `content-length` (restored when the hop compressed the body).
         var decoding: ContentCoding?
-        if let encoding = head.headerFields[.contentEncoding], let coding = ContentCoding(contentEncodingHeader: encoding) {
+        if let hop = head.headerFields[ServeHeaders.hopCoding] {
+            guard let coding = ContentCoding(contentEncodingHeader: hop) else {
+                self.cancelStream(stream.id, error: .protocolError("unknown hop coding '\(hop)'"), code: HTTP2ErrorCode.protocolError)
+                return
+            }
             decoding = coding
-            head.headerFields[.contentEncoding] = nil
-            head.headerFields[.contentLength] = nil
+            head.headerFields[.contentLength] = head.headerFields[ServeHeaders.hopDecodedLength]
         }
+        head.headerFields[ServeHeaders.hopCoding] = nil
+        head.headerFields[ServeHeaders.hopDecodedLength] = nil
         stream.timeout?.cancel()
         stream.timeout = nil
         let body = HTTPBody(source: stream.inbound, decoding: decoding, decodeLimit: self.configuration.maxDecompressedBodySize)
@@ -259,6 +299,12 @@ extension HTTP2Connection {
         if !stream.headSubmitted {
             try self.writeHead(streamID: streamID, head: HTTPResponse(status: .ok))
         }
+        // HEAD, 204 and 304 responses have no body: what is written for them is dropped.
+        if stream.dropsBody { return nil }
+        if let declared = stream.declaredLength, stream.bodyWritten + chunk.readableBytes > declared {
+            throw HTTP2Error.protocolError("the body is longer than the \(declared) bytes its content-length announced")
+        }
+        stream.bodyWritten += chunk.readableBytes
         var chunk = chunk
         if let compressor = stream.compressor {
             var compressed = ByteBuffer()
@@ -283,6 +329,14 @@ extension HTTP2Connection {
         if !stream.headSubmitted {
             self.respond(streamID: streamID, head: HTTPResponse(status: .ok), body: nil, trailers: trailers)
             return
+        }
+        if let declared = stream.declaredLength, stream.bodyWritten < declared {
+            // A body cut short must reach the client as a cut (RST_STREAM), never as a complete
+            // answer with END_STREAM.
+            let error = HTTP2Error.protocolError(
+                "the body ended after \(stream.bodyWritten) of the \(declared) bytes its content-length announced")
+            self.cutStream(streamID, error: error)
+            throw error
         }
         if let compressor = stream.compressor {
             var tail = ByteBuffer()
@@ -324,7 +378,16 @@ extension HTTP2Connection {
                 self.respondNow(stream, status: .internalServerError, message: "internal error: \(error)\n")
             }
         } else {
-            self.cancelStream(streamID, error: .streamReset(code: HTTP2ErrorCode.internalError), code: HTTP2ErrorCode.internalError)
+            self.cutStream(streamID, error: .streamReset(code: HTTP2ErrorCode.internalError))
         }
+    }
+
+    /// Ends a response whose head went out with a reset, after sending what was written of it:
+    /// nghttp2 sends a queued RST_STREAM before the stream's queued HEADERS and DATA and drops
+    /// those, so without the flush the peer could see no response at all (and retry a request
+    /// that was answered) instead of a response cut short.
+    private func cutStream(_ streamID: Int32, error: HTTP2Error) {
+        self.flush()
+        self.cancelStream(streamID, error: error, code: HTTP2ErrorCode.internalError)
     }
 }

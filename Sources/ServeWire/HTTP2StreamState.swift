@@ -18,8 +18,13 @@ final class HTTP2StreamState {
         return source
     }
 
+    /// The peer's message ended with its headers (END_STREAM on HEADERS): it has no body at all
+    /// (RFC 9113 §8.1), which a proxy must not turn into an empty one.
+    private(set) var endedWithHeaders = false
+
     /// The body ended with the headers (END_STREAM on HEADERS).
     func endInboundWithHeaders() {
+        self.endedWithHeaders = true
         if let source = self.inboundStorage {
             source.finish(trailers: nil)
         } else {
@@ -49,8 +54,19 @@ final class HTTP2StreamState {
     /// Server: the task running the request's handler, cancelled if the client resets the
     /// stream or the connection drops (nobody is waiting for its answer any more).
     var handlerTask: Task<Void, Never>?
-    /// Server: the coding the client accepts for the response, if any.
+    /// Server: the hop coding the client accepts for the response, if any
+    /// (`ServeHeaders.acceptHopCoding`).
     var acceptedCoding: ContentCoding?
+    /// Server: the request was HEAD, so the response has no body but keeps the `content-length`
+    /// a GET would get (RFC 9110 §9.3.2).
+    var isHeadRequest = false
+    /// Server: the response's `content-length` (before any hop compression) and the body bytes
+    /// written so far: a body that ends short of it is a cut, and must reach the client as one
+    /// (RST_STREAM), never as a complete answer (RFC 9110 §8.6).
+    var declaredLength: Int?
+    var bodyWritten = 0
+    /// Server: the response has no body (HEAD, 1xx, 204, 304); what is written is dropped.
+    var dropsBody = false
     /// Client: fulfilled with the response head.
     var responsePromise: EventLoopPromise<HTTP2Response>?
     var timeout: Scheduled<Void>?

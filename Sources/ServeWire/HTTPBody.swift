@@ -142,11 +142,6 @@ final class InboundBodySource: Sendable {
         self.state.withLockedValue { $0.trailers }
     }
 
-    /// Ended with nothing received and nothing failed: the message has no body.
-    var endedEmpty: Bool {
-        self.state.withLockedValue { $0.finished && $0.failure == nil && $0.chunks.isEmpty && $0.unreported == 0 && $0.trailers == nil }
-    }
-
     /// The whole rest of the body and its trailers, if it has ended already (nil: it has not, or
     /// it failed, or a consumer is waiting). Small responses usually arrive with their head, so a
     /// proxy can pass them on in one write instead of chunk by chunk.
@@ -203,11 +198,6 @@ public struct HTTPBody: AsyncSequence, Sendable {
         source.finish(trailers: nil)
         self.init(source: source)
     }
-
-    /// Whether the message is known to have no body: it ended with its head (HTTP/2 HEADERS
-    /// with END_STREAM; HTTP/1.1 without Content-Length or Transfer-Encoding) and nothing came.
-    /// A body still arriving, of any length or framing, is not known empty.
-    public var isKnownEmpty: Bool { self.source.endedEmpty }
 
     /// The content-coding the body was sent with and is decoded from as it is read (nil: none).
     public var contentCoding: ContentCoding? { self.decoding }

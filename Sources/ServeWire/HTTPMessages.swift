@@ -7,11 +7,18 @@ public struct HTTPServerRequest: Sendable {
     public var body: HTTPBody
     /// The peer's address, when known.
     public var remoteAddress: SocketAddress?
+    /// Whether the request has a body at all, as its framing says: over HTTP/2, HEADERS without
+    /// END_STREAM (with or without `content-length`, RFC 9113 §8.1); over HTTP/1.1, a
+    /// `content-length` above 0 or the chunked coding (RFC 9112 §6.3). A proxy forwards a request
+    /// without one as bodyless, and one with one even when no length is known. (A body that
+    /// turns out empty still counts: it was framed.)
+    public var hasBody: Bool
 
-    public init(head: HTTPRequest, body: HTTPBody, remoteAddress: SocketAddress? = nil) {
+    public init(head: HTTPRequest, body: HTTPBody, remoteAddress: SocketAddress? = nil, hasBody: Bool = true) {
         self.head = head
         self.body = body
         self.remoteAddress = remoteAddress
+        self.hasBody = hasBody
     }
 }
 

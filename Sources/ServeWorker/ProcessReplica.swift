@@ -97,15 +97,24 @@ final class ProcessReplica: Sendable {
         return response.head.status.kind == .successful
     }
 
-    /// Forwards a request to the child over HTTP/1.1, streaming the body both ways.
+    /// Forwards a request to the child over HTTP/1.1, streaming the body both ways, as a faithful
+    /// intermediary (RFC 9110 §7.6): the child sees the client's authority as its `Host`; a
+    /// request without a body goes without one (no chunked coding and no `0` chunk, which a
+    /// server that does not read bodies on GET would take for its next request); the response's
+    /// status, fields (its `content-length` and `content-encoding` included) and trailers come
+    /// back as the child sent them, less the hop-by-hop fields; and a response the child cuts
+    /// short fails here, so the cut reaches the client as a cut.
     func serve(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws {
         var head = request.head
-        head.authority = "127.0.0.1:\(self.port)"
         head.headerFields[ServeHeaders.replica] = nil
         head.headerFields[ServeHeaders.token] = nil
         let response: HTTPClientResponse
         do {
-            response = try await self.pool.send(head, body: request.body)
+            if request.hasBody {
+                response = try await self.pool.send(head, body: request.body)
+            } else {
+                response = try await self.pool.send(head, body: nil)
+            }
         } catch {
             if self.terminating.withLockedValue({ $0 }) {
                 // `terminate` killed it: its stop ran past `graceful_shutdown_timeout_s`.
@@ -125,7 +134,7 @@ final class ProcessReplica: Sendable {
         for try await chunk in response.body {
             try await writer.write(chunk)
         }
-        try await writer.finish()
+        try await writer.finish(trailers: response.body.trailers)
     }
 
     /// SIGTERM, then SIGKILL if it has not exited after `grace` (to its whole process group).

@@ -172,7 +172,11 @@ public final class WorkerNode: Sendable {
     /// Serves until cancelled (then drains its replicas and returns), or until the head refuses
     /// this worker (a wrong token).
     public func run() async throws {
-        let server = try await HTTP2Server.bind(host: self.options.listenHost, port: self.options.port) { [self] request, writer in
+        // Responses to other nodes' proxies are compressed only where it pays (the proxy asks for
+        // it only when it is not on loopback; `Compression.betweenNodes`).
+        var dataPlane = HTTP2Configuration()
+        dataPlane.compression = .betweenNodes
+        let server = try await HTTP2Server.bind(host: self.options.listenHost, port: self.options.port, configuration: dataPlane) { [self] request, writer in
             try await self.serveData(request, writer)
         }
         self.dataServer.withLockedValue { $0 = server }

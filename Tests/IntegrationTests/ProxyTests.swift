@@ -258,4 +258,82 @@ struct ProxyTests {
             #expect(counted.flatMap { Int($0.split(separator: " ").last ?? "") } == outcomes.count, "\(metrics)")
         }
     }
+
+    @Test("hop-by-hop fields never reach a replica: TE gzip, Connection and what it names, Keep-Alive, Proxy-Connection, Upgrade; over HTTP/1.1 and h2c, to Swift replicas here and on another node, and to a child")
+    func hopByHop() async throws {
+        let script = FileManager.default.temporaryDirectory.appendingPathComponent("headers-\(UUID().uuidString).py")
+        try """
+            import json, os
+            from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+            class Echo(BaseHTTPRequestHandler):
+                protocol_version = "HTTP/1.1"
+                def do_GET(self):
+                    body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                def log_message(self, *args):
+                    pass
+            ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Echo).serve_forever()
+            """.write(to: script, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: script) }
+        try await withCluster(headCPUs: 2) { cluster in
+            let proxyOnly = try await cluster.addWorker(cpus: 0)
+            let node = try await FailureTests.nodeID(of: proxyOnly)
+            _ = try await cluster.waitForNodes(2)
+            try await cluster.deploy(
+                """
+                applications:
+                  - name: echo
+                    route_prefix: /echo
+                    deployments: [{name: E, handler: echo, ray_actor_options: {num_cpus: 0.5}}]
+                  - name: child
+                    route_prefix: /child
+                    deployments: [{name: C, command: [python3, "\(script.path)"], ray_actor_options: {num_cpus: 0.5}}]
+                """)
+            _ = try await cluster.waitForRunning(app: "child", deployment: "C", replicas: 1)
+            _ = try await cluster.waitForRunning(app: "echo", deployment: "E", replicas: 1)
+            let workerPort = try await Self.proxyPort(of: node, cluster)
+            let headers = [
+                ["TE: gzip"], ["TE: gzip, trailers"], ["Connection: close"], ["Connection: X-Secret", "X-Secret: 1"],
+                ["Keep-Alive: timeout=5"], ["Proxy-Connection: keep-alive"], ["Connection: Upgrade", "Upgrade: websocket"],
+            ]
+            for port in [cluster.httpPort, workerPort] {
+                for protocolFlag in ["--http1.1", "--http2-prior-knowledge"] {
+                    for set in headers {
+                        let extra = set.flatMap { ["-H", $0] }
+                        for path in ["/echo/x", "/child/x"] {
+                            let (status, body) = try Self.curl("http://127.0.0.1:\(port)\(path)", [protocolFlag] + extra)
+                            #expect(status == 200, "\(set) \(protocolFlag) \(path) on :\(port): \(status) \(body)")
+                            if path == "/child/x", status == 200 {
+                                let seen = try JSONValue.parse(body)
+                                // Over HTTP/2 `X-Secret` is a plain field (no Connection header names it).
+                                let names = ["te", "connection", "keep-alive", "proxy-connection", "upgrade", "transfer-encoding"]
+                                    + (protocolFlag == "--http1.1" ? ["x-secret"] : [])
+                                for name in names {
+                                    #expect(seen[name] == nil, "\(name) reached the child: \(set) \(protocolFlag) on :\(port): \(body)")
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// curl's status and body (a 10 s limit, so that a hang fails the test instead of stalling it).
+    static func curl(_ url: String, _ arguments: [String]) throws -> (Int, String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        process.arguments = ["-s", "-m", "10", "-w", "\n%{http_code}"] + arguments + [url]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        guard let newline = text.lastIndex(of: "\n") else { return (0, text) }
+        return (Int(text[text.index(after: newline)...]) ?? 0, String(text[..<newline]))
+    }
 }

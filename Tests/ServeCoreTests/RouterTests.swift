@@ -231,3 +231,16 @@ struct BoundedBacklogTests {
         #expect(folded.map(\.1) == ["RUNNING", "STARTING", "STOPPED"])
     }
 }
+
+@Suite("Retry policy: nowhere left")
+struct RetryExhaustedTests {
+    @Test("a failed GET whose retry finds no other replica is answered 502 with the failure, refusals 503")
+    func exhaustedAnswers() {
+        var failed = RetryPolicy(idempotent: true)
+        #expect(failed.decide(.failed(replica: "a", reason: "reset mid-request"), deployment: "D") == .retry(.failed))
+        #expect(failed.answer(for: .exhausted, deployment: "D", app: "app") == (502, "reset mid-request"))
+        var refused = RetryPolicy(idempotent: false)
+        _ = refused.decide(.refused(replica: "a", reason: "STOPPING", bodyStarted: false), deployment: "D")
+        #expect(refused.answer(for: .exhausted, deployment: "D", app: "app").status == 503)
+    }
+}

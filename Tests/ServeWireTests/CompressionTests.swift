@@ -507,3 +507,18 @@ private let pyCompress = "import sys,zlib; sys.stdout.buffer.write(zlib.compress
         #expect(ContentCoding(contentEncodingHeader: value) == expected)
     }
 }
+
+@Suite("Compression between nodes")
+struct CompressionBetweenNodesTests {
+    @Test("level 1 from 64 KiB, and none at all for a peer on loopback")
+    func policy() {
+        let between = HTTP2Configuration.Compression.betweenNodes
+        #expect(between.enabled && between.level == 1 && between.minimumSize == 64 << 10)
+        for host in ["127.0.0.1", "127.1.2.3", "localhost", "::1"] {
+            #expect(!between.forPeer(host: host).enabled, "\(host)")
+        }
+        for host in ["10.0.0.7", "192.168.1.2", "node-3.cluster.local", "fd00::1"] {
+            #expect(between.forPeer(host: host) == between, "\(host)")
+        }
+    }
+}
