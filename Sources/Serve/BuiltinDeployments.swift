@@ -2,6 +2,7 @@ import Synchronization
 import Foundation
 import HTTPTypes
 import NIOCore
+import NIOPosix
 import ServeCore
 import ServeWire
 
@@ -41,12 +42,25 @@ final class SleepDeployment: Deployment {
     func handle(_ request: ServeRequest) async throws -> ServeResponse {
         _ = try await request.body.collect(upTo: 100 << 20)
         let ms = milliseconds(request, self.userConfig.withLock { $0 }, fallback: 100)
-        try await Task.sleep(for: .milliseconds(ms))
+        try await Self.sleep(milliseconds: ms)
         return .text("slept \(ms) ms\n")
     }
 
     func reconfigure(userConfig: JSONValue?) async throws {
         self.userConfig.withLock { $0 = userConfig }
+    }
+
+    /// Waits on an event loop's timer (epoll's, to the microsecond), cancellably. `Task.sleep`
+    /// on Linux wakes through libdispatch, whose timers may fire late by up to a tenth of the
+    /// interval: about 1 ms of a 10 ms sleep, which would swamp what this handler measures.
+    static func sleep(milliseconds: Double) async throws {
+        let loop = MultiThreadedEventLoopGroup.currentEventLoop ?? MultiThreadedEventLoopGroup.singleton.any()
+        let timer = loop.scheduleTask(in: .nanoseconds(Int64(milliseconds * 1_000_000))) {}
+        try await withTaskCancellationHandler {
+            try await timer.futureResult.get()
+        } onCancel: {
+            timer.cancel()
+        }
     }
 }
 
