@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import Serve
 import ServeCore
@@ -30,6 +31,11 @@ actor Replica {
     nonisolated let grant: PBResourceGrant
     /// `graceful_shutdown_timeout_s`: how long in-flight requests may take when it stops.
     nonisolated let gracefulShutdownTimeout: Duration
+    /// `health_check_timeout_s`: how long a health check may take, and `reconfigure(userConfig:)`
+    /// too before the replica is failed (the bound the deployment already gives its user code).
+    nonisolated let healthCheckTimeout: Duration
+    /// The last change (`enqueueChange`) queued, which the next one waits for.
+    private nonisolated let lastChange = NIOLockedValueBox<Task<Void, Never>?>(nil)
     private nonisolated let body: ReplicaBody
     private nonisolated let logger: Logger
 
@@ -64,6 +70,7 @@ actor Replica {
         self.specVersion = start.spec.version
         self.grant = start.grant
         self.gracefulShutdownTimeout = .milliseconds(Int(start.spec.gracefulShutdownTimeoutMs > 0 ? start.spec.gracefulShutdownTimeoutMs : 20_000))
+        self.healthCheckTimeout = .milliseconds(Int(start.spec.healthCheckTimeoutMs > 0 ? start.spec.healthCheckTimeoutMs : 30_000))
         self.body = body
         self.logger = logger
         self.maxOngoing = max(1, Int(start.spec.maxOngoingRequests))
@@ -181,13 +188,25 @@ actor Replica {
     }
 
     /// One health check: a Swift deployment's `checkHealth()`; for a command deployment, that
-    /// its process is alive and answers (`health_path` with 2xx, else its port accepts).
+    /// its process is alive and answers (`health_path` with 2xx, else `GET /` with anything).
     nonisolated func checkHealth() async throws {
         switch self.body {
         case .swift(let box):
             try await box.instance.checkHealth()
         case .process(let process):
-            try await process.checkHealth()
+            try await process.checkHealth(timeout: self.healthCheckTimeout)
+        }
+    }
+
+    /// Runs `change` after every change queued before it (the head's order), aside from the
+    /// caller: the caller returns at once.
+    nonisolated func enqueueChange(_ change: @escaping @Sendable () async -> Void) {
+        self.lastChange.withLockedValue { last in
+            let previous = last
+            last = Task {
+                await previous?.value
+                await change()
+            }
         }
     }
 
