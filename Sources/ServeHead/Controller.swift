@@ -841,7 +841,10 @@ public actor Controller {
                 "deployments": .object(deployments),
             ])
         }
-        for app in self.deletingApps where apps[app] == nil {
+        // An app whose last replica has just stopped is gone, even before the next pass tidies
+        // `deletingApps` (state reports ask for passes a little later: `reconcileSoon`).
+        let appsWithReplicas = Set(byDeployment.keys.map(\.app))
+        for app in self.deletingApps where apps[app] == nil && appsWithReplicas.contains(app) {
             apps[app] = .object(["status": "DELETING", "route_prefix": .null, "deployments": .object([:])])
         }
         return .object(["applications": .object(apps)])
