@@ -584,9 +584,11 @@ struct ConfigValidator {
         if let value = self.number(fields, "graceful_shutdown_timeout_s", .atLeast(0)).value {
             deployment.gracefulShutdownTimeoutS = value
         }
-        if let value = self.number(fields, "graceful_shutdown_wait_loop_s", .atLeast(0)).value {
-            deployment.gracefulShutdownWaitLoopS = value
-        }
+        // Accepted and checked for Ray compatibility, with nothing to set: Ray polls a stopping
+        // replica every graceful_shutdown_wait_loop_s until its requests drain; here the last
+        // request to end wakes the stop at once, and a stopping replica refuses new work to the
+        // router from its first moment (README, "Configuration").
+        _ = self.number(fields, "graceful_shutdown_wait_loop_s", .atLeast(0))
         if let value = self.number(fields, "health_check_period_s", .greaterThan(0)).value {
             deployment.healthCheckPeriodS = value
         }

@@ -21,7 +21,9 @@ public actor Controller {
         var state: NodeState
         var outbox: AsyncStream<PBHeadMessage>.Continuation?
         var connection: Int
-        var loads: [String: (running: Int, queued: Int)] = [:]
+        /// Requests running at each replica, as the node last reported (replicas queue nothing:
+        /// requests past their limit wait at the router).
+        var loads: [String: Int] = [:]
     }
 
     struct ReplicaEntry {
@@ -391,13 +393,13 @@ public actor Controller {
         let directives = self.detector.heard(
             from: id, connection: connection, draining: heartbeat.health.status == .draining, now: Self.seconds(.now))
         guard var node = self.nodes[id], node.connection == connection, node.state != .dead else { return }
-        node.loads = Dictionary(heartbeat.replicas.map { ($0.replicaID, (Int($0.runningRequests), Int($0.queuedRequests))) }, uniquingKeysWith: { a, _ in a })
+        node.loads = Dictionary(heartbeat.replicas.map { ($0.replicaID, Int($0.runningRequests)) }, uniquingKeysWith: { a, _ in a })
         self.nodes[id] = node
         let now = Self.seconds(.now)
         for load in heartbeat.replicas {
             guard let deployment = self.replicas[load.replicaID]?.record.deployment else { continue }
             self.deployments[deployment]?.metrics.record(
-                source: load.replicaID, value: Double(load.runningRequests) + Double(load.queuedRequests), at: now)
+                source: load.replicaID, value: Double(load.runningRequests), at: now)
         }
         await self.apply(directives)
     }
@@ -719,7 +721,7 @@ public actor Controller {
                 // replacements run); a DEAD node's are gone.
                 guard let nodeID = entry.record.nodeID, let node = self.nodes[nodeID], node.state != .dead else { return nil }
                     let load = node.loads[entry.record.id]
-                    return ReplicaRoute(id: entry.record.id, nodeID: nodeID, host: node.address, port: node.port, reportedQueueLength: (load?.running ?? 0) + (load?.queued ?? 0))
+                    return ReplicaRoute(id: entry.record.id, nodeID: nodeID, host: node.address, port: node.port, reportedQueueLength: load ?? 0)
                 }
                 .sorted { $0.id < $1.id }
             // Requests wait for a replica that is coming (cold start, PENDING), not for one that
@@ -774,7 +776,7 @@ public actor Controller {
         var result: [DeploymentID: Int] = [:]
         for entry in self.replicas.values {
             guard let nodeID = entry.record.nodeID, let load = self.nodes[nodeID]?.loads[entry.record.id] else { continue }
-            result[entry.record.deployment, default: 0] += load.running + load.queued
+            result[entry.record.deployment, default: 0] += load
         }
         return result
     }
@@ -818,7 +820,7 @@ public actor Controller {
                             "replica_id": .string(entry.record.id),
                             "node_id": entry.record.nodeID.map { .string($0) } ?? .null,
                             "state": .string(entry.record.state.rawValue),
-                            "ongoing_requests": .number(Double((load?.running ?? 0) + (load?.queued ?? 0))),
+                            "ongoing_requests": .number(Double(load ?? 0)),
                             "message": .string(entry.record.message),
                             "resources": .string(entry.grant.description),
                             "gpu_ids": .array(entry.gpuIDs.map { .string($0) }),

@@ -11,8 +11,9 @@ import ServeWire
 /// What a replica reports about its load and lifecycle.
 public struct ReplicaStatus: Sendable {
     public var state: PBReplicaState
+    /// Requests running now. A replica queues none: one past `max_ongoing_requests` is
+    /// refused to the router, which holds it (and counts it for the autoscaler).
     public var running: Int
-    public var queued: Int
     public var message: String
 }
 
@@ -77,7 +78,7 @@ actor Replica {
     }
 
     var status: ReplicaStatus {
-        ReplicaStatus(state: self.state, running: self.ongoing, queued: 0, message: self.message)
+        ReplicaStatus(state: self.state, running: self.ongoing, message: self.message)
     }
 
     func setState(_ state: PBReplicaState, message: String = "") {

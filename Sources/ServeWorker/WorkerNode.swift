@@ -410,7 +410,6 @@ public final class WorkerNode: Sendable {
             heartbeat.replicas.append(PBReplicaLoad.with {
                 $0.replicaID = replica.id
                 $0.runningRequests = UInt32(status.running)
-                $0.queuedRequests = UInt32(status.queued)
                 $0.state = status.state
             })
         }
@@ -449,7 +448,7 @@ public final class WorkerNode: Sendable {
                     $0.sentAtUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
                 }
             })
-        case .drain, .registerAnswer, .none:
+        case .registerAnswer, .none:
             break
         }
     }

@@ -122,7 +122,6 @@ enum RandomConfig {
                 envVars: Bool.random(using: &generator) ? ["K_" + self.word(&generator): "v \"q\" é\n"] : [:],
                 workingDir: Bool.random(using: &generator) ? "./w" : nil))
         deployment.gracefulShutdownTimeoutS = self.positive(&generator)
-        deployment.gracefulShutdownWaitLoopS = self.positive(&generator)
         deployment.healthCheckPeriodS = self.positive(&generator)
         deployment.healthCheckTimeoutS = self.positive(&generator)
         deployment.placementStrategy = Bool.random(using: &generator) ? .pack : .spread
