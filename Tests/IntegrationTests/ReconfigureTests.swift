@@ -111,7 +111,20 @@ struct ReconfigureTests {
         await head.stopIngress()
         await head.controller.deploy(ServeConfig(applications: []))
         worker.stop()
-        _ = await running.result
+        // Bounded: a worker stuck in user code on its control loop (the fault this suite
+        // guards against) would never return, and the test must fail rather than hang.
+        let stopped: Bool = await withCheckedContinuation { continuation in
+            let pending = NIOLockedValueBox<CheckedContinuation<Bool, Never>?>(continuation)
+            let finish: @Sendable (Bool) -> Void = { value in
+                pending.withLockedValue { waiting in
+                    waiting?.resume(returning: value)
+                    waiting = nil
+                }
+            }
+            Task { _ = await running.result; finish(true) }
+            Task { try? await Task.sleep(for: .seconds(15)); finish(false) }
+        }
+        #expect(stopped, "the worker did not stop within 15 s")
         await head.shutdown()
     }
 }
