@@ -66,6 +66,7 @@ let package = Package(
                 "ServeCore", "ServeWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
             swiftSettings: strict
@@ -80,10 +81,14 @@ let package = Package(
             dependencies: ["ServeCore", "ServeWire", "ServeProto", "ServeProxy", "Serve"],
             swiftSettings: strict
         ),
+        /// Forks a replica's child with every descriptor close-on-exec and a parent-death signal
+        /// (what posix_spawn cannot do).
+        .target(name: "CServeSpawn"),
         .target(
             name: "ServeWorker",
             dependencies: [
-                "ServeCore", "ServeWire", "ServeProto", "Serve", "ServeProxy",
+                "ServeCore", "ServeWire", "ServeProto", "Serve", "ServeProxy", "CServeSpawn",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
@@ -153,7 +158,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "ServeWire", "ServeCore", "Serve", "ServeHead", "ServeEmbedded",
+                "ServeWire", "ServeCore", "Serve", "ServeHead", "ServeEmbedded", "ServeWorker",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

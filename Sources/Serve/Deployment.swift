@@ -1,5 +1,7 @@
 import HTTPTypes
+import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 import ServeCore
 import ServeWire
 
@@ -164,43 +166,35 @@ public struct DeploymentError: Error, Sendable, CustomStringConvertible {
 
 /// Holds CPU-bound work to a number of threads (a replica's `num_cpus`), the way
 /// OMP_NUM_THREADS holds a process replica: callers beyond the budget wait their turn.
-public actor ThreadBudget {
-    public nonisolated let limit: Int
-    private var inUse = 0
-    private var waiters: [CheckedContinuation<Void, Never>] = []
+///
+/// The threads are the budget's own (a `NIOThreadPool` of `limit` threads, started on first
+/// use and stopped when the budget goes): never the Swift concurrency pool, which has one
+/// thread per core and runs every router, heartbeat and other replica of the node, nor an event
+/// loop (STYLE.md, "The request path"). Work run inline there held those threads for as long as
+/// it burned, so an `echo` beside two busy `cpu` replicas waited ~100 ms instead of ~1 ms.
+public final class ThreadBudget: Sendable {
+    public let limit: Int
+    private let pool = NIOLockedValueBox<NIOThreadPool?>(nil)
 
     public init(threads: Int) {
         self.limit = max(1, threads)
     }
 
-    /// Runs `work` once a thread of the budget is free (off the actor, so budgeted work runs in
-    /// parallel up to the limit).
-    public nonisolated func run<T: Sendable>(_ work: @Sendable () throws -> T) async throws -> T {
-        await self.acquire()
-        do {
-            let result = try work()
-            await self.release()
-            return result
-        } catch {
-            await self.release()
-            throw error
+    /// Runs `work` on one of the budget's threads once one is free (in the order asked), and
+    /// returns its result. A cancelled caller still waits for work already running: a thread
+    /// cannot be interrupted.
+    public func run<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+        let pool = self.pool.withLockedValue { pool -> NIOThreadPool in
+            if let pool { return pool }
+            let started = NIOThreadPool(numberOfThreads: self.limit)
+            started.start()
+            pool = started
+            return started
         }
+        return try await pool.runIfActive(work)
     }
 
-    private func acquire() async {
-        if self.inUse < self.limit {
-            self.inUse += 1
-            return
-        }
-        await withCheckedContinuation { self.waiters.append($0) }
-    }
-
-    private func release() {
-        if self.waiters.isEmpty {
-            self.inUse -= 1
-        } else {
-            // The slot passes straight to the next waiter.
-            self.waiters.removeFirst().resume()
-        }
+    deinit {
+        self.pool.withLockedValue { $0 }?.shutdownGracefully { _ in }
     }
 }

@@ -41,7 +41,6 @@ extension DeploymentConfig {
             "max_queued_requests": .number(Double(self.maxQueuedRequests)),
             "ray_actor_options": self.actorOptions.jsonValue,
             "graceful_shutdown_timeout_s": .number(self.gracefulShutdownTimeoutS),
-            "graceful_shutdown_wait_loop_s": .number(self.gracefulShutdownWaitLoopS),
             "health_check_period_s": .number(self.healthCheckPeriodS),
             "health_check_timeout_s": .number(self.healthCheckTimeoutS),
             "placement_strategy": .string(self.placementStrategy.rawValue),

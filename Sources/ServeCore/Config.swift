@@ -127,9 +127,6 @@ public struct DeploymentConfig: Sendable, Hashable {
     public var actorOptions: ActorOptions
     /// After this long a stopping replica is killed (SIGKILL for a process), Ray's 20 s.
     public var gracefulShutdownTimeoutS: Double
-    /// How long a stopping replica waits before checking whether its requests have drained, so
-    /// routers learn it is leaving (Ray's 2 s, PEERS.md §3 "Graceful shutdown").
-    public var gracefulShutdownWaitLoopS: Double
     /// Ray's health-check period (10 s) and timeout (30 s).
     public var healthCheckPeriodS: Double
     public var healthCheckTimeoutS: Double
@@ -157,7 +154,6 @@ public struct DeploymentConfig: Sendable, Hashable {
         userConfig: JSONValue? = nil,
         actorOptions: ActorOptions = ActorOptions(),
         gracefulShutdownTimeoutS: Double = 20,
-        gracefulShutdownWaitLoopS: Double = 2,
         healthCheckPeriodS: Double = 10,
         healthCheckTimeoutS: Double = 30,
         placementStrategy: PlacementStrategy = .pack,
@@ -178,7 +174,6 @@ public struct DeploymentConfig: Sendable, Hashable {
         self.userConfig = userConfig
         self.actorOptions = actorOptions
         self.gracefulShutdownTimeoutS = gracefulShutdownTimeoutS
-        self.gracefulShutdownWaitLoopS = gracefulShutdownWaitLoopS
         self.healthCheckPeriodS = healthCheckPeriodS
         self.healthCheckTimeoutS = healthCheckTimeoutS
         self.placementStrategy = placementStrategy

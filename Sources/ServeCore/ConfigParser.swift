@@ -291,6 +291,25 @@ struct ConfigValidator {
         return .value(Int(value))
     }
 
+    mutating func replicaCount(_ fields: ConfigFields, _ name: String, atLeast low: Double) -> FieldRead<Int> {
+        guard let node = fields[name] else { return .absent }
+        return self.replicaCount(node, at: fields.path(name), atLeast: low)
+    }
+
+    /// A replica count: a whole number from `low` to `ConfigLimits.maxReplicasPerDeployment`.
+    mutating func replicaCount(_ node: ConfigNode, at path: String, atLeast low: Double) -> FieldRead<Int> {
+        let read = self.integer(node, at: path, .atLeast(low))
+        guard let value = read.value else { return read }
+        guard value <= ConfigLimits.maxReplicasPerDeployment else {
+            self.report(
+                path,
+                "must be at most \(ConfigLimits.maxReplicasPerDeployment) (the most replicas one deployment may ask for), not \(value)"
+            )
+            return .invalid
+        }
+        return read
+    }
+
     static func typeMessage(_ expected: String, _ node: ConfigNode) -> String {
         if let text = node.scalarText, case .null = node {
             return "must be \(expected), not \(text)"
@@ -349,6 +368,10 @@ struct ConfigValidator {
             self.report(path, Self.typeMessage("a list of applications", node))
             return []
         }
+        if items.count > ConfigLimits.maxApplications {
+            self.report(path, "lists \(items.count) applications; a config may hold at most \(ConfigLimits.maxApplications)")
+            return []
+        }
         var applications: [ApplicationConfig] = []
         var indexByName: [String: Int] = [:]
         var ownerByPrefix: [String: (index: Int, name: String)] = [:]
@@ -375,6 +398,16 @@ struct ConfigValidator {
                 }
             }
             applications.append(application)
+        }
+        let total = applications.reduce(0) { sum, application in
+            application.deployments.reduce(sum) { $0 + $1.initialReplicaCount }
+        }
+        if total > ConfigLimits.maxReplicasPerConfig {
+            self.report(
+                path,
+                "ask for \(total) replicas in all (num_replicas, or initial_replicas and min_replicas when autoscaled); "
+                    + "a config may ask for at most \(ConfigLimits.maxReplicasPerConfig)"
+            )
         }
         return applications
     }
@@ -409,6 +442,14 @@ struct ConfigValidator {
                 application.routePrefix = ""
             } else if prefix.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0 == "?" || $0 == "#" }) {
                 self.report(fields.path("route_prefix"), "must be a plain URL path (no spaces, \"?\" or \"#\")")
+                application.routePrefix = ""
+            } else if prefix == "/-" || prefix.hasPrefix("/-/") {
+                // Every proxy answers /-/healthz and /-/routes itself (DESIGN.md): an app there
+                // would be hidden behind them, or hide them from load balancers.
+                self.report(
+                    fields.path("route_prefix"),
+                    "\"\(prefix)\" is under \"/-/\", which is reserved for the proxy's own endpoints (/-/healthz, /-/routes)"
+                )
                 application.routePrefix = ""
             } else {
                 application.routePrefix = prefix
@@ -552,9 +593,11 @@ struct ConfigValidator {
         if let value = self.number(fields, "graceful_shutdown_timeout_s", .atLeast(0)).value {
             deployment.gracefulShutdownTimeoutS = value
         }
-        if let value = self.number(fields, "graceful_shutdown_wait_loop_s", .atLeast(0)).value {
-            deployment.gracefulShutdownWaitLoopS = value
-        }
+        // Accepted and checked for Ray compatibility, with nothing to set: Ray polls a stopping
+        // replica every graceful_shutdown_wait_loop_s until its requests drain; here the last
+        // request to end wakes the stop at once, and a stopping replica refuses new work to the
+        // router from its first moment (README, "Configuration").
+        _ = self.number(fields, "graceful_shutdown_wait_loop_s", .atLeast(0))
         if let value = self.number(fields, "health_check_period_s", .greaterThan(0)).value {
             deployment.healthCheckPeriodS = value
         }
@@ -625,7 +668,7 @@ struct ConfigValidator {
         case .string("auto"):
             return .value(.auto)
         case .number:
-            guard let count = self.integer(node, at: path, .atLeast(0)).value else { return .invalid }
+            guard let count = self.replicaCount(node, at: path, atLeast: 0).value else { return .invalid }
             return .value(.fixed(count))
         default:
             self.report(path, Self.typeMessage("a whole number of at least 0, or \"auto\"", node))
@@ -636,9 +679,9 @@ struct ConfigValidator {
     mutating func autoscaling(_ node: ConfigNode, at path: String, base: AutoscalingConfig) -> AutoscalingConfig {
         var config = base
         guard let fields = self.fields(of: node, at: path, Self.autoscalingFields) else { return config }
-        let minimum = self.integer(fields, "min_replicas", .atLeast(0))
-        let initial = self.integer(fields, "initial_replicas", .atLeast(0))
-        let maximum = self.integer(fields, "max_replicas", .atLeast(1))
+        let minimum = self.replicaCount(fields, "min_replicas", atLeast: 0)
+        let initial = self.replicaCount(fields, "initial_replicas", atLeast: 0)
+        let maximum = self.replicaCount(fields, "max_replicas", atLeast: 1)
         if let value = minimum.value { config.minReplicas = value }
         if let value = initial.value { config.initialReplicas = value }
         if let value = maximum.value { config.maxReplicas = value }
@@ -713,8 +756,8 @@ struct ConfigValidator {
     mutating func actorOptions(_ node: ConfigNode, at path: String) -> ActorOptions {
         var options = ActorOptions()
         guard let fields = self.fields(of: node, at: path, Self.actorOptionFields) else { return options }
-        if let value = self.number(fields, "num_cpus", .atLeast(0)).value { options.numCPUs = value }
-        if let value = self.number(fields, "num_gpus", .atLeast(0)).value {
+        if let value = self.resourceAmount(fields, "num_cpus").value { options.numCPUs = value }
+        if let value = self.resourceAmount(fields, "num_gpus").value {
             // Ray shares a GPU only below one: 0.5 is half a device, 2 is two devices, and 1.5
             // would be neither (PEERS.md §5 "GPUs above 1 must be whole numbers").
             if value > 1 && value.rounded(.towardZero) != value {
@@ -726,7 +769,7 @@ struct ConfigValidator {
                 options.numGPUs = value
             }
         }
-        if let value = self.number(fields, "memory", .atLeast(0)).value { options.memory = value }
+        if let value = self.resourceAmount(fields, "memory").value { options.memory = value }
         if let value = self.number(fields, "object_store_memory", .atLeast(0)).value {
             options.objectStoreMemory = value
         }
@@ -738,6 +781,34 @@ struct ConfigValidator {
             options.runtimeEnv = self.runtimeEnv(node, at: fields.path("runtime_env"))
         }
         return options
+    }
+
+    mutating func resourceAmount(_ fields: ConfigFields, _ name: String) -> FieldRead<Double> {
+        guard let node = fields[name] else { return .absent }
+        return self.resourceAmount(node, at: fields.path(name))
+    }
+
+    /// A resource a replica reserves: at least 0, at most `ConfigLimits.maxResourceAmount`, and
+    /// a whole number of the 1/10,000 steps the head counts in (DESIGN.md "Scheduling and
+    /// resources"), so that what is reserved is exactly what was asked for.
+    mutating func resourceAmount(_ node: ConfigNode, at path: String) -> FieldRead<Double> {
+        let read = self.number(node, at: path, .atLeast(0))
+        guard let value = read.value else { return read }
+        guard value <= ConfigLimits.maxResourceAmount else {
+            self.report(
+                path,
+                "must be at most \(NumberRule.show(ConfigLimits.maxResourceAmount)) (the most one node may offer), not \(NumberRule.show(value))"
+            )
+            return .invalid
+        }
+        guard ConfigLimits.isWholeSteps(value) else {
+            self.report(
+                path,
+                "must be a multiple of 0.0001 (resources are counted in steps of 1/10,000), not \(NumberRule.show(value))"
+            )
+            return .invalid
+        }
+        return read
     }
 
     /// Custom resources: non-negative amounts by name. `CPU`, `GPU` and `memory` have their own
@@ -763,7 +834,7 @@ struct ConfigValidator {
                 self.report(entryPath, "given more than once; each key may appear once per mapping")
                 continue
             }
-            if let amount = self.number(entry.value, at: entryPath, .atLeast(0)).value {
+            if let amount = self.resourceAmount(entry.value, at: entryPath).value {
                 resources[entry.key] = amount
             }
         }

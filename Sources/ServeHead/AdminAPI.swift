@@ -123,7 +123,7 @@ enum Metrics {
                 lines.append("serve_replicas{\(labels(id)),state=\"\(state.rawValue)\"} \(count)")
             }
         }
-        lines.append("# HELP serve_ongoing_requests Requests running or queued at replicas, as they report.")
+        lines.append("# HELP serve_ongoing_requests Requests running at replicas, as they report (requests waiting at the router are serve_router_queued_requests).")
         lines.append("# TYPE serve_ongoing_requests gauge")
         for (id, count) in await controller.ongoingRequests().sorted(by: { "\($0.key)" < "\($1.key)" }) {
             lines.append("serve_ongoing_requests{\(labels(id))} \(count)")

@@ -21,7 +21,9 @@ public actor Controller {
         var state: NodeState
         var outbox: AsyncStream<PBHeadMessage>.Continuation?
         var connection: Int
-        var loads: [String: (running: Int, queued: Int)] = [:]
+        /// Requests running at each replica, as the node last reported (replicas queue nothing:
+        /// requests past their limit wait at the router).
+        var loads: [String: Int] = [:]
         /// Its proxy, as its last heartbeat described it.
         var proxy: PBProxyReport?
         /// Requests waiting at its proxy's routers, per deployment (autoscaling demand).
@@ -36,7 +38,12 @@ public actor Controller {
     }
 
     struct DeploymentRuntime {
-        var config: DeploymentConfig
+        var config: DeploymentConfig {
+            didSet { self.specVersion = self.config.specVersion }
+        }
+        /// `config.specVersion`, kept: it hashes the config's canonical JSON, and the controller
+        /// compares it for every replica on every pass.
+        private(set) var specVersion: String
         var app: String
         var target: Int
         /// Start failures in a row and the retry backoff (`ServeCore.StartBackoff`).
@@ -48,6 +55,14 @@ public actor Controller {
         var autoscaling = AutoscalingState()
         /// The last change the autoscaler made (shown by `serve status`).
         var lastAutoscale: ServeEvent?
+
+        init(config: DeploymentConfig, app: String, target: Int, metrics: MetricsWindow) {
+            self.config = config
+            self.specVersion = config.specVersion
+            self.app = app
+            self.target = target
+            self.metrics = metrics
+        }
     }
 
     private let logger: Logger
@@ -76,6 +91,8 @@ public actor Controller {
     /// it what arrives on the control streams and a timer (`checkLiveness`).
     private var detector: FailureDetector
     private var lastPing: Double = 0
+    /// A pass is due soon (`reconcileSoon`).
+    private var reconcileScheduled = false
 
     public init(
         ingress: Ingress,
@@ -96,6 +113,7 @@ public actor Controller {
     public func deploy(_ config: ServeConfig) async {
         self.config = config
         var seen = Set<DeploymentID>()
+        var byDeployment: [DeploymentID: [ReplicaEntry]]?
         for app in config.applications {
             self.deletingApps.remove(app.name)
             for deployment in app.deployments {
@@ -117,7 +135,8 @@ public actor Controller {
                         self.record(.scale, id, before: before, after: runtime.target, reason: "config changed num_replicas")
                     }
                     if oldConfig.specVersion == deployment.specVersion {
-                        self.reconfigureLightweight(id, from: oldConfig, to: deployment)
+                        if byDeployment == nil { byDeployment = self.replicasByDeployment() }
+                        self.reconfigureLightweight(id, from: oldConfig, to: deployment, replicas: byDeployment?[id] ?? [])
                     } else {
                         self.record(.deploy, id, before: before, after: runtime.target, reason: "code or resources changed: rolling update")
                     }
@@ -153,7 +172,7 @@ public actor Controller {
     }
 
     /// `user_config` and `max_ongoing_requests` change in place on running replicas.
-    private func reconfigureLightweight(_ id: DeploymentID, from old: DeploymentConfig, to new: DeploymentConfig) {
+    private func reconfigureLightweight(_ id: DeploymentID, from old: DeploymentConfig, to new: DeploymentConfig, replicas: [ReplicaEntry]) {
         guard old.userConfig != new.userConfig || old.maxOngoingRequests != new.maxOngoingRequests else { return }
         var change = PBReconfigureReplica()
         if old.userConfig != new.userConfig {
@@ -162,7 +181,7 @@ public actor Controller {
         if old.maxOngoingRequests != new.maxOngoingRequests {
             change.maxOngoingRequests = UInt32(new.maxOngoingRequests)
         }
-        for entry in self.replicas.values where entry.record.deployment == id && entry.record.state != .stopping {
+        for entry in replicas where entry.record.state != .stopping {
             change.replicaID = entry.record.id
             change.specVersion = entry.record.specVersion
             self.send(to: entry.record.nodeID, .reconfigureReplica(change))
@@ -190,10 +209,11 @@ public actor Controller {
     /// down the moment they are adopted.
     private func keepAdoptedReplicas() {
         guard self.holdStartsUntil != nil else { return }
+        let byDeployment = self.replicasByDeployment()
         for (id, runtime) in self.deployments {
             guard let autoscaling = runtime.config.autoscaling else { continue }
-            let running = self.replicas.values.filter {
-                $0.record.deployment == id && $0.record.state == .running && $0.record.specVersion == runtime.config.specVersion
+            let running = (byDeployment[id] ?? []).filter {
+                $0.record.state == .running && $0.record.specVersion == runtime.specVersion
             }.count
             let target = min(max(runtime.target, running), autoscaling.maxReplicas)
             guard target != runtime.target else { continue }
@@ -250,13 +270,19 @@ public actor Controller {
         // never summed blindly. While holding after a head restart, an autoscaled deployment
         // may keep up to its max_replicas of what its workers still run (`keepAdoptedReplicas`).
         var used = self.replicas.values.filter { $0.record.nodeID == id }.reduce(ResourceSet()) { $0.adding($1.grant) }
+        // Live replicas of each deployment's current spec, counted once (not once per reported
+        // replica: a node rejoining with thousands of them would hold this actor for seconds).
+        var liveCurrentByDeployment: [DeploymentID: Int] = [:]
+        for entry in self.replicas.values
+        where (entry.record.state == .starting || entry.record.state == .running)
+            && entry.record.specVersion == self.deployments[entry.record.deployment]?.specVersion
+        {
+            liveCurrentByDeployment[entry.record.deployment, default: 0] += 1
+        }
         for running in register.runningReplicas {
             let deployment = DeploymentID(app: running.appName, name: running.deploymentName)
             let runtime = self.deployments[deployment]
-            let liveCurrent = self.replicas.values.filter {
-                $0.record.deployment == deployment && ($0.record.state == .starting || $0.record.state == .running)
-                    && $0.record.specVersion == runtime?.config.specVersion
-            }.count
+            let liveCurrent = liveCurrentByDeployment[deployment] ?? 0
             let known = self.replicas[running.replicaID] != nil
             let grant = ResourceSet(quantitiesE4: running.grant.resources.quantitiesE4)
             let fits = known || (grant.reportProblem == nil && grant.fits(in: total.subtracting(used)))
@@ -265,7 +291,7 @@ public actor Controller {
             let decision = fits
                 ? ReplicaAdoption.decide(
                     deployed: runtime != nil,
-                    currentSpec: runtime?.config.specVersion == running.specVersion,
+                    currentSpec: runtime?.specVersion == running.specVersion,
                     running: running.state == .running,
                     known: known,
                     liveCurrent: liveCurrent,
@@ -282,6 +308,9 @@ public actor Controller {
                         createdAt: Date()
                     )
                     used = used.adding(grant)
+                    if running.specVersion == runtime?.specVersion {
+                        liveCurrentByDeployment[deployment, default: 0] += 1
+                    }
                     self.record(.replica, deployment, before: liveCurrent, after: liveCurrent + 1, reason: "adopted replica \(running.replicaID) from node \(id)")
                 }
             case .stop(let reason):
@@ -379,7 +408,7 @@ public actor Controller {
         let directives = self.detector.heard(
             from: id, connection: connection, draining: heartbeat.health.status == .draining, now: Self.seconds(.now))
         guard var node = self.nodes[id], node.connection == connection, node.state != .dead else { return }
-        node.loads = Dictionary(heartbeat.replicas.map { ($0.replicaID, (Int($0.runningRequests), Int($0.queuedRequests))) }, uniquingKeysWith: { a, _ in a })
+        node.loads = Dictionary(heartbeat.replicas.map { ($0.replicaID, Int($0.runningRequests)) }, uniquingKeysWith: { a, _ in a })
         if heartbeat.hasProxy { node.proxy = heartbeat.proxy }
         node.waiting = [:]
         for demand in heartbeat.waiting where demand.waiting > 0 {
@@ -390,7 +419,7 @@ public actor Controller {
         for load in heartbeat.replicas {
             guard let deployment = self.replicas[load.replicaID]?.record.deployment else { continue }
             self.deployments[deployment]?.metrics.record(
-                source: load.replicaID, value: Double(load.runningRequests) + Double(load.queuedRequests), at: now)
+                source: load.replicaID, value: Double(load.runningRequests), at: now)
         }
         await self.apply(directives)
     }
@@ -420,13 +449,17 @@ public actor Controller {
             for (id, count) in node.waiting { waitingAtRouter[id, default: 0] += count }
         }
         var changed = false
+        var runningByDeployment: [DeploymentID: Int] = [:]
+        for entry in self.replicas.values
+        where entry.record.state == .running && entry.record.specVersion == self.deployments[entry.record.deployment]?.specVersion
+        {
+            runningByDeployment[entry.record.deployment, default: 0] += 1
+        }
         for (id, var runtime) in self.deployments {
             guard let config = runtime.config.autoscaling else { continue }
             runtime.metrics.record(source: "router", value: Double(waitingAtRouter[id] ?? 0), at: now)
             runtime.metrics.expire(now: now, staleAfter: max(2 * config.metricsIntervalS, 10, 4 * Self.heartbeatInterval))
-            let running = self.replicas.values.filter {
-                $0.record.deployment == id && $0.record.state == .running && $0.record.specVersion == runtime.config.specVersion
-            }.count
+            let running = runningByDeployment[id] ?? 0
             let panicOngoing = config.panicWindowS.flatMap {
                 runtime.metrics.aggregate(now: now, aggregation: config.aggregationFunction, over: $0)
             }
@@ -487,6 +520,29 @@ public actor Controller {
         case .stopping, .starting, .pending, .unspecified, .UNRECOGNIZED:
             return
         }
+        self.reconcileSoon()
+    }
+
+    /// How long a state report waits for others before the pass it calls for
+    /// (`reconcileSoon`).
+    static let reportCoalescing: Duration = .milliseconds(20)
+
+    /// State reports come in bursts: a deploy of 2,000 applications has every replica report
+    /// STARTING and then RUNNING. A whole pass (plan, routes for every application) per report
+    /// made the burst quadratic, and kept this actor from the heartbeats and pings queued behind
+    /// it long enough for the head's own node to be declared DEAD. One pass follows the burst
+    /// instead, `reportCoalescing` after the first report of it.
+    private func reconcileSoon() {
+        guard !self.reconcileScheduled else { return }
+        self.reconcileScheduled = true
+        Task {
+            try? await Task.sleep(for: Self.reportCoalescing)
+            await self.scheduledReconcile()
+        }
+    }
+
+    private func scheduledReconcile() async {
+        self.reconcileScheduled = false
         await self.reconcile()
     }
 
@@ -499,7 +555,7 @@ public actor Controller {
             DeploymentTarget(
                 id: id,
                 replicas: runtime.target,
-                specVersion: runtime.config.specVersion,
+                specVersion: runtime.specVersion,
                 demand: runtime.config.resourceDemand,
                 strategy: runtime.config.placementStrategy,
                 maxReplicasPerNode: runtime.config.maxReplicasPerNode
@@ -536,7 +592,7 @@ public actor Controller {
                     self.replicas[replicaID] = entry
                 } else {
                     self.replicas[replicaID] = ReplicaEntry(
-                        record: ReplicaRecord(id: replicaID, deployment: deployment, nodeID: nil, state: .pending, specVersion: runtime.config.specVersion, message: reason),
+                        record: ReplicaRecord(id: replicaID, deployment: deployment, nodeID: nil, state: .pending, specVersion: runtime.specVersion, message: reason),
                         grant: runtime.config.resourceDemand,
                         gpuIDs: [],
                         createdAt: Date()
@@ -546,7 +602,10 @@ public actor Controller {
                 stops += self.stop(replicaID, reason: "scaled down or replaced").map { [$0] } ?? []
             }
         }
-        self.deletingApps = self.deletingApps.filter { app in self.replicas.values.contains { $0.record.deployment.app == app } }
+        if !self.deletingApps.isEmpty {
+            let appsWithReplicas = Set(self.replicas.values.map(\.record.deployment.app))
+            self.deletingApps = self.deletingApps.filter { appsWithReplicas.contains($0) }
+        }
         await self.publishRoutes()
         // After the tables that leave them out: the proxy on a stopping replica's own node has
         // stopped routing to it before the replica stops taking requests (on its one control
@@ -554,37 +613,57 @@ public actor Controller {
         for (nodeID, stop) in stops { self.send(to: nodeID, .stopReplica(stop)) }
     }
 
+    /// Every node's view for the reconciler, from one pass over the replicas (a pass per node
+    /// would make each reconcile nodes × replicas).
     func nodeViews() -> [NodeView] {
-        self.nodes.values.map { node in
-            var used = ResourceSet()
-            var count = 0
-            for entry in self.replicas.values where entry.record.nodeID == node.id {
-                used = used.adding(entry.grant)
-                count += 1
-            }
+        let byNode = self.replicasByNode()
+        return self.nodes.values.map { node in
+            let hosted = byNode[node.id] ?? []
+            let used = hosted.reduce(ResourceSet()) { $0.adding($1.grant) }
             return NodeView(
                 id: node.id,
                 state: node.state,
                 total: node.total,
                 available: node.total.subtracting(used),
-                replicaCount: count,
-                gpus: node.gpuIDs.isEmpty ? nil : self.gpuAllocator(for: node.id)
+                replicaCount: hosted.count,
+                gpus: node.gpuIDs.isEmpty ? nil : self.gpuAllocator(for: node.id, hosted: hosted)
             )
         }
     }
 
     /// The node's GPU grants, device by device, rebuilt from the replicas placed there.
-    private func gpuAllocator(for nodeID: String) -> GPUAllocator {
+    private func gpuAllocator(for nodeID: String, hosted: [ReplicaEntry]? = nil) -> GPUAllocator {
         var allocator = GPUAllocator(gpuIDs: self.nodes[nodeID]?.gpuIDs ?? [])
-        for entry in self.replicas.values where entry.record.nodeID == nodeID && !entry.gpuIDs.isEmpty {
+        let hosted = hosted ?? self.replicas.values.filter { $0.record.nodeID == nodeID }
+        for entry in hosted where !entry.gpuIDs.isEmpty {
             allocator.restore(replicaID: entry.record.id, gpuIDs: entry.gpuIDs, amount: entry.grant[ResourceSet.gpu])
         }
         return allocator
     }
 
+    /// The replicas of each deployment, in one pass. Everything that runs per event (a state
+    /// report, a heartbeat's consequences, the 100 ms autoscaler, a status call) groups once
+    /// rather than scanning every replica per deployment: with 2,000 applications that scan was
+    /// 4 million steps per replica report, and the heartbeats queued behind it long enough for
+    /// the head's own node to be declared DEAD.
+    private func replicasByDeployment() -> [DeploymentID: [ReplicaEntry]] {
+        var result: [DeploymentID: [ReplicaEntry]] = [:]
+        for entry in self.replicas.values { result[entry.record.deployment, default: []].append(entry) }
+        return result
+    }
+
+    /// The replicas on each node, in one pass.
+    private func replicasByNode() -> [String: [ReplicaEntry]] {
+        var result: [String: [ReplicaEntry]] = [:]
+        for entry in self.replicas.values {
+            if let nodeID = entry.record.nodeID { result[nodeID, default: []].append(entry) }
+        }
+        return result
+    }
+
     private func start(_ replicaID: String, _ deployment: DeploymentID, _ runtime: DeploymentRuntime, on nodeID: String) {
         let entry = ReplicaEntry(
-            record: ReplicaRecord(id: replicaID, deployment: deployment, nodeID: nodeID, state: .starting, specVersion: runtime.config.specVersion, message: ""),
+            record: ReplicaRecord(id: replicaID, deployment: deployment, nodeID: nodeID, state: .starting, specVersion: runtime.specVersion, message: ""),
             grant: runtime.config.resourceDemand,
             gpuIDs: self.assignGPUs(runtime.config.resourceDemand[ResourceSet.gpu], on: nodeID, replicaID: replicaID),
             createdAt: Date()
@@ -671,17 +750,18 @@ public actor Controller {
     /// Gives the ingress the RUNNING replicas of every application's ingress deployment.
     private func publishRoutes() async {
         var applications: [ApplicationRoute] = []
+        let byDeployment = self.replicasByDeployment()
         for app in self.config.applications {
             let deployment = app.ingress
             let id = DeploymentID(app: app.name, name: deployment.name)
-            let replicas = self.replicas.values
-                .filter { $0.record.deployment == id && $0.record.state == .running }
+            let replicas = (byDeployment[id] ?? [])
+                .filter { $0.record.state == .running }
                 .compactMap { entry -> ReplicaRoute? in
                     // A DRAINING node's replicas serve until they are stopped (after their
                 // replacements run); a DEAD node's are gone.
                 guard let nodeID = entry.record.nodeID, let node = self.nodes[nodeID], node.state != .dead else { return nil }
                     let load = node.loads[entry.record.id]
-                    return ReplicaRoute(id: entry.record.id, nodeID: nodeID, host: node.address, port: node.port, reportedQueueLength: (load?.running ?? 0) + (load?.queued ?? 0))
+                    return ReplicaRoute(id: entry.record.id, nodeID: nodeID, host: node.address, port: node.port, reportedQueueLength: load ?? 0)
                 }
                 .sorted { $0.id < $1.id }
             // Requests wait for a replica that is coming (cold start, PENDING), not for one that
@@ -747,20 +827,21 @@ public actor Controller {
         var result: [DeploymentID: Int] = [:]
         for entry in self.replicas.values {
             guard let nodeID = entry.record.nodeID, let load = self.nodes[nodeID]?.loads[entry.record.id] else { continue }
-            result[entry.record.deployment, default: 0] += load.running + load.queued
+            result[entry.record.deployment, default: 0] += load
         }
         return result
     }
 
     public func statusJSON() -> JSONValue {
         var apps: [String: JSONValue] = [:]
+        let byDeployment = self.replicasByDeployment()
         for app in self.config.applications {
             var deployments: [String: JSONValue] = [:]
             var statuses: [String] = []
             for deployment in app.deployments {
                 let id = DeploymentID(app: app.name, name: deployment.name)
                 guard let runtime = self.deployments[id] else { continue }
-                let entries = self.replicas.values.filter { $0.record.deployment == id }.sorted { $0.record.id < $1.record.id }
+                let entries = (byDeployment[id] ?? []).sorted { $0.record.id < $1.record.id }
                 let status = self.deploymentStatus(runtime, entries)
                 statuses.append(status)
                 let pendingMessage = entries.first { $0.record.state == .pending }?.record.message
@@ -790,7 +871,7 @@ public actor Controller {
                             "replica_id": .string(entry.record.id),
                             "node_id": entry.record.nodeID.map { .string($0) } ?? .null,
                             "state": .string(entry.record.state.rawValue),
-                            "ongoing_requests": .number(Double((load?.running ?? 0) + (load?.queued ?? 0))),
+                            "ongoing_requests": .number(Double(load ?? 0)),
                             "message": .string(entry.record.message),
                             "resources": .string(entry.grant.description),
                             "gpu_ids": .array(entry.gpuIDs.map { .string($0) }),
@@ -813,7 +894,10 @@ public actor Controller {
                 "deployments": .object(deployments),
             ])
         }
-        for app in self.deletingApps where apps[app] == nil {
+        // An app whose last replica has just stopped is gone, even before the next pass tidies
+        // `deletingApps` (state reports ask for passes a little later: `reconcileSoon`).
+        let appsWithReplicas = Set(byDeployment.keys.map(\.app))
+        for app in self.deletingApps where apps[app] == nil && appsWithReplicas.contains(app) {
             apps[app] = .object(["status": "DELETING", "route_prefix": .null, "deployments": .object([:])])
         }
         return .object(["applications": .object(apps)])
@@ -821,9 +905,9 @@ public actor Controller {
 
     private func deploymentStatus(_ runtime: DeploymentRuntime, _ entries: [ReplicaEntry]) -> String {
         if runtime.backoff.isUnhealthy { return "UNHEALTHY" }
-        let current = entries.filter { $0.record.specVersion == runtime.config.specVersion && $0.record.state != .stopping }
+        let current = entries.filter { $0.record.specVersion == runtime.specVersion && $0.record.state != .stopping }
         let running = current.filter { $0.record.state == .running }.count
-        let old = entries.contains { $0.record.specVersion != runtime.config.specVersion && $0.record.state != .stopping }
+        let old = entries.contains { $0.record.specVersion != runtime.specVersion && $0.record.state != .stopping }
         if old || (!runtime.everRunning && running < runtime.target) { return "UPDATING" }
         if running < runtime.target { return "UPSCALING" }
         if current.count > runtime.target || entries.contains(where: { $0.record.state == .stopping }) { return "DOWNSCALING" }
@@ -832,6 +916,7 @@ public actor Controller {
 
     public func nodesJSON() -> JSONValue {
         let views = Dictionary(uniqueKeysWithValues: self.nodeViews().map { ($0.id, $0) })
+        let byNode = self.replicasByNode()
         let nodes = self.nodes.values.sorted { $0.id < $1.id }.map { node -> JSONValue in
             let available = views[node.id]?.available ?? node.total
             return .object([
@@ -845,7 +930,7 @@ public actor Controller {
                 "http_address": node.proxy.flatMap { $0.httpAddress.isEmpty ? nil : JSONValue.string($0.httpAddress) } ?? .null,
                 "proxy_status": .string(node.state == .dead ? "NONE" : Self.proxyStatus(node.proxy)),
                 "proxy_message": .string(node.proxy?.message ?? ""),
-                "replicas": .array(self.replicas.values.filter { $0.record.nodeID == node.id }.map { .string($0.record.id) }.sorted { "\($0)" < "\($1)" }),
+                "replicas": .array((byNode[node.id] ?? []).map(\.record.id).sorted().map { .string($0) }),
             ])
         }
         return .object(["nodes": .array(nodes)])

@@ -19,7 +19,6 @@
 //   StartReplica, StopReplica, ReconfigureReplica
 //                      -> ReplicaStateReport (first report after the command)
 //                         or CommandAck with accepted = false if refused
-//   DrainNode          -> CommandAck
 //   Ping               -> Pong
 // Unsolicited messages (heartbeats, later state reports) have in_reply_to 0.
 
@@ -67,8 +66,8 @@ public nonisolated struct PBPong: Sendable {
 }
 
 /// Worker -> head: accepts or refuses a head command that has no better
-/// answer (DrainNode), or refuses one that does (e.g. StartReplica with an
-/// unknown handler, insufficient resources, or a duplicate replica id).
+/// answer, or refuses one that does (e.g. StartReplica with an unknown
+/// handler, insufficient resources, or a duplicate replica id).
 public nonisolated struct PBCommandAck: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -218,15 +217,6 @@ public nonisolated struct PBHeadMessage: Sendable {
     set {kind = .reconfigureReplica(newValue)}
   }
 
-  /// Stop taking new replicas.
-  public var drain: PBDrainNode {
-    get {
-      if case .drain(let v)? = kind {return v}
-      return PBDrainNode()
-    }
-    set {kind = .drain(newValue)}
-  }
-
   /// Liveness probe.
   public var ping: PBPing {
     get {
@@ -257,8 +247,6 @@ public nonisolated struct PBHeadMessage: Sendable {
     case stopReplica(PBStopReplica)
     /// Change a running replica's config in place.
     case reconfigureReplica(PBReconfigureReplica)
-    /// Stop taking new replicas.
-    case drain(PBDrainNode)
     /// Liveness probe.
     case ping(PBPing)
     /// The route table for the node's proxy (sent after registering and on every change).
@@ -503,7 +491,7 @@ nonisolated extension PBWorkerMessage: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension PBHeadMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HeadMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{3}in_reply_to\0\u{4}\u{8}register_answer\0\u{3}start_replica\0\u{3}stop_replica\0\u{3}reconfigure_replica\0\u{1}drain\0\u{1}ping\0\u{1}routes\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{3}in_reply_to\0\u{4}\u{8}register_answer\0\u{3}start_replica\0\u{3}stop_replica\0\u{3}reconfigure_replica\0\u{2}\u{2}ping\0\u{1}routes\0\u{b}drain\0\u{c}\u{e}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -565,19 +553,6 @@ nonisolated extension PBHeadMessage: SwiftProtobuf.Message, SwiftProtobuf._Messa
           self.kind = .reconfigureReplica(v)
         }
       }()
-      case 14: try {
-        var v: PBDrainNode?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .drain(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .drain(v)
-        }
-      }()
       case 15: try {
         var v: PBPing?
         var hadOneofValue = false
@@ -636,10 +611,6 @@ nonisolated extension PBHeadMessage: SwiftProtobuf.Message, SwiftProtobuf._Messa
     case .reconfigureReplica?: try {
       guard case .reconfigureReplica(let v)? = self.kind else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
-    }()
-    case .drain?: try {
-      guard case .drain(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
     }()
     case .ping?: try {
       guard case .ping(let v)? = self.kind else { preconditionFailure() }

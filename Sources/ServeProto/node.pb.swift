@@ -265,16 +265,6 @@ public nonisolated struct PBHeartbeat: Sendable {
   /// When the worker sent it, Unix time in milliseconds (worker clock).
   public var sentAtUnixMs: Int64 = 0
 
-  /// Resources not granted to any replica right now (amount × 10_000).
-  public var availableResources: PBResourceSet {
-    get {_availableResources ?? PBResourceSet()}
-    set {_availableResources = newValue}
-  }
-  /// Returns true if `availableResources` has been explicitly set.
-  public var hasAvailableResources: Bool {self._availableResources != nil}
-  /// Clears the value of `availableResources`. Subsequent reads from it will return its default value.
-  public mutating func clearAvailableResources() {self._availableResources = nil}
-
   /// Load of every replica on the node, one entry per replica.
   public var replicas: [PBReplicaLoad] = []
 
@@ -305,32 +295,8 @@ public nonisolated struct PBHeartbeat: Sendable {
 
   public init() {}
 
-  fileprivate var _availableResources: PBResourceSet? = nil
   fileprivate var _health: PBNodeHealth? = nil
   fileprivate var _proxy: PBProxyReport? = nil
-}
-
-/// Head -> worker: take no new replicas (the node is being scaled down or
-/// maintained). The head stops the node's replicas itself with StopReplica.
-public nonisolated struct PBDrainNode: Sendable {
-  // SwiftProtobuf.Message conformance is added in an extension below. See the
-  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
-  // methods supported on all messages.
-
-  /// Human-readable reason, for logs (e.g. "idle", "operator request").
-  public var reason: String = String()
-
-  /// Unix time in milliseconds by which the head expects the node empty;
-  /// after it, replicas still running may be killed. 0 means no deadline.
-  public var deadlineUnixMs: Int64 = 0
-
-  /// If true, the worker process exits once it hosts no replicas (used by
-  /// the node autoscaler to release the machine).
-  public var exitWhenEmpty: Bool = false
-
-  public var unknownFields = SwiftProtobuf.UnknownStorage()
-
-  public init() {}
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -591,7 +557,7 @@ nonisolated extension PBNodeHealth: SwiftProtobuf.Message, SwiftProtobuf._Messag
 
 nonisolated extension PBHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}sequence\0\u{3}sent_at_unix_ms\0\u{3}available_resources\0\u{1}replicas\0\u{1}health\0\u{1}proxy\0\u{1}waiting\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{1}sequence\0\u{3}sent_at_unix_ms\0\u{2}\u{2}replicas\0\u{1}health\0\u{1}proxy\0\u{1}waiting\0\u{b}available_resources\0\u{c}\u{4}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -602,7 +568,6 @@ nonisolated extension PBHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._Message
       case 1: try { try decoder.decodeSingularStringField(value: &self.nodeID) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
       case 3: try { try decoder.decodeSingularInt64Field(value: &self.sentAtUnixMs) }()
-      case 4: try { try decoder.decodeSingularMessageField(value: &self._availableResources) }()
       case 5: try { try decoder.decodeRepeatedMessageField(value: &self.replicas) }()
       case 6: try { try decoder.decodeSingularMessageField(value: &self._health) }()
       case 7: try { try decoder.decodeSingularMessageField(value: &self._proxy) }()
@@ -626,9 +591,6 @@ nonisolated extension PBHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._Message
     if self.sentAtUnixMs != 0 {
       try visitor.visitSingularInt64Field(value: self.sentAtUnixMs, fieldNumber: 3)
     }
-    try { if let v = self._availableResources {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
-    } }()
     if !self.replicas.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.replicas, fieldNumber: 5)
     }
@@ -648,51 +610,10 @@ nonisolated extension PBHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._Message
     if lhs.nodeID != rhs.nodeID {return false}
     if lhs.sequence != rhs.sequence {return false}
     if lhs.sentAtUnixMs != rhs.sentAtUnixMs {return false}
-    if lhs._availableResources != rhs._availableResources {return false}
     if lhs.replicas != rhs.replicas {return false}
     if lhs._health != rhs._health {return false}
     if lhs._proxy != rhs._proxy {return false}
     if lhs.waiting != rhs.waiting {return false}
-    if lhs.unknownFields != rhs.unknownFields {return false}
-    return true
-  }
-}
-
-nonisolated extension PBDrainNode: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".DrainNode"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}reason\0\u{3}deadline_unix_ms\0\u{3}exit_when_empty\0")
-
-  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.reason) }()
-      case 2: try { try decoder.decodeSingularInt64Field(value: &self.deadlineUnixMs) }()
-      case 3: try { try decoder.decodeSingularBoolField(value: &self.exitWhenEmpty) }()
-      default: break
-      }
-    }
-  }
-
-  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.reason.isEmpty {
-      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 1)
-    }
-    if self.deadlineUnixMs != 0 {
-      try visitor.visitSingularInt64Field(value: self.deadlineUnixMs, fieldNumber: 2)
-    }
-    if self.exitWhenEmpty != false {
-      try visitor.visitSingularBoolField(value: self.exitWhenEmpty, fieldNumber: 3)
-    }
-    try unknownFields.traverse(visitor: &visitor)
-  }
-
-  public static func ==(lhs: PBDrainNode, rhs: PBDrainNode) -> Bool {
-    if lhs.reason != rhs.reason {return false}
-    if lhs.deadlineUnixMs != rhs.deadlineUnixMs {return false}
-    if lhs.exitWhenEmpty != rhs.exitWhenEmpty {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -365,12 +365,11 @@ public nonisolated struct PBReplicaLoad: Sendable {
   /// The replica this load belongs to.
   public var replicaID: String = String()
 
-  /// Requests executing now (at most max_ongoing_requests).
+  /// Requests executing now (at most max_ongoing_requests). A replica queues
+  /// nothing: one past its limit is refused to the router, where it waits
+  /// (and counts for the autoscaler there). This is the replica's part of the
+  /// load the autoscaler uses.
   public var runningRequests: UInt32 = 0
-
-  /// Requests accepted but waiting for an execution slot. This is the queue
-  /// length the autoscaler uses.
-  public var queuedRequests: UInt32 = 0
 
   /// Current state, so the head can catch up if a state report was lost.
   public var state: PBReplicaState = .unspecified
@@ -769,7 +768,7 @@ nonisolated extension PBReplicaStateReport: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension PBReplicaLoad: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReplicaLoad"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}running_requests\0\u{3}queued_requests\0\u{1}state\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}running_requests\0\u{2}\u{2}state\0\u{b}queued_requests\0\u{c}\u{3}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -779,7 +778,6 @@ nonisolated extension PBReplicaLoad: SwiftProtobuf.Message, SwiftProtobuf._Messa
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.replicaID) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.runningRequests) }()
-      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.queuedRequests) }()
       case 4: try { try decoder.decodeSingularEnumField(value: &self.state) }()
       default: break
       }
@@ -793,9 +791,6 @@ nonisolated extension PBReplicaLoad: SwiftProtobuf.Message, SwiftProtobuf._Messa
     if self.runningRequests != 0 {
       try visitor.visitSingularUInt32Field(value: self.runningRequests, fieldNumber: 2)
     }
-    if self.queuedRequests != 0 {
-      try visitor.visitSingularUInt32Field(value: self.queuedRequests, fieldNumber: 3)
-    }
     if self.state != .unspecified {
       try visitor.visitSingularEnumField(value: self.state, fieldNumber: 4)
     }
@@ -805,7 +800,6 @@ nonisolated extension PBReplicaLoad: SwiftProtobuf.Message, SwiftProtobuf._Messa
   public static func ==(lhs: PBReplicaLoad, rhs: PBReplicaLoad) -> Bool {
     if lhs.replicaID != rhs.replicaID {return false}
     if lhs.runningRequests != rhs.runningRequests {return false}
-    if lhs.queuedRequests != rhs.queuedRequests {return false}
     if lhs.state != rhs.state {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true

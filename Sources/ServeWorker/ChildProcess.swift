@@ -1,13 +1,22 @@
+import CServeSpawn
 import Foundation
+import NIOConcurrencyHelpers
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// Starts a child process the way a replica needs it: signals unblocked and at their defaults
-/// (the worker's threads block most signals, and Foundation's Process passes that mask on, so a
-/// child would ignore SIGTERM), in its own process group (so stopping it reaches anything it
-/// started), with its output appended to a log file and its working directory set.
+/// (the worker's threads block most signals, and a spawn passes that mask on, so a child would
+/// ignore SIGTERM), in its own process group (so stopping it reaches anything it started), with
+/// its output appended to a log file and its working directory set.
+///
+/// It holds none of this process's descriptors: every descriptor above stderr is close-on-exec in
+/// the child whatever flags it was opened with (`serve_spawn`), so a child that outlives its node
+/// does not keep the node's listening sockets (the head's cluster, ingress and admin ports, a
+/// worker's data plane) or its connections. With `dieWithParent` it also dies with its node: a
+/// node killed with SIGKILL takes its replicas along (PR_SET_PDEATHSIG) instead of leaving them
+/// to serve on, unknown to any head.
 package final class ChildProcess: Sendable {
     package let pid: pid_t
 
@@ -16,47 +25,40 @@ package final class ChildProcess: Sendable {
     }
 
     /// `errorPath`: where stderr goes when it should not join stdout in `logPath` (a command
-    /// whose stdout is an answer to parse).
-    package init(argv: [String], environment: [String: String], workingDirectory: String?, logPath: String, errorPath: String? = nil) throws {
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        var allSignals = sigset_t()
-        sigfillset(&allSignals)
-        posix_spawnattr_setsigdefault(&attributes, &allSignals)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
-
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        if let errorPath {
-            posix_spawn_file_actions_addopen(&actions, 2, errorPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        } else {
-            posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        }
+    /// whose stdout is an answer to parse). `dieWithParent`: SIGKILL the child when this process
+    /// ends (replicas; not the node provider's workers, which outlive a head by design).
+    package init(
+        argv: [String], environment: [String: String], workingDirectory: String?, logPath: String,
+        errorPath: String? = nil, dieWithParent: Bool = false
+    ) throws {
         // env(1) resolves the command through PATH like a shell would (`python3 model.py`) and
-        // changes directory first (GNU env's -C; glibc's addchdir_np is not visible to Swift).
-        var arguments = ["/usr/bin/env"]
-        if let workingDirectory, !workingDirectory.isEmpty { arguments += ["-C", workingDirectory] }
-        arguments += argv
-        let cArguments = arguments.map { strdup($0) } + [nil]
-        let cEnvironment = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            for pointer in cArguments { free(pointer) }
-            for pointer in cEnvironment { free(pointer) }
+        // changes directory first (GNU env's -C).
+        var command = ["/usr/bin/env"]
+        if let workingDirectory, !workingDirectory.isEmpty { command += ["-C", workingDirectory] }
+        command += argv
+        let environmentLines = environment.map { "\($0.key)=\($0.value)" }
+        let arguments = command
+        let result = Spawner.shared.run {
+            let cArguments = arguments.map { strdup($0) } + [nil]
+            let cEnvironment = environmentLines.map { strdup($0) } + [nil]
+            defer {
+                for pointer in cArguments { free(pointer) }
+                for pointer in cEnvironment { free(pointer) }
+            }
+            var pid: pid_t = 0
+            let error = cArguments.withUnsafeBufferPointer { argv in
+                cEnvironment.withUnsafeBufferPointer { envp in
+                    serve_spawn(
+                        "/usr/bin/env", argv.baseAddress, envp.baseAddress, logPath, errorPath,
+                        dieWithParent ? 1 : 0, &pid)
+                }
+            }
+            return (error, pid)
         }
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, "/usr/bin/env", &actions, &attributes, cArguments, cEnvironment)
-        guard result == 0 else {
-            throw SpawnError(description: "could not start \(argv.joined(separator: " ")): \(String(cString: strerror(result)))")
+        guard result.0 == 0 else {
+            throw SpawnError(description: "could not start \(argv.joined(separator: " ")): \(String(cString: strerror(result.0)))")
         }
-        self.pid = pid
+        self.pid = result.1
     }
 
     /// Waits for the child to exit (on a thread of its own: waitpid blocks) and reports its
@@ -75,5 +77,49 @@ package final class ChildProcess: Sendable {
     /// Sends `signal` to the child's whole process group.
     package func signal(_ signal: Int32) {
         kill(-self.pid, signal)
+    }
+}
+
+/// The thread every child is forked from. PR_SET_PDEATHSIG fires when the *thread* that forked
+/// the child ends, not the process (prctl(2)), and the threads of Swift's concurrency pool come
+/// and go: so children are forked here, on one thread that lives as long as the process.
+private final class Spawner: Sendable {
+    static let shared = Spawner()
+
+
+    private let jobs = ConditionLock<Int>(value: 0)
+    private let queue = NIOLockedValueBox<[@Sendable () -> Void]>([])
+
+    private init() {
+        let thread = Thread { [self] in
+            while true {
+                self.jobs.lock(whenValue: 1)
+                let next = self.queue.withLockedValue { queue in queue.isEmpty ? nil : queue.removeFirst() }
+                let left = self.queue.withLockedValue { $0.count }
+                self.jobs.unlock(withValue: left > 0 ? 1 : 0)
+                next?()
+            }
+        }
+        thread.name = "serve-spawner"
+        thread.start()
+    }
+
+    /// Runs `work` on the spawner thread and waits for its result.
+    func run<T: Sendable>(_ work: @escaping @Sendable () -> T) -> T {
+        let result = NIOLockedValueBox<T?>(nil)
+        let done = ConditionLock<Int>(value: 0)
+        self.jobs.lock()
+        self.queue.withLockedValue {
+            $0.append {
+                let value = work()
+                result.withLockedValue { $0 = value }
+                done.lock()
+                done.unlock(withValue: 1)
+            }
+        }
+        self.jobs.unlock(withValue: 1)
+        done.lock(whenValue: 1)
+        done.unlock()
+        return result.withLockedValue { $0! }
     }
 }

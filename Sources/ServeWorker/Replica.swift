@@ -12,8 +12,9 @@ import ServeWire
 /// What a replica reports about its load and lifecycle.
 public struct ReplicaStatus: Sendable {
     public var state: PBReplicaState
+    /// Requests running now. A replica queues none: one past `max_ongoing_requests` is
+    /// refused to the router, which holds it (and counts it for the autoscaler).
     public var running: Int
-    public var queued: Int
     public var message: String
 }
 
@@ -32,6 +33,11 @@ final class Replica: Sendable {
     let grant: PBResourceGrant
     /// `graceful_shutdown_timeout_s`: how long in-flight requests may take when it stops.
     let gracefulShutdownTimeout: Duration
+    /// `health_check_timeout_s`: how long a health check may take, and `reconfigure(userConfig:)`
+    /// too before the replica is failed (the bound the deployment already gives its user code).
+    let healthCheckTimeout: Duration
+    /// The last change (`enqueueChange`) queued, which the next one waits for.
+    private let lastChange = NIOLockedValueBox<Task<Void, Never>?>(nil)
     private let body: ReplicaBody
     private let logger: Logger
     private let state: NIOLockedValueBox<State>
@@ -75,13 +81,14 @@ final class Replica: Sendable {
         self.specVersion = start.spec.version
         self.grant = start.grant
         self.gracefulShutdownTimeout = .milliseconds(Int(start.spec.gracefulShutdownTimeoutMs > 0 ? start.spec.gracefulShutdownTimeoutMs : 20_000))
+        self.healthCheckTimeout = .milliseconds(Int(start.spec.healthCheckTimeoutMs > 0 ? start.spec.healthCheckTimeoutMs : 30_000))
         self.body = body
         self.logger = logger
         self.state = NIOLockedValueBox(State(maxOngoing: max(1, Int(start.spec.maxOngoingRequests))))
     }
 
     var status: ReplicaStatus {
-        self.state.withLockedValue { ReplicaStatus(state: $0.state, running: $0.ongoing, queued: 0, message: $0.message) }
+        self.state.withLockedValue { ReplicaStatus(state: $0.state, running: $0.ongoing, message: $0.message) }
     }
 
     func setState(_ state: PBReplicaState, message: String = "") {
@@ -209,13 +216,25 @@ final class Replica: Sendable {
     }
 
     /// One health check: a Swift deployment's `checkHealth()`; for a command deployment, that
-    /// its process is alive and answers (`health_path` with 2xx, else its port accepts).
+    /// its process is alive and answers (`health_path` with 2xx, else `GET /` with anything).
     func checkHealth() async throws {
         switch self.body {
         case .swift(let box):
             try await box.instance.checkHealth()
         case .process(let process):
-            try await process.checkHealth()
+            try await process.checkHealth(timeout: self.healthCheckTimeout)
+        }
+    }
+
+    /// Runs `change` after every change queued before it (the head's order), aside from the
+    /// caller: the caller returns at once.
+    func enqueueChange(_ change: @escaping @Sendable () async -> Void) {
+        self.lastChange.withLockedValue { last in
+            let previous = last
+            last = Task {
+                await previous?.value
+                await change()
+            }
         }
     }
 

@@ -591,7 +591,6 @@ public final class WorkerNode: Sendable {
             heartbeat.replicas.append(PBReplicaLoad.with {
                 $0.replicaID = replica.id
                 $0.runningRequests = UInt32(status.running)
-                $0.queuedRequests = UInt32(status.queued)
                 $0.state = status.state
             })
         }
@@ -607,13 +606,19 @@ public final class WorkerNode: Sendable {
             Task { await self.stopReplica(stop) }
         case .reconfigureReplica(let change):
             guard let replica = self.replicas.withLockedValue({ $0[change.replicaID] }) else { return }
-            if change.hasMaxOngoingRequests { replica.setMaxOngoing(Int(change.maxOngoingRequests)) }
-            if change.hasUserConfigJson {
+            // User code never runs on this loop: a reconfigure() that takes long would stall
+            // every command and ping behind it, and past --head-timeout-s the whole node would
+            // be given up. It runs aside, in order with the replica's other changes, and one
+            // that fails or outlasts its timeout fails its replica alone.
+            replica.enqueueChange { [self] in
+                if change.hasMaxOngoingRequests { replica.setMaxOngoing(Int(change.maxOngoingRequests)) }
+                guard change.hasUserConfigJson else { return }
                 let config = try? JSONValue.parse(String(decoding: change.userConfigJson, as: UTF8.self))
-                do {
-                    try await replica.reconfigure(userConfig: config)
-                } catch {
-                    self.report(replica.id, .failed, "reconfigure failed: \(error)", specVersion: replica.specVersion)
+                let timeout = replica.healthCheckTimeout
+                if let error = await Self.outcome(
+                    of: { try await replica.reconfigure(userConfig: config) }, timeout: timeout, what: "reconfigure()")
+                {
+                    await self.fail(replica, because: "reconfigure failed: \(error)")
                 }
             }
         case .ping(let ping):
@@ -627,7 +632,7 @@ public final class WorkerNode: Sendable {
         case .routes(let update):
             self.ingress.update(RouteTable(update), version: TableVersion(update))
             Task { await self.configureProxy(update) }
-        case .drain, .registerAnswer, .none:
+        case .registerAnswer, .none:
             break
         }
     }
@@ -697,20 +702,20 @@ public final class WorkerNode: Sendable {
                 var processEnvironment = ProcessInfo.processInfo.environment
                 processEnvironment["SERVE_TOKEN"] = nil
                 for (name, value) in environment { processEnvironment[name] = value }
-                let process = try ProcessReplica(
+                let process = try await ProcessReplica.launch(
                     replicaID: id,
                     argv: command.argv,
                     environment: processEnvironment,
                     workingDirectory: start.spec.workingDir,
                     healthPath: start.spec.healthPath,
-                    logDirectory: self.options.logDirectory
+                    logDirectory: self.options.logDirectory,
+                    readyTimeout: .milliseconds(Int(max(start.spec.healthCheckTimeoutMs, 30_000))),
+                    logger: logger
                 ) { [self] status, tail in
                     self.logger.warning("a replica process exited", metadata: ["serve.replica": "\(id)", "status": "\(status)"])
                     self.replicas.withLockedValue { $0[id] = nil }
                     self.report(id, .failed, "the process exited with status \(status); its output ends with:\n\(tail)", specVersion: start.spec.version)
                 }
-                let readyTimeout = Duration.milliseconds(Int(max(start.spec.healthCheckTimeoutMs, 30_000)))
-                try await process.waitUntilReady(timeout: readyTimeout)
                 body = .process(process)
             case .none:
                 throw DeploymentError("the replica spec names neither a handler nor a command")
@@ -761,14 +766,7 @@ public final class WorkerNode: Sendable {
                             directives += monitor.succeeded(number: number, now: Self.now)
                         }
                     case .unhealthy(let reason):
-                        guard self.replicas.withLockedValue({ map in
-                            guard map[replica.id] === replica else { return false }
-                            map[replica.id] = nil
-                            return true
-                        }) else { return }
-                        self.logger.error("replica is unhealthy; stopping it", metadata: ["serve.replica": "\(replica.id)", "reason": "\(reason)"])
-                        self.report(replica.id, .failed, "unhealthy: \(reason)", specVersion: replica.specVersion)
-                        await replica.stop(timeout: replica.gracefulShutdownTimeout)
+                        await self.fail(replica, because: "unhealthy: \(reason)")
                         return
                     }
                 }
@@ -776,9 +774,23 @@ public final class WorkerNode: Sendable {
         }
     }
 
-    /// Runs a health check, giving up on it after `timeout` (a hung check may go on running; its
-    /// late answer is dropped). Nil when healthy, else why not.
-    static func outcome(of check: @escaping @Sendable () async throws -> Void, timeout: Duration) async -> String? {
+    /// Reports a replica FAILED (the head replaces it) and stops it, unless it already left.
+    private func fail(_ replica: Replica, because reason: String) async {
+        guard self.replicas.withLockedValue({ map in
+            guard map[replica.id] === replica else { return false }
+            map[replica.id] = nil
+            return true
+        }) else { return }
+        self.logger.error("replica failed; stopping it", metadata: ["serve.replica": "\(replica.id)", "reason": "\(reason)"])
+        self.report(replica.id, .failed, reason, specVersion: replica.specVersion)
+        await replica.stop(timeout: replica.gracefulShutdownTimeout)
+    }
+
+    /// Runs a health check (or other user code: `what`), giving up on it after `timeout` (a hung
+    /// call may go on running; its late answer is dropped). Nil when it succeeded, else why not.
+    static func outcome(
+        of check: @escaping @Sendable () async throws -> Void, timeout: Duration, what: String = "the health check"
+    ) async -> String? {
         let box = NIOLockedValueBox<(continuation: CheckedContinuation<String?, Never>?, timer: Task<Void, Never>?)>((nil, nil))
         let finish: @Sendable (String?) -> Void = { outcome in
             let (continuation, timer) = box.withLockedValue { state in
@@ -792,7 +804,7 @@ public final class WorkerNode: Sendable {
             box.withLockedValue { $0.continuation = continuation }
             let timer = Task {
                 try? await Task.sleep(for: timeout)
-                if !Task.isCancelled { finish("the health check did not answer within \(timeout)") }
+                if !Task.isCancelled { finish("\(what) did not answer within \(timeout)") }
             }
             box.withLockedValue { state in
                 if state.continuation != nil { state.timer = timer } else { timer.cancel() }

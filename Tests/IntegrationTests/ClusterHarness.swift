@@ -152,8 +152,16 @@ final class TestCluster: @unchecked Sendable {
 
     /// Starts a head again with the same state dir, token and cluster port (the workers' retries
     /// find it there); its HTTP and admin ports are new.
-    func restartHead() async throws {
-        let (head, ports) = try await Self.startHead(self.headArguments + ["--port", String(self.clusterPort)], environment: self.headEnvironment)
+    /// `samePorts`: the HTTP and admin ports too (what a crashed head's restart by systemd or
+    /// Kubernetes does: the ports of its config, which must be free to bind again).
+    func restartHead(samePorts: Bool = false) async throws {
+        var arguments = self.headArguments
+        if samePorts {
+            for (flag, port) in [("--http-port", self.httpPort), ("--admin-port", self.adminPort)] {
+                if let index = arguments.firstIndex(of: flag) { arguments[index + 1] = String(port) }
+            }
+        }
+        let (head, ports) = try await Self.startHead(arguments + ["--port", String(self.clusterPort)], environment: self.headEnvironment)
         self.previousHeads.append(self.head)
         self.head = head
         (self.clusterPort, self.httpPort, self.adminPort) = ports

@@ -112,17 +112,16 @@ enum RandomConfig {
             deployment.userConfig = .object(["w": .string(self.word(&generator)), "n": .number(self.positive(&generator))])
         }
         deployment.actorOptions = ActorOptions(
-            numCPUs: Bool.random(using: &generator) ? self.positive(&generator) : nil,
+            numCPUs: Bool.random(using: &generator) ? self.resourceAmount(&generator) : nil,
             numGPUs: [0, 0.25, 0.5, 1, 2].randomElement(using: &generator)!,
             memory: Double(Int.random(in: 0...(1 << 40), using: &generator)),
-            resources: Bool.random(using: &generator) ? [self.word(&generator): self.positive(&generator)] : [:],
+            resources: Bool.random(using: &generator) ? [self.word(&generator): self.resourceAmount(&generator)] : [:],
             acceleratorType: Bool.random(using: &generator) ? "A100" : nil,
             objectStoreMemory: Bool.random(using: &generator) ? 1024 : nil,
             runtimeEnv: RuntimeEnv(
                 envVars: Bool.random(using: &generator) ? ["K_" + self.word(&generator): "v \"q\" é\n"] : [:],
                 workingDir: Bool.random(using: &generator) ? "./w" : nil))
         deployment.gracefulShutdownTimeoutS = self.positive(&generator)
-        deployment.gracefulShutdownWaitLoopS = self.positive(&generator)
         deployment.healthCheckPeriodS = self.positive(&generator)
         deployment.healthCheckTimeoutS = self.positive(&generator)
         deployment.placementStrategy = Bool.random(using: &generator) ? .pack : .spread
@@ -157,6 +156,11 @@ enum RandomConfig {
     /// A positive number with a fractional part that only exact printing keeps.
     static func positive(_ generator: inout SeededGenerator) -> Double {
         Double(Int.random(in: 1...100_000, using: &generator)) / [1, 3, 7, 1000].randomElement(using: &generator)!
+    }
+
+    /// A resource amount: a whole number of 1/10,000 steps, as the parser requires.
+    static func resourceAmount(_ generator: inout SeededGenerator) -> Double {
+        Double(Int.random(in: 1...100_000_000, using: &generator)) / 10_000
     }
 
     static func word(_ generator: inout SeededGenerator) -> String {

@@ -137,7 +137,6 @@ struct ConfigTests {
                 )
         )
         #expect(model.gracefulShutdownTimeoutS == 20)
-        #expect(model.gracefulShutdownWaitLoopS == 2)
         #expect(model.healthCheckPeriodS == 10)
         #expect(model.healthCheckTimeoutS == 30)
         #expect(
@@ -184,7 +183,6 @@ struct ConfigTests {
         #expect(plain.maxOngoingRequests == 5)
         #expect(plain.maxQueuedRequests == -1)
         #expect(plain.gracefulShutdownTimeoutS == 20)
-        #expect(plain.gracefulShutdownWaitLoopS == 2)
         #expect(plain.healthCheckPeriodS == 10)
         #expect(plain.healthCheckTimeoutS == 30)
         #expect(plain.resourceDemand == ["CPU": 1])  // "each replica reserves one CPU"
@@ -314,7 +312,6 @@ struct ConfigTests {
         let a = config.applications[0].ingress
         #expect(a.userConfig == ["ms": 250, "tags": ["a", "b"], "nested": ["on": true]])
         #expect(a.gracefulShutdownTimeoutS == 1)
-        #expect(a.gracefulShutdownWaitLoopS == 0.5)
     }
 
     @Test("command deployments take a health_path")

@@ -315,6 +315,82 @@ struct ConfigValidationTests {
                 == ["applications[0].deployments[0].health_check_period_s: must be a finite number"]
         )
     }
+
+    @Test("a route prefix under /-/ is refused: the proxy's own endpoints live there")
+    func reservedPrefix() {
+        #expect(
+            problems(
+                """
+                applications:
+                  - {name: a, route_prefix: /-/healthz, deployments: [{name: A, handler: echo}]}
+                  - {name: b, route_prefix: /-, deployments: [{name: B, handler: echo}]}
+                  - {name: c, route_prefix: /-dash, deployments: [{name: C, handler: echo}]}
+                """
+            ) == [
+                #"applications[0].route_prefix: "/-/healthz" is under "/-/", which is reserved for the proxy's own endpoints (/-/healthz, /-/routes)"#,
+                #"applications[1].route_prefix: "/-" is under "/-/", which is reserved for the proxy's own endpoints (/-/healthz, /-/routes)"#,
+            ]
+        )
+    }
+
+    @Test("resources finer than the 1/10,000 step, or past what a node may offer, are refused")
+    func resourceSteps() {
+        #expect(
+            problems(
+                """
+                applications:
+                  - name: a
+                    deployments:
+                      - {name: A, handler: echo, ray_actor_options: {num_cpus: 0.00001}}
+                      - {name: B, handler: echo, ray_actor_options: {num_cpus: 1e300}}
+                      - {name: C, handler: echo, ray_actor_options: {num_gpus: 0.00015, memory: 1e14, resources: {tpu: 0.12345}}}
+                      - {name: D, handler: echo, ray_actor_options: {num_cpus: 0.0001, num_gpus: 0.1, memory: 1e13, resources: {tpu: 0.3}}}
+                """
+            ) == [
+                "applications[0].deployments[0].ray_actor_options.num_cpus: must be a multiple of 0.0001 (resources are counted in steps of 1/10,000), not 1e-05",
+                "applications[0].deployments[1].ray_actor_options.num_cpus: must be at most 10000000000000 (the most one node may offer), not 1e+300",
+                "applications[0].deployments[2].ray_actor_options.num_gpus: must be a multiple of 0.0001 (resources are counted in steps of 1/10,000), not 0.00015",
+                "applications[0].deployments[2].ray_actor_options.memory: must be at most 10000000000000 (the most one node may offer), not 100000000000000",
+                "applications[0].deployments[2].ray_actor_options.resources.tpu: must be a multiple of 0.0001 (resources are counted in steps of 1/10,000), not 0.12345",
+            ]
+        )
+        #expect(ConfigLimits.isWholeSteps(0.1) && ConfigLimits.isWholeSteps(0.3) && ConfigLimits.isWholeSteps(2.0001))
+        #expect(!ConfigLimits.isWholeSteps(0.00001) && !ConfigLimits.isWholeSteps(1.00005))
+    }
+
+    @Test("replica counts are bounded per deployment and per config, so one PUT cannot take the head down")
+    func replicaLimits() {
+        #expect(
+            problems(
+                """
+                applications:
+                  - name: a
+                    deployments:
+                      - {name: A, handler: echo, num_replicas: 1000000000}
+                      - {name: B, handler: echo, autoscaling_config: {min_replicas: 1, max_replicas: 20000}}
+                      - {name: C, handler: echo, autoscaling_config: {min_replicas: 10001, initial_replicas: 10001, max_replicas: 10001}}
+                      - {name: D, handler: echo, num_replicas: 10000}
+                """
+            ) == [
+                "applications[0].deployments[0].num_replicas: must be at most 10000 (the most replicas one deployment may ask for), not 1000000000",
+                "applications[0].deployments[1].autoscaling_config.max_replicas: must be at most 10000 (the most replicas one deployment may ask for), not 20000",
+                "applications[0].deployments[2].autoscaling_config.min_replicas: must be at most 10000 (the most replicas one deployment may ask for), not 10001",
+                "applications[0].deployments[2].autoscaling_config.initial_replicas: must be at most 10000 (the most replicas one deployment may ask for), not 10001",
+                "applications[0].deployments[2].autoscaling_config.max_replicas: must be at most 10000 (the most replicas one deployment may ask for), not 10001",
+            ]
+        )
+        // Eleven deployments of 10,000 each: every one within its own limit, too many together.
+        let many = (0..<11).map { "      - {name: D\($0), handler: echo, num_replicas: 10000}" }.joined(separator: "\n")
+        #expect(
+            problems("applications:\n  - name: a\n    deployments:\n" + many)
+                == ["applications: ask for 110000 replicas in all (num_replicas, or initial_replicas and min_replicas when autoscaled); a config may ask for at most 100000"]
+        )
+        let apps = (0...ConfigLimits.maxApplications).map { "  - {name: a\($0), route_prefix: /a\($0), deployments: [{name: A, handler: echo, num_replicas: 0}]}" }
+        #expect(
+            problems("applications:\n" + apps.joined(separator: "\n"))
+                == ["applications: lists 10001 applications; a config may hold at most 10000"]
+        )
+    }
 }
 
 @Suite("proxy_location")

@@ -72,7 +72,6 @@ struct DeploymentConfigTests {
         other.maxQueuedRequests = 0
         other.autoscaling = AutoscalingConfig(maxReplicas: 5)
         other.gracefulShutdownTimeoutS = 1
-        other.gracefulShutdownWaitLoopS = 0
         other.healthCheckPeriodS = 1
         other.healthCheckTimeoutS = 1
         #expect(other.specVersion == base.specVersion)

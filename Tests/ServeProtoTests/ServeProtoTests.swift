@@ -63,7 +63,6 @@ private func heartbeat() -> PBHeartbeat {
     var load = PBReplicaLoad()
     load.replicaID = "app#llm#abc123"
     load.runningRequests = 5
-    load.queuedRequests = 17
     load.state = .running
 
     var idle = PBReplicaLoad()
@@ -78,7 +77,6 @@ private func heartbeat() -> PBHeartbeat {
     hb.nodeID = "node-5d1e"
     hb.sequence = 42
     hb.sentAtUnixMs = 1_760_000_010_000
-    hb.availableResources = resources(cpu: 13.5, gpu: 7.5, memoryBytes: 100 << 30)
     hb.replicas = [load, idle]
     hb.health = health
     return hb
@@ -170,11 +168,6 @@ private func headMessages() -> [PBHeadMessage] {
     reconfigure.maxOngoingRequests = 8
     reconfigure.specVersion = "v8-0011"
 
-    var drain = PBDrainNode()
-    drain.reason = "idle"
-    drain.deadlineUnixMs = 1_760_000_600_000
-    drain.exitWhenEmpty = true
-
     var ping = PBPing()
     ping.sentAtUnixMs = 1_760_000_000_000
 
@@ -184,7 +177,6 @@ private func headMessages() -> [PBHeadMessage] {
         .startReplica(startLinked),
         .stopReplica(stop),
         .reconfigureReplica(reconfigure),
-        .drain(drain),
         .ping(ping),
     ]
     return kinds.enumerated().map { index, kind in

@@ -40,7 +40,7 @@ struct FuzzControlPlaneTests {
                 $0.nodeID = "n-1"
                 $0.sequence = 9
                 $0.sentAtUnixMs = 1_700_000_000_000
-                $0.replicas = [PBReplicaLoad.with { $0.replicaID = "A#1"; $0.runningRequests = 3; $0.queuedRequests = 1; $0.state = .running }]
+                $0.replicas = [PBReplicaLoad.with { $0.replicaID = "A#1"; $0.runningRequests = 3; $0.state = .running }]
             }
         },
         PBWorkerMessage.with {

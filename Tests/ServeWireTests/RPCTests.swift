@@ -17,7 +17,7 @@ struct RPCFramingTests {
             var load = PBReplicaLoad()
             load.replicaID = "Model#\(index)"
             load.runningRequests = UInt32(index)
-            load.queuedRequests = UInt32(sequence % 7)
+            load.state = sequence % 2 == 0 ? .running : .starting
             return load
         }
         return message
