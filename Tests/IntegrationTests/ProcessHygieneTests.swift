@@ -30,6 +30,22 @@ struct ProcessHygieneTests {
         }
     }
 
+    /// How many listening TCP sockets the process holds (/proc/net/tcp{,6} and its descriptors).
+    static func listeningSockets(of pid: pid_t) -> Int {
+        var listening: Set<String> = []
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let text = (try? String(contentsOfFile: table, encoding: .utf8)) ?? ""
+            for line in text.split(separator: "\n").dropFirst() {
+                let columns = line.split(separator: " ", omittingEmptySubsequences: true)
+                if columns.count > 9 && columns[3] == "0A" { listening.insert("socket:[\(columns[9])]") }
+            }
+        }
+        let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+        return descriptors.filter { descriptor in
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(descriptor)")).map(listening.contains) ?? false
+        }.count
+    }
+
     @Test("SIGKILL a head whose embedded worker runs a command replica: the child dies with it, and a head started again binds the same ports")
     func childDiesWithItsNode() async throws {
         try await withCluster(headCPUs: 1) { cluster in
@@ -49,16 +65,28 @@ struct ProcessHygieneTests {
             let replicaID = try #require(status["applications"]?["files"]?["deployments"]?["Files"]?["replicas"]?.arrayValue?.first?["replica_id"]?.stringValue)
             let (code, _, _) = try await cluster.get("/files/")
             #expect(code == 200)
-            #expect(!Self.processes(ofReplica: replicaID).isEmpty, "the replica's child should be running")
+            let children = Self.processes(ofReplica: replicaID)
+            #expect(!children.isEmpty, "the replica's child should be running")
+            // Its own listening socket and none of the head's (cluster, ingress, admin ports).
+            for child in children {
+                #expect(Self.listeningSockets(of: child) == 1, "the child holds listening sockets it did not open")
+            }
 
-            try await cluster.killHead()
+            // SIGKILL, as a crash. (The harness's own wait for the head's exit comes after the
+            // orphans are dealt with: one holding the head's inherited descriptors would keep
+            // Foundation's Process from ever seeing it exit.)
+            cluster.head.signal(SIGKILL)
 
             // The child goes with its node (no orphan left serving, unknown to any head).
             let deadline = ContinuousClock.now + .seconds(10)
             while !Self.processes(ofReplica: replicaID).isEmpty && ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(50))
             }
-            #expect(Self.processes(ofReplica: replicaID).isEmpty, "the replica's child outlived its node")
+            let orphans = Self.processes(ofReplica: replicaID)
+            #expect(orphans.isEmpty, "the replica's child outlived its node")
+            // Cleaned up here so that a failure does not leave them holding ports for other tests.
+            for orphan in orphans { kill(orphan, SIGKILL) }
+            try await cluster.killHead()
 
             // And nothing holds the head's ports: it starts again on all three.
             try await cluster.restartHead(samePorts: true)
