@@ -144,6 +144,8 @@ final class ProcessReplica: Sendable {
     /// with 2xx, or else `GET /` with any response, within `timeout` (`health_check_timeout_s`).
     /// A port that accepts is not enough: a hung server's kernel still completes the handshake.
     func checkHealth(timeout: Duration) async throws {
+        // Every health check period, the log is kept within its bound too.
+        Self.rotateLog(self.logURL, limit: Self.logRotationBytes)
         if let status = self.exited.withLockedValue({ $0 }) {
             throw LaunchError(description: "the process exited with status \(status)")
         }
@@ -311,9 +313,33 @@ final class ProcessReplica: Sendable {
         return stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).hasPrefix("Z")
     }
 
+    /// A child's output file is rotated past this size (checked every health check period).
+    static let logRotationBytes = 64 << 20
+
+    /// Keeps a log the child appends to (O_APPEND) within `limit`: past it, the file is copied to
+    /// `NAME.1` (replacing the previous one) and truncated, as logrotate's copytruncate does
+    /// (the child keeps its descriptor; lines written between the copy and the truncation are
+    /// lost). Returns whether it rotated.
+    @discardableResult
+    static func rotateLog(_ url: URL, limit: Int) -> Bool {
+        guard let size = (try? FileManager.default.attributesOfItem(atPath: url.path))?[.size] as? Int, size > limit else {
+            return false
+        }
+        let previous = url.appendingPathExtension("1")
+        try? FileManager.default.removeItem(at: previous)
+        guard (try? FileManager.default.copyItem(at: url, to: previous)) != nil else { return false }
+        return truncate(url.path, 0) == 0
+    }
+
+    /// The last `lines` lines of a log, read from its last 16 KiB only (a log may be large).
     static func tail(of url: URL, lines: Int = 20) -> String {
-        guard let data = try? Data(contentsOf: url) else { return "" }
-        let text = String(decoding: data.suffix(16 << 10), as: UTF8.self)
+        guard let handle = try? FileHandle(forReadingFrom: url) else { return "" }
+        defer { try? handle.close() }
+        let end = (try? handle.seekToEnd()) ?? 0
+        try? handle.seek(toOffset: end > 16 << 10 ? end - (16 << 10) : 0)
+        let data = (try? handle.readToEnd()) ?? Data()
+        var text = Substring(String(decoding: data, as: UTF8.self))
+        if text.hasSuffix("\n") { text = text.dropLast() }
         return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines).joined(separator: "\n")
     }
 
