@@ -158,7 +158,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "ServeWire", "ServeCore", "Serve", "ServeHead", "ServeEmbedded", "ServeWorker", "ServeWorker",
+                "ServeWire", "ServeCore", "Serve", "ServeHead", "ServeEmbedded", "ServeWorker",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

@@ -29,6 +29,11 @@ public struct HTTP1Configuration: Sendable, Hashable {
     /// closes: a client that sends its head a byte at a time (slowloris) holds a connection for
     /// at most this long, not for `idleTimeout` after every byte. nil: only `idleTimeout` applies.
     public var requestHeadTimeout: TimeAmount? = .seconds(10)
+    /// A request body must keep arriving: past this long with none of it (while the server is
+    /// reading, not while it holds back for a slow handler), the client is answered 408 if no
+    /// response has begun, and the connection closes; the handler's body read fails with
+    /// `HTTP2Error.timeout`. nil: only the idle and `request_timeout_s` limits apply.
+    public var bodyReadTimeout: TimeAmount? = .seconds(30)
     /// The largest decompressed request body accepted: a body sent with `content-encoding: gzip`
     /// or `deflate` is decoded as it is read, and one that would decode to more fails its reader
     /// with `HTTP2Error.bodyTooLarge` (a decompression bomb answers 413).

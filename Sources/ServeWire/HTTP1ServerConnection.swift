@@ -116,6 +116,9 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
     private var idleTimer: Scheduled<Void>?
     /// Runs while part of a request head has arrived (`requestHeadTimeout`).
     private var headTimer: Scheduled<Void>?
+    /// Runs while a request body is incomplete and being read (`bodyReadTimeout`): rearmed by
+    /// every chunk, paused while reading is held back for a slow handler.
+    private var bodyTimer: Scheduled<Void>?
     private var lingerTimer: Scheduled<Void>?
     /// The last response end written: once it has gone out, so has everything before it
     /// (writes complete in order), and the connection may close without cutting a response.
@@ -232,6 +235,8 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
         self.idleTimer = nil
         self.headTimer?.cancel()
         self.headTimer = nil
+        self.bodyTimer?.cancel()
+        self.bodyTimer = nil
         self.lingerTimer?.cancel()
         self.lingerTimer = nil
         if let exchange = self.exchange {
@@ -252,9 +257,13 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
             exchange.unread >= self.configuration.bodyBufferHighWatermark
         {
             self.readPaused = true
+            // The client is not stalling: this side stopped reading.
+            self.bodyTimer?.cancel()
+            self.bodyTimer = nil
             return
         }
         self.readPaused = false
+        if let exchange = self.exchange, !exchange.requestComplete, self.bodyTimer == nil { self.armBodyTimer(exchange.id) }
         context.read()
     }
 
@@ -285,6 +294,7 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
             && head.headers["expect"].contains { $0.trimmingOWS().lowercased() == "100-continue" }
         let exchange = Exchange(id: id, head: head, source: source, expectsContinue: expectsContinue)
         self.exchange = exchange
+        if hasBody { self.armBodyTimer(id) }
 
         guard let method = HTTPRequest.Method(head.method.rawValue) else {
             exchange.handlerDone = true
@@ -411,6 +421,7 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
     private func bodyReceived(_ chunk: ByteBuffer) {
         guard let exchange = self.exchange, !exchange.requestComplete else { return }
         exchange.received += chunk.readableBytes
+        if !self.readPaused { self.armBodyTimer(exchange.id) }
         if exchange.draining {
             exchange.dropped += chunk.readableBytes
             if exchange.dropped > Self.maxDrainBytes, !self.closeScheduled {
@@ -426,6 +437,8 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
     private func requestEndReceived(_ trailers: HTTPHeaders?) {
         guard let exchange = self.exchange, !exchange.requestComplete else { return }
         exchange.requestComplete = true
+        self.bodyTimer?.cancel()
+        self.bodyTimer = nil
         if !exchange.draining {
             exchange.source.finish(trailers: trailers.map { HTTPFields(converting: $0) })
         }
@@ -667,6 +680,33 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
     /// Closes once everything written has gone out. With `linger`, stops sending first and
     /// reads (dropping it) what the client is still sending, for a while, so the kernel does not
     /// answer those bytes with a reset that could destroy the response (RFC 9112 §9.6).
+    /// (Re)starts the wait for the next bytes of request `id`'s body.
+    private func armBodyTimer(_ id: UInt64) {
+        self.bodyTimer?.cancel()
+        self.bodyTimer = nil
+        guard let timeout = self.configuration.bodyReadTimeout, let context, self.lifecycle == .open else { return }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        self.bodyTimer = context.eventLoop.scheduleTask(in: timeout) {
+            loopBound.value.bodyTimedOut(id, after: timeout)
+        }
+    }
+
+    /// Nothing of the body for `bodyReadTimeout`: 408 if no response has begun (RFC 9110
+    /// §15.5.9), and the connection closes either way; whoever reads the body gets the error.
+    private func bodyTimedOut(_ id: UInt64, after timeout: TimeAmount) {
+        self.bodyTimer = nil
+        guard let exchange = self.exchange, exchange.id == id, !exchange.requestComplete, !self.readPaused else { return }
+        self.logger.debug("a request body stalled; answering 408", metadata: ["serve.peer": "\(self.remoteAddress.map { "\($0)" } ?? "?")"])
+        exchange.closeAfterResponse = true
+        exchange.source.fail(HTTP2Error.timeout)
+        if case .none = exchange.response {
+            self.respondNow(
+                exchange, status: .requestTimeout,
+                message: "the request body stopped arriving: nothing of it for \(timeout.nanoseconds / 1_000_000) ms\n")
+        }
+        self.closeAfterWrites(linger: false)
+    }
+
     private func closeAfterWrites(linger: Bool) {
         guard let context, !self.closeScheduled, self.lifecycle != .closed else { return }
         self.closeScheduled = true

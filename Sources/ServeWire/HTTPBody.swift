@@ -117,23 +117,35 @@ final class InboundBodySource: Sendable {
         case .failure(let error):
             throw error
         case .wait:
-            return try await withCheckedThrowingContinuation { continuation in
-                let now: Immediate = self.state.withLockedValue { state in
-                    if let failure = state.failure { return .failure(failure) }
-                    if let chunk = state.chunks.popFirst() { return .chunk(chunk, drained: state.chunks.isEmpty) }
-                    if state.finished { return .end }
-                    precondition(state.waiter == nil, "an HTTP/2 body can be read by one consumer at a time")
-                    state.waiter = continuation
-                    return .wait
+            // Cancellable: a reader whose task is cancelled (its client left, its deadline
+            // passed) stops waiting for bytes that may never come.
+            return try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { continuation in
+                    let now: Immediate = self.state.withLockedValue { state in
+                        if let failure = state.failure { return .failure(failure) }
+                        if let chunk = state.chunks.popFirst() { return .chunk(chunk, drained: state.chunks.isEmpty) }
+                        if state.finished { return .end }
+                        // Checked under the lock the cancellation handler takes: either it
+                        // finds this waiter, or this sees the task cancelled.
+                        if Task.isCancelled { return .failure(CancellationError()) }
+                        precondition(state.waiter == nil, "an HTTP/2 body can be read by one consumer at a time")
+                        state.waiter = continuation
+                        return .wait
+                    }
+                    switch now {
+                    case .chunk(let chunk, let drained):
+                        continuation.resume(returning: chunk)
+                        self.consumed(chunk.readableBytes, drained: drained)
+                    case .end: continuation.resume(returning: nil)
+                    case .failure(let error): continuation.resume(throwing: error)
+                    case .wait: break
+                    }
                 }
-                switch now {
-                case .chunk(let chunk, let drained):
-                    continuation.resume(returning: chunk)
-                    self.consumed(chunk.readableBytes, drained: drained)
-                case .end: continuation.resume(returning: nil)
-                case .failure(let error): continuation.resume(throwing: error)
-                case .wait: break
-                }
+            } onCancel: {
+                self.state.withLockedValue { state -> CheckedContinuation<ByteBuffer?, any Error>? in
+                    defer { state.waiter = nil }
+                    return state.waiter
+                }?.resume(throwing: CancellationError())
             }
         }
     }

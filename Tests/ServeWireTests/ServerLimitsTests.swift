@@ -133,3 +133,77 @@ struct ServerLimitsTests {
         await server.close()
     }
 }
+
+@Suite("Stalled request bodies")
+struct StalledBodyTests {
+    @Test("a client that stops sending its body is answered 408 after bodyReadTimeout and the connection closes; the handler's read fails")
+    func stalledBody() async throws {
+        var configuration = HTTP1Configuration()
+        configuration.bodyReadTimeout = .milliseconds(300)
+        let readFailed = NIOLockedValueBox<String?>(nil)
+        let server = try await HTTP1Server.bind(host: "127.0.0.1", port: 0, configuration: configuration) { request, writer in
+            do {
+                _ = try await request.body.collect(upTo: 1 << 20)
+                try await writer.respond(HTTPResponse(status: .ok), body: ByteBuffer(string: "read it all\n"))
+            } catch {
+                readFailed.withLockedValue { $0 = "\(error)" }
+                throw error
+            }
+        }
+        let connection = try await RawConnection.connect(port: server.port)
+        try await connection.send("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        let answer = try await connection.wait(timeout: 10) { $0.contains("\r\n\r\n") }
+        #expect(answer.hasPrefix("HTTP/1.1 408"), "\(answer)")
+        try await connection.waitForClose(timeout: 10)
+        #expect(readFailed.withLockedValue { $0 } != nil)
+        await server.shutdown(gracePeriod: .seconds(1))
+    }
+
+    @Test("a body that keeps coming, slowly, is not cut off: the timer restarts with every chunk")
+    func slowButSteadyBody() async throws {
+        var configuration = HTTP1Configuration()
+        configuration.bodyReadTimeout = .milliseconds(400)
+        let server = try await HTTP1Server.bind(host: "127.0.0.1", port: 0, configuration: configuration) { request, writer in
+            let body = try await request.body.collect(upTo: 1 << 20)
+            try await writer.respond(HTTPResponse(status: .ok), body: body)
+        }
+        let connection = try await RawConnection.connect(port: server.port)
+        try await connection.send("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        // 10 bytes over 1 s: every gap well under the timeout, the whole well over it.
+        for digit in 0..<10 {
+            try await Task.sleep(for: .milliseconds(100))
+            try await connection.send("\(digit)")
+        }
+        let answer = try await connection.wait(timeout: 10) { $0.hasSuffix("0123456789") }
+        #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer)")
+        await server.shutdown(gracePeriod: .seconds(1))
+    }
+
+    @Test("a body read waiting for bytes ends when its task is cancelled")
+    func cancellableRead() async throws {
+        let started = NIOLockedValueBox(false)
+        let outcome = NIOLockedValueBox<String?>(nil)
+        let server = try await HTTP1Server.bind(host: "127.0.0.1", port: 0) { request, writer in
+            let reader = Task {
+                started.withLockedValue { $0 = true }
+                do {
+                    _ = try await request.body.collect(upTo: 1 << 20)
+                    outcome.withLockedValue { $0 = "read" }
+                } catch {
+                    outcome.withLockedValue { $0 = "\(type(of: error))" }
+                }
+            }
+            while !started.withLockedValue({ $0 }) { await Task.yield() }
+            try await Task.sleep(for: .milliseconds(100))
+            reader.cancel()
+            await reader.value
+            try await writer.respond(HTTPResponse(status: .ok), body: ByteBuffer(string: "done\n"))
+        }
+        let connection = try await RawConnection.connect(port: server.port)
+        try await connection.send("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123")
+        let answer = try await connection.wait(timeout: 10) { $0.contains("done") }
+        #expect(answer.hasPrefix("HTTP/1.1 200"))
+        #expect(outcome.withLockedValue { $0 } == "CancellationError")
+        await server.shutdown(gracePeriod: .seconds(1))
+    }
+}
