@@ -58,7 +58,6 @@ public final class Ingress: Sendable {
 
     public init(
         token: String,
-        local: (any LocalReplicas)? = nil,
         logger: Logger = Logger(label: "serve.proxy"),
         onColdDemand: (@Sendable (DeploymentID) -> Void)? = nil
     ) {
@@ -66,7 +65,6 @@ public final class Ingress: Sendable {
         self.logger = logger
         self.connections = NodeConnections(logger: logger)
         self.onColdDemand = onColdDemand
-        self.local.withLockedValue { $0 = local }
     }
 
     /// The replicas of this node, reached in process (set once the node's worker exists).
@@ -208,7 +206,7 @@ public final class Ingress: Sendable {
         progress: ForwardProgress
     ) async -> Int {
         do {
-            return try await withDeadline(table.requestTimeout) {
+            return try await withDeadline(after: table.requestTimeout) {
                 try await withTaskCancellationHandler {
                     try await self.forwardOnce(request, app: app, router: router, table: table, progress: progress)
                 } onCancel: {
@@ -318,7 +316,7 @@ public final class Ingress: Sendable {
     ) async throws -> Int {
         var head = request.head
         head.path = RouteTable.strip(prefix: app.routePrefix, from: request.head.path ?? "/")
-        head.headerFields = HopByHop.removing(from: head.headerFields)
+        head.headerFields = head.headerFields.removingConnectionSpecific
         head.headerFields[ServeHeaders.forwardedPrefix] = app.routePrefix
         head.addForwardedFields(client: request.remoteAddress)
         // HTTP/2 requests may carry a body with neither Content-Length nor Transfer-Encoding

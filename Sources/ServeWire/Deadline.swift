@@ -1,21 +1,28 @@
 /// The deadline of `withDeadline` passed before its work finished.
 public struct DeadlineExceeded: Error, Sendable, CustomStringConvertible {
-    public var timeout: Duration
-    public var description: String { "no answer within \(self.timeout)" }
+    public var description: String { "the deadline passed" }
 }
 
-/// Runs `body`, cancelling it and throwing `DeadlineExceeded` once `timeout` has passed (nil: no
-/// deadline). The one timeout race of the project: the work runs in a child task beside a timer,
-/// and whichever ends first cancels the other.
-public func withDeadline<T: Sendable>(_ timeout: Duration?, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    guard let timeout else { return try await body() }
+/// Runs `body`, cancelling it and throwing `DeadlineExceeded` once `deadline` has passed (nil:
+/// no deadline). The one timeout race of ServeWire's users: the work runs in a child task beside
+/// a timer, and whichever ends first cancels the other.
+public func withDeadline<T: Sendable>(
+    _ deadline: ContinuousClock.Instant?,
+    _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    guard let deadline else { return try await body() }
     return try await withThrowingTaskGroup(of: T.self) { group in
         group.addTask { try await body() }
         group.addTask {
-            try await Task.sleep(for: timeout)
-            throw DeadlineExceeded(timeout: timeout)
+            try await Task.sleep(until: deadline, clock: .continuous)
+            throw DeadlineExceeded()
         }
         defer { group.cancelAll() }
         return try await group.next()!
     }
+}
+
+/// `withDeadline` at `timeout` from now.
+public func withDeadline<T: Sendable>(after timeout: Duration?, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withDeadline(timeout.map { ContinuousClock.now + $0 }, body)
 }

@@ -142,42 +142,14 @@ extension HTTP2Connection {
 /// Builds nghttp2's header array with one allocation for all names and values (nghttp2 copies
 /// them during the submit call, so the storage lives only for that call).
 enum HeaderBlock {
-    /// Hop-by-hop fields that HTTP/2 forbids (RFC 9113 §8.2.2).
-    static let connectionSpecific: Set<String> = [
-        "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
-    ]
-
-    /// Whether HTTP/2 forbids a field; most names are ruled out by their length, without hashing.
-    @inline(__always)
-    static func isConnectionSpecific(_ name: String) -> Bool {
-        switch name.utf8.count {
-        case 7, 10, 16, 17: return Self.connectionSpecific.contains(name)
-        default: return false
-        }
-    }
-
     static func with<R>(
         pseudo: KeyValuePairs<String, String>,
         fields: HTTPFields,
         _ body: (UnsafePointer<nghttp2_nv>, Int) -> R
     ) -> R {
-        // Fields that `connection` names are this hop's only, like `connection` itself
-        // (RFC 9110 §7.6.1); rare, so the common case pays one lookup.
-        var named: Set<String> = []
-        for value in fields[values: .connection] {
-            for token in value.split(separator: ",") {
-                let name = token.trimmingOWS().lowercased()
-                if !name.isEmpty { named.insert(name) }
-            }
-        }
-        func forwarded(_ field: HTTPField) -> Bool {
-            let name = field.name.canonicalName
-            if isConnectionSpecific(name) { return false }
-            // HTTP/2 allows `te` with the value "trailers" only (RFC 9113 §8.2.2); TE is hop-by-hop
-            // anyway (RFC 9110 §10.1.4), so any other value is not passed on.
-            if name == "te" { return field.value.trimmingOWS().lowercased() == "trailers" }
-            return named.isEmpty || !named.contains(name)
-        }
+        // HTTP/2 allows `te` with the value "trailers" only (RFC 9113 §8.2.2).
+        let specific = ConnectionSpecificFields(of: fields, keepingTETrailers: true)
+        func forwarded(_ field: HTTPField) -> Bool { !specific.contains(field) }
         var total = 0
         var count = 0
         for (name, value) in pseudo {

@@ -337,15 +337,10 @@ public struct RPCRouter: Sendable {
         _ deadline: ContinuousClock.Instant?,
         _ body: @escaping @Sendable () async throws -> T
     ) async throws -> T {
-        guard let deadline else { return try await body() }
-        return try await withThrowingTaskGroup(of: T.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try await Task.sleep(until: deadline, clock: .continuous)
-                throw RPCError(.deadlineExceeded, "the call's deadline passed")
-            }
-            defer { group.cancelAll() }
-            return try await group.next()!
+        do {
+            return try await ServeWire.withDeadline(deadline, body)
+        } catch is DeadlineExceeded {
+            throw RPCError(.deadlineExceeded, "the call's deadline passed")
         }
     }
 }

@@ -165,7 +165,7 @@ struct HopByHopTests {
         fields[.upgrade] = "h2c"
         fields[.te] = "gzip"
         fields[.accept] = "*/*"
-        let kept = HopByHop.removing(from: fields)
+        let kept = fields.removingConnectionSpecific
         #expect(kept.map(\.name.canonicalName) == ["accept"])
     }
 
@@ -173,6 +173,6 @@ struct HopByHopTests {
     func te(values: [String]) {
         var fields = HTTPFields()
         for value in values { fields.append(HTTPField(name: .te, value: value)) }
-        #expect(HopByHop.removing(from: fields).isEmpty)
+        #expect(fields.removingConnectionSpecific.isEmpty)
     }
 }
