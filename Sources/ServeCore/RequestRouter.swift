@@ -44,6 +44,8 @@ public struct RequestRouter: Sendable {
         case replica(Int)
         /// Wait under this number until `release`, `update` or `cancel` says more.
         case wait(Int)
+        /// No replica has room now, and the caller asked not to be queued (`mayWait: false`).
+        case mustWait
         case failed(Failure)
     }
 
@@ -85,13 +87,17 @@ public struct RequestRouter: Sendable {
     /// This router's requests in flight on `replicaID`.
     public func inFlight(_ replicaID: String) -> Int { self.inFlight[replicaID] ?? 0 }
 
-    /// A replica for one request, avoiding `excluded`; or a number to wait under; or why not.
-    public mutating func acquire<G: RandomNumberGenerator>(excluding excluded: Set<String> = [], using generator: inout G) -> Acquired {
+    /// A replica for one request, avoiding `excluded`; or a number to wait under (`.mustWait`
+    /// instead, leaving the queue as it is, when `mayWait` is false); or why not.
+    public mutating func acquire<G: RandomNumberGenerator>(
+        excluding excluded: Set<String> = [], mayWait: Bool = true, using generator: inout G
+    ) -> Acquired {
         if let index = self.pick(excluding: excluded, using: &generator) { return .replica(index) }
         if let reason = self.unavailable, self.replicas.isEmpty { return .failed(.unavailable(reason)) }
         if !excluded.isEmpty && self.replicas.allSatisfy({ excluded.contains($0.id) }) { return .failed(.exhausted) }
         let limit = self.maxQueued >= 0 ? self.maxQueued : Self.unboundedQueueLimit
         if self.waiters.count >= limit { return .failed(.queueFull(limit)) }
+        guard mayWait else { return .mustWait }
         let number = self.nextWaiter
         self.nextWaiter += 1
         self.waiters[number] = excluded

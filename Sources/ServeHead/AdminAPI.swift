@@ -120,13 +120,13 @@ enum Metrics {
         lines.append("# TYPE serve_replicas gauge")
         for (id, states) in await controller.replicaStates().sorted(by: { "\($0.key)" < "\($1.key)" }) {
             for (state, count) in states.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
-                lines.append("serve_replicas{\(labels(id)),state=\"\(state.rawValue)\"} \(count)")
+                lines.append("serve_replicas{\(PrometheusLabels.deployment(id)),state=\"\(state.rawValue)\"} \(count)")
             }
         }
         lines.append("# HELP serve_ongoing_requests Requests running at replicas, as they report (requests waiting at the router are serve_router_queued_requests).")
         lines.append("# TYPE serve_ongoing_requests gauge")
         for (id, count) in await controller.ongoingRequests().sorted(by: { "\($0.key)" < "\($1.key)" }) {
-            lines.append("serve_ongoing_requests{\(labels(id))} \(count)")
+            lines.append("serve_ongoing_requests{\(PrometheusLabels.deployment(id))} \(count)")
         }
         lines.append("# HELP serve_nodes Nodes the head knows, by state.")
         lines.append("# TYPE serve_nodes gauge")
@@ -135,14 +135,5 @@ enum Metrics {
             lines.append("serve_nodes{state=\"\(state.rawValue)\"} \(nodeStates[state] ?? 0)")
         }
         return lines.joined(separator: "\n") + "\n"
-    }
-
-    private static func labels(_ id: DeploymentID) -> String {
-        "application=\"\(escape(id.app))\",deployment=\"\(escape(id.name))\""
-    }
-
-    private static func escape(_ value: String) -> String {
-        value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-            .replacingOccurrences(of: "\n", with: "\\n")
     }
 }

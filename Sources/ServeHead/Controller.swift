@@ -606,7 +606,7 @@ public actor Controller {
             let appsWithReplicas = Set(self.replicas.values.map(\.record.deployment.app))
             self.deletingApps = self.deletingApps.filter { appsWithReplicas.contains($0) }
         }
-        await self.publishRoutes()
+        self.publishRoutes()
         // After the tables that leave them out: the proxy on a stopping replica's own node has
         // stopped routing to it before the replica stops taking requests (on its one control
         // stream, in order). Other nodes' proxies that still send one are refused and retry.
@@ -748,7 +748,7 @@ public actor Controller {
     }
 
     /// Gives the ingress the RUNNING replicas of every application's ingress deployment.
-    private func publishRoutes() async {
+    private func publishRoutes() {
         var applications: [ApplicationRoute] = []
         let byDeployment = self.replicasByDeployment()
         for app in self.config.applications {
@@ -930,10 +930,15 @@ public actor Controller {
                 "http_address": node.proxy.flatMap { $0.httpAddress.isEmpty ? nil : JSONValue.string($0.httpAddress) } ?? .null,
                 "proxy_status": .string(node.state == .dead ? "NONE" : Self.proxyStatus(node.proxy)),
                 "proxy_message": .string(node.proxy?.message ?? ""),
+                // The route table the proxy serves from ("epoch.sequence"; null before its first,
+                // and for the head's own node, whose proxy is the head's): equal to
+                // `route_table_version` once the head's newest table has reached the node.
+                "proxy_table_version": node.proxy.flatMap { $0.tableEpoch == 0 ? nil : JSONValue.string("\($0.tableEpoch).\($0.tableSequence)") } ?? .null,
                 "replicas": .array((byNode[node.id] ?? []).map(\.record.id).sorted().map { .string($0) }),
             ])
         }
-        return .object(["nodes": .array(nodes)])
+        let version = self.routeUpdate.map { JSONValue.string("\($0.epoch).\($0.sequence)") } ?? .null
+        return .object(["nodes": .array(nodes), "route_table_version": version])
     }
 
     /// STARTING, HEALTHY, UNHEALTHY, DRAINING, DRAINED; NONE where no proxy runs.

@@ -70,24 +70,28 @@ final class DeploymentRouter: Sendable {
     /// A replica with room for one more request (its slot reserved until `release`), waiting if
     /// there is none.
     func acquire(excluding excluded: Set<String> = []) async throws -> ReplicaRoute {
+        // Most requests find a replica at once: no continuation, no queue entry.
         let first = self.state.withLockedValue { state -> Result<ReplicaRoute, RequestRouter.Failure>? in
-            switch state.core.acquire(excluding: excluded, using: &state.generator) {
+            switch state.core.acquire(excluding: excluded, mayWait: false, using: &state.generator) {
             case .replica(let index): return .success(state.routes[index])
             case .failed(let failure): return .failure(failure)
-            case .wait(let number):
-                // Not waiting yet: taken back, and asked again below with a continuation ready.
-                _ = state.core.cancel(number)
-                return nil
+            case .wait, .mustWait: return nil
             }
         }
         if let first { return try first.get() }
         let waiting = NIOLockedValueBox(WaitState.notYet)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ReplicaRoute, any Error>) in
-                let immediate = self.state.withLockedValue { state -> Result<ReplicaRoute, any Error>? in
+                enum Step {
+                    case resume(Result<ReplicaRoute, any Error>)
+                    /// Queued; `cold` when the deployment has no replica at all.
+                    case queued(cold: Bool)
+                }
+                let step = self.state.withLockedValue { state -> Step in
                     switch state.core.acquire(excluding: excluded, using: &state.generator) {
-                    case .replica(let index): return .success(state.routes[index])
-                    case .failed(let failure): return .failure(failure)
+                    case .replica(let index): return .resume(.success(state.routes[index]))
+                    case .failed(let failure): return .resume(.failure(failure))
+                    case .mustWait: preconditionFailure("acquire with mayWait queues")
                     case .wait(let waiter):
                         let cancelled = waiting.withLockedValue { wait -> Bool in
                             if case .cancelled = wait { return true }
@@ -96,18 +100,17 @@ final class DeploymentRouter: Sendable {
                         }
                         if cancelled {
                             _ = state.core.cancel(waiter)
-                            return .failure(CancellationError())
+                            return .resume(.failure(CancellationError()))
                         }
                         // Stored under the same lock that published the number: a cancellation
                         // that reads the number finds the continuation.
                         state.continuations[waiter] = continuation
-                        return state.routes.isEmpty ? .failure(ColdWait()) : nil
+                        return .queued(cold: state.routes.isEmpty)
                     }
                 }
-                switch immediate {
-                case .failure(let error) where error is ColdWait: self.onColdWait?()
-                case .some(let result): continuation.resume(with: result)
-                case .none: break
+                switch step {
+                case .resume(let result): continuation.resume(with: result)
+                case .queued(let cold): if cold { self.onColdWait?() }
                 }
             }
         } onCancel: {
@@ -126,9 +129,6 @@ final class DeploymentRouter: Sendable {
             continuation?.resume(throwing: CancellationError())
         }
     }
-
-    /// Not an error: marks a wait that began with no replica at all.
-    private struct ColdWait: Error {}
 
     private enum WaitState {
         case notYet

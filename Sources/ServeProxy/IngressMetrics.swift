@@ -92,10 +92,8 @@ extension Ingress {
     /// port, a worker on `--metrics-port`), labelled with the node, so one scrape config
     /// covers the cluster.
     public func prometheusLines(node: String? = nil) -> [String] {
-        let nodeLabel = (node ?? self.localNodeID).map { ",node=\"\(Self.escape($0))\"" } ?? ""
-        func labels(_ id: DeploymentID) -> String {
-            "application=\"\(Self.escape(id.app))\",deployment=\"\(Self.escape(id.name))\"\(nodeLabel)"
-        }
+        let node = node ?? self.localNodeID
+        func labels(_ id: DeploymentID) -> String { PrometheusLabels.deployment(id, node: node) }
         var lines: [String] = []
         let series = self.metrics.snapshot.sorted { "\($0.key)" < "\($1.key)" }
         lines.append("# HELP serve_requests_total Requests answered by the proxy, by deployment and status code.")
@@ -134,10 +132,5 @@ extension Ingress {
             lines.append("serve_router_queued_requests{\(labels(id))} \(count)")
         }
         return lines
-    }
-
-    static func escape(_ value: String) -> String {
-        value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-            .replacingOccurrences(of: "\n", with: "\\n")
     }
 }

@@ -371,15 +371,16 @@ public final class WorkerNode: Sendable {
 
     private func proxyReport() -> PBProxyReport {
         var report = PBProxyReport()
-        if let version = self.ingress.tableVersion {
-            report.tableEpoch = version.epoch
-            report.tableSequence = version.sequence
-        }
         switch self.options.proxy {
         case .shared(let address):
+            // That proxy gets its tables in process; the head knows their version itself.
             report.httpAddress = address
             report.status = self.ingress.isDraining ? .draining : .healthy
         case .own:
+            if let version = self.ingress.tableVersion {
+                report.tableEpoch = version.epoch
+                report.tableSequence = version.sequence
+            }
             self.proxyState.withLockedValue { state in
                 report.httpAddress = state.address
                 report.status = state.status
@@ -630,6 +631,8 @@ public final class WorkerNode: Sendable {
                 }
             })
         case .routes(let update):
+            // A node whose process already has a proxy (the head's embedded worker) needs none.
+            guard case .own = self.options.proxy else { break }
             self.ingress.update(RouteTable(update), version: TableVersion(update))
             Task { await self.configureProxy(update) }
         case .registerAnswer, .none:

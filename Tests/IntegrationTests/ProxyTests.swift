@@ -89,6 +89,15 @@ struct ProxyTests {
                 let table = try JSONValue.parse(json)
                 #expect(routes == 200 && table["/env"]?.stringValue == "env")
             }
+            // Both workers' proxies serve from the head's newest table.
+            try await FailureTests.eventually("every worker's proxy has the head's newest table", timeout: .seconds(30), cluster) {
+                let (_, body) = try await cluster.adminCall(.get, "/api/cluster/nodes")
+                let json = try JSONValue.parse(body)
+                guard let newest = json["route_table_version"]?.stringValue else { return false }
+                let versions = (json["nodes"]?.arrayValue ?? []).filter { nodes.contains($0["node_id"]?.stringValue ?? "") }
+                    .map { $0["proxy_table_version"]?.stringValue }
+                return versions.count == 2 && versions.allSatisfy { $0 == newest }
+            }
             // The head hosts nothing: its proxy routes to both workers.
             var seen = Set<String>()
             for _ in 0..<30 {

@@ -26,6 +26,9 @@ struct RouterTests {
             counts[id, default: 0] += 1
         }
         #expect(counts.values.allSatisfy { $0 == 4 })
+        // Asked not to queue, a request is told so and the queue stays empty.
+        #expect(router.acquire(mayWait: false, using: &generator) == .mustWait)
+        #expect(router.waiting == 0)
         #expect(router.acquire(using: &generator) == .wait(0))
         #expect(router.acquire(using: &generator) == .wait(1))
         #expect(router.acquire(using: &generator) == .failed(.queueFull(2)))
@@ -123,6 +126,7 @@ struct RouterTests {
                     case .replica(let index): held.append(router.replicas[index].id)
                     case .wait(let number): waiting.insert(number)
                     case .failed: break
+                    case .mustWait: Issue.record("a request that may wait was not queued")
                     }
                 case 1 where !held.isEmpty:
                     let id = held.remove(at: Int.random(in: 0..<held.count, using: &generator))
