@@ -15,13 +15,24 @@ public struct ServeRequest: Sendable {
     public var headers: HTTPFields
     /// The body, streamed as it arrives.
     public var body: HTTPBody
+    /// Whether the request carries a body at all (one sent on to a process replica without one
+    /// goes without any framing, as a plain GET does).
+    public var hasBody: Bool
 
-    public init(method: HTTPRequest.Method, path: String, routePrefix: String, headers: HTTPFields, body: HTTPBody) {
+    public init(method: HTTPRequest.Method, path: String, routePrefix: String = "/", headers: HTTPFields = [:], body: HTTPBody, hasBody: Bool = true) {
         self.method = method
         self.path = path
         self.routePrefix = routePrefix
         self.headers = headers
         self.body = body
+        self.hasBody = hasBody
+    }
+
+    /// A request made here, for a handle call: `body` whole (nil: none; its length is sent).
+    public init(method: HTTPRequest.Method = .get, path: String, headers: HTTPFields = [:], body: ByteBuffer? = nil) {
+        var headers = headers
+        if let body { headers[.contentLength] = String(body.readableBytes) }
+        self.init(method: method, path: path, headers: headers, body: body.map { HTTPBody(bytes: $0) } ?? .empty, hasBody: body != nil)
     }
 
     /// The path without its query string.
@@ -40,16 +51,53 @@ public struct ServeRequest: Sendable {
     }
 }
 
-/// A deployment's answer.
+/// A deployment's answer: whole (`body`), or streamed piece by piece (`streaming`, `eventStream`).
 public struct ServeResponse: Sendable {
     public var status: HTTPResponse.Status
     public var headers: HTTPFields
+    /// The body; for a streamed response, its first bytes.
     public var body: ByteBuffer
+    /// Writes the rest of a streamed body, piece by piece, after `body`: each piece reaches the
+    /// client as it is written (HTTP/1.1 chunked, HTTP/2 DATA frames), through every proxy. Nil
+    /// for a whole response.
+    public var stream: (@Sendable (ServeBodyWriter) async throws -> Void)?
 
     public init(status: HTTPResponse.Status = .ok, headers: HTTPFields = [:], body: ByteBuffer = ByteBuffer()) {
         self.status = status
         self.headers = headers
         self.body = body
+    }
+
+    /// A response whose body `write` writes piece by piece. Its length is not known in advance,
+    /// so any `content-length` in `headers` is dropped. Should `write` throw after the first
+    /// piece went out, the client sees the body cut short (never a complete answer).
+    public static func streaming(
+        status: HTTPResponse.Status = .ok, headers: HTTPFields = [:], _ write: @escaping @Sendable (ServeBodyWriter) async throws -> Void
+    ) -> ServeResponse {
+        var headers = headers
+        headers[.contentLength] = nil
+        var response = ServeResponse(status: status, headers: headers)
+        response.stream = write
+        return response
+    }
+
+    /// A response that streams the buffers of `sequence` as they come.
+    public static func streaming<Body: AsyncSequence & Sendable>(
+        status: HTTPResponse.Status = .ok, headers: HTTPFields = [:], _ sequence: Body
+    ) -> ServeResponse where Body.Element == ByteBuffer {
+        .streaming(status: status, headers: headers) { writer in
+            for try await piece in sequence { try await writer.write(piece) }
+        }
+    }
+
+    /// Server-sent events (`text/event-stream`, not cached, each event sent as it is made).
+    public static func eventStream(
+        headers: HTTPFields = [:], _ send: @escaping @Sendable (ServerSentEvents) async throws -> Void
+    ) -> ServeResponse {
+        var headers = headers
+        headers[.contentType] = "text/event-stream"
+        headers[.cacheControl] = "no-cache"
+        return .streaming(headers: headers) { writer in try await send(ServerSentEvents(writer)) }
     }
 
     public static func text(_ text: String, status: HTTPResponse.Status = .ok) -> ServeResponse {
@@ -77,6 +125,8 @@ public struct ReplicaContext: Sendable {
     public var userConfig: JSONValue?
     /// Lets CPU-bound work run on at most `num_cpus` threads at once (at least one).
     public var threads: ThreadBudget
+    /// Reaches other deployments for `handle(_:app:)`: the node's routers (nil outside a node).
+    public var caller: (any DeploymentCaller)?
 
     public init(
         replicaID: String,
@@ -86,7 +136,8 @@ public struct ReplicaContext: Sendable {
         grant: ResourceSet,
         gpuIDs: [String],
         environment: [String: String],
-        userConfig: JSONValue?
+        userConfig: JSONValue?,
+        caller: (any DeploymentCaller)? = nil
     ) {
         self.replicaID = replicaID
         self.app = app
@@ -96,6 +147,7 @@ public struct ReplicaContext: Sendable {
         self.gpuIDs = gpuIDs
         self.environment = environment
         self.userConfig = userConfig
+        self.caller = caller
         self.threads = ThreadBudget(threads: max(1, Int(grant[ResourceSet.cpu].doubleValue)))
     }
 }
@@ -135,13 +187,16 @@ public struct DeploymentRegistry: Sendable {
 
     public init() {}
 
-    /// The handlers every stock binary has: `echo`, `sleep`, `cpu`, `env`.
+    /// The handlers every stock binary has: `echo`, `sleep`, `cpu`, `env`, and for composition
+    /// and streaming `compose` and `tokens`.
     public static var builtIn: DeploymentRegistry {
         var registry = DeploymentRegistry()
         registry.register("echo") { _ in EchoDeployment() }
         registry.register("sleep") { context in SleepDeployment(context: context) }
         registry.register("cpu") { context in CPUDeployment(context: context) }
         registry.register("env") { context in EnvDeployment(context: context) }
+        registry.register("compose") { context in ComposeDeployment(context: context) }
+        registry.register("tokens") { context in TokensDeployment(context: context) }
         return registry
     }
 

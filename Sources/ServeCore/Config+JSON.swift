@@ -25,11 +25,14 @@ extension HTTPOptions {
 
 extension ApplicationConfig {
     var jsonValue: JSONValue {
-        .object([
+        var object: [String: JSONValue] = [
             "name": .string(self.name),
             "route_prefix": .string(self.routePrefix),
+            "idempotent": .bool(self.idempotent),
             "deployments": .array(self.deployments.map(\.jsonValue)),
-        ])
+        ]
+        if let ingress = self.ingressName { object["ingress"] = .string(ingress) }
+        return .object(object)
     }
 }
 

@@ -61,8 +61,11 @@ public struct ApplicationConfig: Sendable, Hashable {
     /// Where its HTTP traffic comes in; Ray's default is "/", and no two applications may share
     /// one (the ingress matches the longest prefix, so a shared one would be ambiguous).
     public var routePrefix: String
-    /// At least one; the first takes the application's HTTP traffic (`ingress`).
+    /// At least one; `ingress` names the one that takes the application's HTTP traffic.
     public var deployments: [DeploymentConfig]
+    /// `ingress: DEPLOYMENT`: the deployment that takes the application's HTTP traffic (nil: the
+    /// first one listed). The others are reached through handles.
+    public var ingressName: String?
     /// `idempotent: true` (default false): every request to this route may be sent once more to
     /// another replica when its replica fails before answering, whatever its method (a model's
     /// `POST /predict` usually is). GET and HEAD are retried without it. Bodies up to
@@ -73,18 +76,22 @@ public struct ApplicationConfig: Sendable, Hashable {
     /// The largest request body an idempotent route keeps to send again (1 MiB).
     public static let maxRetryBodyBytes = 1 << 20
 
-    public init(name: String, routePrefix: String = "/", deployments: [DeploymentConfig], idempotent: Bool = false) {
+    public init(
+        name: String, routePrefix: String = "/", deployments: [DeploymentConfig], idempotent: Bool = false, ingressName: String? = nil
+    ) {
         self.name = name
         self.routePrefix = routePrefix
         self.deployments = deployments
         self.idempotent = idempotent
+        self.ingressName = ingressName
     }
 
-    /// The deployment that takes the application's HTTP traffic: the first one listed, as in a
-    /// Ray config where the ingress deployment is the application's entry point. A parsed config
-    /// always has one; a hand-built one with no deployments traps here.
+    /// The deployment that takes the application's HTTP traffic: the one `ingress` names, else
+    /// the first one listed, as in a Ray config where the ingress deployment is the
+    /// application's entry point. A parsed config always has one; a hand-built one with no
+    /// deployments traps here.
     public var ingress: DeploymentConfig {
-        self.deployments[0]
+        self.ingressName.flatMap(self.deployment(named:)) ?? self.deployments[0]
     }
 
     public func deployment(named name: String) -> DeploymentConfig? {

@@ -157,7 +157,7 @@ struct ConfigValidator {
     static let httpFields = [
         FieldSpec("host"), FieldSpec("port"), FieldSpec("request_timeout_s"), FieldSpec("max_body_bytes"),
     ]
-    static let applicationFields = [FieldSpec("name"), FieldSpec("route_prefix"), FieldSpec("deployments"), FieldSpec("idempotent")]
+    static let applicationFields = [FieldSpec("name"), FieldSpec("route_prefix"), FieldSpec("deployments"), FieldSpec("idempotent"), FieldSpec("ingress")]
     static let deploymentFields = [
         FieldSpec("name"), FieldSpec("handler"), FieldSpec("command"), FieldSpec("health_path"),
         FieldSpec("num_replicas"), FieldSpec("autoscaling_config"),
@@ -467,6 +467,16 @@ struct ConfigValidator {
             return (application, fields)
         }
         application.deployments = self.deployments(deploymentsNode, at: fields.path("deployments"))
+        switch self.string(fields, "ingress") {
+        case .absent, .invalid: break
+        case .value(let name):
+            if application.deployment(named: name) != nil {
+                application.ingressName = name
+            } else if !application.deployments.isEmpty {
+                let names = application.deployments.map { "\"\($0.name)\"" }.joined(separator: ", ")
+                self.report(fields.path("ingress"), "names no deployment of this application (it has \(names))")
+            }
+        }
         return (application, fields)
     }
 

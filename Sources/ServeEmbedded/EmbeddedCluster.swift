@@ -59,8 +59,7 @@ public final class EmbeddedCluster: Sendable {
         // The head's proxy is this node's: it calls the replicas here in process.
         let shownHost = options.httpHost == "0.0.0.0" || options.httpHost == "::" ? "127.0.0.1" : options.httpHost
         workerOptions.proxy = .shared(address: "\(shownHost):\(head.httpPort)")
-        let worker = WorkerNode(options: workerOptions, logger: Logger(label: "serve.worker"))
-        head.ingress.setLocal(worker)
+        let worker = WorkerNode(options: workerOptions, logger: Logger(label: "serve.worker"), sharedIngress: head.ingress)
         let task = Task {
             do {
                 try await worker.run()

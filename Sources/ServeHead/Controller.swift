@@ -747,19 +747,18 @@ public actor Controller {
         }
     }
 
-    /// Gives the ingress the RUNNING replicas of every application's ingress deployment.
+    /// Gives every proxy the RUNNING replicas of every deployment: the ingress deployments for
+    /// HTTP traffic, all of them for handles.
     private func publishRoutes() {
-        var applications: [ApplicationRoute] = []
         let byDeployment = self.replicasByDeployment()
-        for app in self.config.applications {
-            let deployment = app.ingress
+        func route(_ deployment: DeploymentConfig, of app: ApplicationConfig) -> DeploymentRoute {
             let id = DeploymentID(app: app.name, name: deployment.name)
             let replicas = (byDeployment[id] ?? [])
                 .filter { $0.record.state == .running }
                 .compactMap { entry -> ReplicaRoute? in
                     // A DRAINING node's replicas serve until they are stopped (after their
-                // replacements run); a DEAD node's are gone.
-                guard let nodeID = entry.record.nodeID, let node = self.nodes[nodeID], node.state != .dead else { return nil }
+                    // replacements run); a DEAD node's are gone.
+                    guard let nodeID = entry.record.nodeID, let node = self.nodes[nodeID], node.state != .dead else { return nil }
                     let load = node.loads[entry.record.id]
                     return ReplicaRoute(id: entry.record.id, nodeID: nodeID, host: node.address, port: node.port, reportedQueueLength: load ?? 0)
                 }
@@ -768,19 +767,25 @@ public actor Controller {
             // keeps failing to start: those are answered 503 with the reason.
             let backoff = self.deployments[id]?.backoff
             let unavailable = backoff.flatMap { $0.isUnhealthy && replicas.isEmpty ? "replicas failed to start \($0.consecutiveFailures) time(s) in a row; last: \($0.lastError)" : nil }
-            applications.append(ApplicationRoute(
+            return DeploymentRoute(
+                id: id, maxOngoingRequests: deployment.maxOngoingRequests, maxQueuedRequests: deployment.maxQueuedRequests,
+                replicas: replicas, unavailable: unavailable)
+        }
+        let applications = self.config.applications.map { app in
+            let ingress = app.ingress
+            return ApplicationRoute(
                 name: app.name,
                 routePrefix: app.routePrefix,
-                ingress: DeploymentRoute(
-                    id: id, maxOngoingRequests: deployment.maxOngoingRequests, maxQueuedRequests: deployment.maxQueuedRequests,
-                    replicas: replicas, unavailable: unavailable),
+                ingress: route(ingress, of: app),
+                others: app.deployments.filter { $0.name != ingress.name }.map { route($0, of: app) },
                 idempotent: app.idempotent
-            ))
+            )
         }
         let table = RouteTable(
-            applications: self.config.proxyLocation == .disabled ? [] : applications,
+            applications: applications,
             requestTimeout: self.config.httpOptions.requestTimeoutS.map { .milliseconds(Int($0 * 1000)) },
-            maxBodyBytes: self.config.httpOptions.maxBodyBytes
+            maxBodyBytes: self.config.httpOptions.maxBodyBytes,
+            servesHTTP: self.config.proxyLocation != .disabled
         )
         guard table != self.lastRoutes || self.routeUpdate?.proxyLocation.location != self.config.proxyLocation else { return }
         self.lastRoutes = table
@@ -891,6 +896,7 @@ public actor Controller {
             apps[app.name] = .object([
                 "status": .string(appStatus),
                 "route_prefix": .string(app.routePrefix),
+                "ingress": .string(app.ingress.name),
                 "deployments": .object(deployments),
             ])
         }

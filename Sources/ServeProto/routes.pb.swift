@@ -149,7 +149,30 @@ public nonisolated struct PBReplicaRouteEntry: Sendable {
   public init() {}
 }
 
-/// One application's ingress deployment and how requests reach it.
+/// One deployment and how requests reach it.
+public nonisolated struct PBDeploymentRouteEntry: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var deployment: String = String()
+
+  public var maxOngoingRequests: UInt32 = 0
+
+  /// -1: unbounded.
+  public var maxQueuedRequests: Int32 = 0
+
+  public var replicas: [PBReplicaRouteEntry] = []
+
+  /// Why no replica is coming, when none runs (requests are answered 503 with it).
+  public var unavailable: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One application: its route, its ingress deployment (HTTP traffic) and the others (handles).
 public nonisolated struct PBApplicationRouteEntry: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -162,18 +185,8 @@ public nonisolated struct PBApplicationRouteEntry: Sendable {
   /// Any request to it may be retried once on another replica.
   public var idempotent: Bool = false
 
-  /// The ingress deployment's name.
-  public var deployment: String = String()
-
-  public var maxOngoingRequests: UInt32 = 0
-
-  /// -1: unbounded.
-  public var maxQueuedRequests: Int32 = 0
-
-  public var replicas: [PBReplicaRouteEntry] = []
-
-  /// Why no replica is coming, when none runs (requests are answered 503 with it).
-  public var unavailable: String = String()
+  /// Every deployment of the application, its ingress first.
+  public var deployments: [PBDeploymentRouteEntry] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -315,9 +328,59 @@ nonisolated extension PBReplicaRouteEntry: SwiftProtobuf.Message, SwiftProtobuf.
   }
 }
 
+nonisolated extension PBDeploymentRouteEntry: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".DeploymentRouteEntry"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}deployment\0\u{3}max_ongoing_requests\0\u{3}max_queued_requests\0\u{1}replicas\0\u{1}unavailable\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.deployment) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.maxOngoingRequests) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self.maxQueuedRequests) }()
+      case 4: try { try decoder.decodeRepeatedMessageField(value: &self.replicas) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.unavailable) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.deployment.isEmpty {
+      try visitor.visitSingularStringField(value: self.deployment, fieldNumber: 1)
+    }
+    if self.maxOngoingRequests != 0 {
+      try visitor.visitSingularUInt32Field(value: self.maxOngoingRequests, fieldNumber: 2)
+    }
+    if self.maxQueuedRequests != 0 {
+      try visitor.visitSingularInt32Field(value: self.maxQueuedRequests, fieldNumber: 3)
+    }
+    if !self.replicas.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.replicas, fieldNumber: 4)
+    }
+    if !self.unavailable.isEmpty {
+      try visitor.visitSingularStringField(value: self.unavailable, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: PBDeploymentRouteEntry, rhs: PBDeploymentRouteEntry) -> Bool {
+    if lhs.deployment != rhs.deployment {return false}
+    if lhs.maxOngoingRequests != rhs.maxOngoingRequests {return false}
+    if lhs.maxQueuedRequests != rhs.maxQueuedRequests {return false}
+    if lhs.replicas != rhs.replicas {return false}
+    if lhs.unavailable != rhs.unavailable {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension PBApplicationRouteEntry: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ApplicationRouteEntry"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}route_prefix\0\u{1}idempotent\0\u{1}deployment\0\u{3}max_ongoing_requests\0\u{3}max_queued_requests\0\u{1}replicas\0\u{1}unavailable\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}route_prefix\0\u{1}idempotent\0\u{2}\u{6}deployments\0\u{c}\u{4}\u{5}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -328,11 +391,7 @@ nonisolated extension PBApplicationRouteEntry: SwiftProtobuf.Message, SwiftProto
       case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.routePrefix) }()
       case 3: try { try decoder.decodeSingularBoolField(value: &self.idempotent) }()
-      case 4: try { try decoder.decodeSingularStringField(value: &self.deployment) }()
-      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.maxOngoingRequests) }()
-      case 6: try { try decoder.decodeSingularInt32Field(value: &self.maxQueuedRequests) }()
-      case 7: try { try decoder.decodeRepeatedMessageField(value: &self.replicas) }()
-      case 8: try { try decoder.decodeSingularStringField(value: &self.unavailable) }()
+      case 9: try { try decoder.decodeRepeatedMessageField(value: &self.deployments) }()
       default: break
       }
     }
@@ -348,20 +407,8 @@ nonisolated extension PBApplicationRouteEntry: SwiftProtobuf.Message, SwiftProto
     if self.idempotent != false {
       try visitor.visitSingularBoolField(value: self.idempotent, fieldNumber: 3)
     }
-    if !self.deployment.isEmpty {
-      try visitor.visitSingularStringField(value: self.deployment, fieldNumber: 4)
-    }
-    if self.maxOngoingRequests != 0 {
-      try visitor.visitSingularUInt32Field(value: self.maxOngoingRequests, fieldNumber: 5)
-    }
-    if self.maxQueuedRequests != 0 {
-      try visitor.visitSingularInt32Field(value: self.maxQueuedRequests, fieldNumber: 6)
-    }
-    if !self.replicas.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.replicas, fieldNumber: 7)
-    }
-    if !self.unavailable.isEmpty {
-      try visitor.visitSingularStringField(value: self.unavailable, fieldNumber: 8)
+    if !self.deployments.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.deployments, fieldNumber: 9)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -370,11 +417,7 @@ nonisolated extension PBApplicationRouteEntry: SwiftProtobuf.Message, SwiftProto
     if lhs.name != rhs.name {return false}
     if lhs.routePrefix != rhs.routePrefix {return false}
     if lhs.idempotent != rhs.idempotent {return false}
-    if lhs.deployment != rhs.deployment {return false}
-    if lhs.maxOngoingRequests != rhs.maxOngoingRequests {return false}
-    if lhs.maxQueuedRequests != rhs.maxQueuedRequests {return false}
-    if lhs.replicas != rhs.replicas {return false}
-    if lhs.unavailable != rhs.unavailable {return false}
+    if lhs.deployments != rhs.deployments {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

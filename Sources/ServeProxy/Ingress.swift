@@ -90,13 +90,16 @@ public final class Ingress: Sendable {
             tables.applied += 1
             let order = tables.applied
             var seen = Set<DeploymentID>()
+            // Every deployment has a router: the ingress ones for HTTP, all of them for handles.
             for app in table.applications {
-                let route = app.ingress
-                seen.insert(route.id)
-                if let router = tables.routers[route.id] {
-                    router.update(route, localNode: localNode, version: order)
-                } else {
-                    tables.routers[route.id] = DeploymentRouter(route: route, localNode: localNode, version: order, onColdWait: self.coldWait(route.id))
+                for route in app.deployments {
+                    seen.insert(route.id)
+                    if let router = tables.routers[route.id] {
+                        router.update(route, localNode: localNode, version: order)
+                    } else {
+                        tables.routers[route.id] = DeploymentRouter(
+                            route: route, localNode: localNode, version: order, onColdWait: self.coldWait(route.id))
+                    }
                 }
             }
             let gone = tables.routers.keys.filter { !seen.contains($0) }
@@ -162,18 +165,52 @@ public final class Ingress: Sendable {
             return try await self.builtIn(path, table: table, populated: populated, draining: draining, writer)
         }
         guard let app = table.match(path) else {
+            if populated && !table.servesHTTP {
+                return try await self.text(
+                    writer, .notFound, "proxy_location is Disabled: no application is served over HTTP (deployments are reached through handles)")
+            }
             return try await self.text(writer, .notFound, "no application serves \(path); see /-/routes")
         }
+        let target = Target(deployment: app.ingress.id, routePrefix: app.routePrefix, idempotent: app.idempotent)
+        try await self.serve(request, to: target, table: table, writer)
+    }
+
+    /// A handle call: `request` (its path as the deployment sees it) goes to a replica of
+    /// `deployment` of application `app` through this node's router (local first, the same
+    /// limits, waiting through a cold start, counted as demand), with the ingress's answers: 404
+    /// for a deployment the tables do not know, 503, 502, 504. A call cancelled by its caller
+    /// cancels the replica's work (a local Swift replica's task, a remote one's stream).
+    public func call(app: String, deployment: String, _ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws {
+        let (table, populated) = self.tables.withLockedValue { ($0.table, $0.version != nil) }
+        let id = DeploymentID(app: app, name: deployment)
+        guard let application = table.applications.first(where: { $0.name == app }),
+            application.deployments.contains(where: { $0.id == id })
+        else {
+            if !populated { return try await self.text(writer, .serviceUnavailable, "Route table is not populated yet.") }
+            return try await self.text(writer, .notFound, "no deployment \(deployment) in application \(app)")
+        }
+        try await self.serve(request, to: Target(deployment: id, routePrefix: nil, idempotent: application.idempotent), table: table, writer)
+    }
+
+    /// Where a request goes: a deployment, reached over HTTP (its application's route prefix is
+    /// stripped from the path) or through a handle (the path is the deployment's already).
+    struct Target {
+        var deployment: DeploymentID
+        var routePrefix: String?
+        var idempotent: Bool
+    }
+
+    private func serve(_ request: HTTPServerRequest, to target: Target, table: RouteTable, _ writer: any HTTPResponseWriter) async throws {
         if let length = request.head.headerFields[.contentLength].flatMap(Int.init), length > table.maxBodyBytes {
             return try await self.text(writer, .contentTooLarge, "the body is over the \(table.maxBodyBytes)-byte limit")
         }
-        guard let router = self.tables.withLockedValue({ $0.routers[app.ingress.id] }) else {
-            return try await self.text(writer, .serviceUnavailable, "\(app.name) is not ready")
+        guard let router = self.tables.withLockedValue({ $0.routers[target.deployment] }) else {
+            return try await self.text(writer, .serviceUnavailable, "\(target.deployment) is not ready")
         }
         let started = ContinuousClock.now
         let progress = ForwardProgress(writer)
-        let outcome = await self.forward(request, app: app, router: router, table: table, writer: writer, progress: progress)
-        self.metrics.record(deployment: app.ingress.id, status: outcome, seconds: (ContinuousClock.now - started).seconds)
+        let outcome = await self.forward(request, to: target, router: router, table: table, writer: writer, progress: progress)
+        self.metrics.record(deployment: target.deployment, status: outcome, seconds: (ContinuousClock.now - started).seconds)
         if let cut = progress.cut { throw cut }
     }
 
@@ -186,7 +223,7 @@ public final class Ingress: Sendable {
             return try await self.text(writer, .ok, "success")
         case "/-/routes":
             var routes: [String: JSONValue] = [:]
-            for app in table.applications { routes[app.routePrefix] = .string(app.name) }
+            for app in table.applications where table.servesHTTP { routes[app.routePrefix] = .string(app.name) }
             return try await writer.respond(
                 HTTPResponse(status: .ok, headerFields: [.contentType: "application/json"]),
                 body: ByteBuffer(string: JSONValue.object(routes).jsonString())
@@ -199,7 +236,7 @@ public final class Ingress: Sendable {
     /// Forwards and answers; returns the status sent (for metrics).
     private func forward(
         _ request: HTTPServerRequest,
-        app: ApplicationRoute,
+        to target: Target,
         router: DeploymentRouter,
         table: RouteTable,
         writer: any HTTPResponseWriter,
@@ -208,7 +245,7 @@ public final class Ingress: Sendable {
         do {
             return try await withDeadline(after: table.requestTimeout) {
                 try await withTaskCancellationHandler {
-                    try await self.forwardOnce(request, app: app, router: router, table: table, progress: progress)
+                    try await self.forwardOnce(request, to: target, router: router, table: table, progress: progress)
                 } onCancel: {
                     // The deadline passed: end the stream to the replica, so nothing waits on it.
                     progress.cancelStream()
@@ -309,16 +346,18 @@ public final class Ingress: Sendable {
 
     private func forwardOnce(
         _ request: HTTPServerRequest,
-        app: ApplicationRoute,
+        to target: Target,
         router: DeploymentRouter,
         table: RouteTable,
         progress: ForwardProgress
     ) async throws -> Int {
         var head = request.head
-        head.path = RouteTable.strip(prefix: app.routePrefix, from: request.head.path ?? "/")
         head.headerFields = head.headerFields.removingConnectionSpecific
-        head.headerFields[ServeHeaders.forwardedPrefix] = app.routePrefix
-        head.addForwardedFields(client: request.remoteAddress)
+        head.headerFields[ServeHeaders.forwardedPrefix] = target.routePrefix
+        if let prefix = target.routePrefix {
+            head.path = RouteTable.strip(prefix: prefix, from: request.head.path ?? "/")
+            head.addForwardedFields(client: request.remoteAddress)
+        }
         // HTTP/2 requests may carry a body with neither Content-Length nor Transfer-Encoding
         // (RFC 9113 §8.1): whether one comes is what the connection saw, not a header.
         let hasBody = request.hasBody
@@ -338,15 +377,15 @@ public final class Ingress: Sendable {
             }
         }
         let idempotent = hasBody
-            ? app.idempotent && kept != nil
-            : (request.head.method == .get || request.head.method == .head || app.idempotent)
+            ? target.idempotent && kept != nil
+            : (request.head.method == .get || request.head.method == .head || target.idempotent)
         var policy = RetryPolicy(idempotent: idempotent)
         while true {
             let replica: ReplicaRoute
             do {
                 replica = try await router.acquire(excluding: policy.excluded)
             } catch let failure as RequestRouter.Failure {
-                let (status, message) = policy.answer(for: failure, deployment: "\(app.ingress.id)", app: app.name)
+                let (status, message) = policy.answer(for: failure, deployment: "\(target.deployment)", app: target.deployment.app)
                 throw IngressFailure(status: HTTPResponse.Status(code: status), message: message)
             }
             let outcome: RetryPolicy.Outcome
@@ -390,9 +429,9 @@ public final class Ingress: Sendable {
                     outcome = .failed(replica: replica.id, reason: reason)
                 }
             }
-            switch policy.decide(outcome, deployment: "\(app.ingress.id)") {
+            switch policy.decide(outcome, deployment: "\(target.deployment)") {
             case .retry(let reason):
-                self.metrics.recordRetry(deployment: app.ingress.id, reason)
+                self.metrics.recordRetry(deployment: target.deployment, reason)
                 if let pause = policy.pauseBeforeRetry { try await Task.sleep(for: pause) }
                 if reason == .failed {
                     self.logger.info("retrying an idempotent request on another replica", metadata: ["serve.replica": "\(replica.id)"])

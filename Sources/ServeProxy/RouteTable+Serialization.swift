@@ -5,26 +5,16 @@ import ServeProto
 extension RouteTable {
     public init(_ update: PBRouteTableUpdate) {
         self.init(
-            applications: update.applications.map { app in
-                ApplicationRoute(
-                    name: app.name,
-                    routePrefix: app.routePrefix,
-                    ingress: DeploymentRoute(
-                        id: DeploymentID(app: app.name, name: app.deployment),
-                        maxOngoingRequests: Int(app.maxOngoingRequests),
-                        maxQueuedRequests: Int(app.maxQueuedRequests),
-                        replicas: app.replicas.map {
-                            ReplicaRoute(
-                                id: $0.replicaID, nodeID: $0.nodeID, host: $0.host, port: Int($0.port),
-                                reportedQueueLength: Int($0.reportedQueueLength))
-                        },
-                        unavailable: app.unavailable.isEmpty ? nil : app.unavailable
-                    ),
-                    idempotent: app.idempotent
-                )
+            applications: update.applications.compactMap { app in
+                let deployments = app.deployments.map { DeploymentRoute($0, app: app.name) }
+                guard let ingress = deployments.first else { return nil }
+                return ApplicationRoute(
+                    name: app.name, routePrefix: app.routePrefix, ingress: ingress, others: Array(deployments.dropFirst()),
+                    idempotent: app.idempotent)
             },
             requestTimeout: update.requestTimeoutMs > 0 ? .milliseconds(Int64(clamping: update.requestTimeoutMs)) : nil,
-            maxBodyBytes: Int(clamping: update.maxBodyBytes)
+            maxBodyBytes: Int(clamping: update.maxBodyBytes),
+            servesHTTP: update.proxyLocation.location != .disabled
         )
     }
 
@@ -38,19 +28,7 @@ extension RouteTable {
                 $0.name = app.name
                 $0.routePrefix = app.routePrefix
                 $0.idempotent = app.idempotent
-                $0.deployment = app.ingress.id.name
-                $0.maxOngoingRequests = UInt32(clamping: app.ingress.maxOngoingRequests)
-                $0.maxQueuedRequests = Int32(clamping: app.ingress.maxQueuedRequests)
-                $0.unavailable = app.ingress.unavailable ?? ""
-                $0.replicas = app.ingress.replicas.map { replica in
-                    PBReplicaRouteEntry.with {
-                        $0.replicaID = replica.id
-                        $0.nodeID = replica.nodeID
-                        $0.host = replica.host
-                        $0.port = UInt32(clamping: replica.port)
-                        $0.reportedQueueLength = UInt32(clamping: replica.reportedQueueLength)
-                    }
-                }
+                $0.deployments = app.deployments.map(PBDeploymentRouteEntry.init)
             }
         }
         if let timeout = self.requestTimeout {
@@ -62,6 +40,39 @@ extension RouteTable {
         update.httpHost = httpHost
         update.httpPort = UInt32(clamping: httpPort)
         return update
+    }
+}
+
+extension DeploymentRoute {
+    init(_ entry: PBDeploymentRouteEntry, app: String) {
+        self.init(
+            id: DeploymentID(app: app, name: entry.deployment),
+            maxOngoingRequests: Int(entry.maxOngoingRequests),
+            maxQueuedRequests: Int(entry.maxQueuedRequests),
+            replicas: entry.replicas.map {
+                ReplicaRoute(id: $0.replicaID, nodeID: $0.nodeID, host: $0.host, port: Int($0.port), reportedQueueLength: Int($0.reportedQueueLength))
+            },
+            unavailable: entry.unavailable.isEmpty ? nil : entry.unavailable
+        )
+    }
+}
+
+extension PBDeploymentRouteEntry {
+    init(_ route: DeploymentRoute) {
+        self.init()
+        self.deployment = route.id.name
+        self.maxOngoingRequests = UInt32(clamping: route.maxOngoingRequests)
+        self.maxQueuedRequests = Int32(clamping: route.maxQueuedRequests)
+        self.unavailable = route.unavailable ?? ""
+        self.replicas = route.replicas.map { replica in
+            PBReplicaRouteEntry.with {
+                $0.replicaID = replica.id
+                $0.nodeID = replica.nodeID
+                $0.host = replica.host
+                $0.port = UInt32(clamping: replica.port)
+                $0.reportedQueueLength = UInt32(clamping: replica.reportedQueueLength)
+            }
+        }
     }
 }
 

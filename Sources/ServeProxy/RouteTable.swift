@@ -6,16 +6,21 @@ public struct RouteTable: Sendable, Hashable {
     public var applications: [ApplicationRoute]
     public var requestTimeout: Duration?
     public var maxBodyBytes: Int
+    /// False under `proxy_location: Disabled`: no HTTP request reaches an application (404);
+    /// its deployments are reached through handles only, with this same table.
+    public var servesHTTP: Bool
 
-    public init(applications: [ApplicationRoute] = [], requestTimeout: Duration? = nil, maxBodyBytes: Int = 100 << 20) {
+    public init(applications: [ApplicationRoute] = [], requestTimeout: Duration? = nil, maxBodyBytes: Int = 100 << 20, servesHTTP: Bool = true) {
         self.applications = applications
         self.requestTimeout = requestTimeout
         self.maxBodyBytes = maxBodyBytes
+        self.servesHTTP = servesHTTP
     }
 
     /// The application whose route prefix is the longest prefix of `path` (on a segment
     /// boundary: "/hello" serves "/hello" and "/hello/x", not "/helloworld").
     public func match(_ path: String) -> ApplicationRoute? {
+        guard self.servesHTTP else { return nil }
         let pathOnly = path.prefix(while: { $0 != "?" })
         var best: ApplicationRoute?
         for app in self.applications where Self.matches(prefix: app.routePrefix, path: pathOnly) {
@@ -64,15 +69,21 @@ public struct ApplicationRoute: Sendable, Hashable {
     public var routePrefix: String
     /// The deployment that takes the application's HTTP traffic.
     public var ingress: DeploymentRoute
+    /// Its other deployments, reached through handles only.
+    public var others: [DeploymentRoute]
     /// `ApplicationConfig.idempotent`: any request may be retried once on another replica.
     public var idempotent: Bool
 
-    public init(name: String, routePrefix: String, ingress: DeploymentRoute, idempotent: Bool = false) {
+    public init(name: String, routePrefix: String, ingress: DeploymentRoute, others: [DeploymentRoute] = [], idempotent: Bool = false) {
         self.name = name
         self.routePrefix = routePrefix
         self.ingress = ingress
+        self.others = others
         self.idempotent = idempotent
     }
+
+    /// Every deployment of the application, its ingress first.
+    public var deployments: [DeploymentRoute] { [self.ingress] + self.others }
 }
 
 public struct DeploymentRoute: Sendable, Hashable {

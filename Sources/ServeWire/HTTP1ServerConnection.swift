@@ -55,6 +55,9 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
         var response: ResponseState = .none
         /// The response said (or must say) `Connection: close`.
         var closeAfterResponse = false
+        /// The handler's task: cancelled when the connection closes before it is done (the
+        /// client went away, so nobody waits for its work).
+        var task: Task<Void, Never>?
 
         enum ContinueState {
             case notExpected
@@ -242,6 +245,7 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
         if let exchange = self.exchange {
             self.exchange = nil
             exchange.source.fail(HTTP2Error.connectionClosed)
+            if !exchange.handlerDone { exchange.task?.cancel() }
         }
         let waiters = self.writeWaiters
         self.writeWaiters.removeAll()
@@ -362,7 +366,7 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
         let writer = HTTP1ResponseWriter(connection: loopBound, exchangeID: id)
         let handler = self.handler
         let logger = self.logger
-        Task(executorPreference: self.taskExecutor) {
+        exchange.task = Task(executorPreference: self.taskExecutor) {
             do {
                 try await handler(request, writer)
                 loopBound.performLater { $0.handlerReturned(id) }

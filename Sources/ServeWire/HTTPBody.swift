@@ -25,8 +25,12 @@ final class InboundBodySource: Sendable {
     /// Report consumption in batches of at least this many bytes, or when the buffer runs dry.
     private static let reportThreshold = 32 << 10
 
-    init(onConsume: @escaping @Sendable (Int) -> Void) {
+    /// Called when the source goes (its last reader let it go), read to the end or not.
+    private let onRelease: (@Sendable () -> Void)?
+
+    init(onConsume: @escaping @Sendable (Int) -> Void, onRelease: (@Sendable () -> Void)? = nil) {
         self.onConsume = onConsume
+        self.onRelease = onRelease
     }
 
     deinit {
@@ -35,6 +39,7 @@ final class InboundBodySource: Sendable {
             state.chunks.reduce(state.unreported) { $0 + $1.readableBytes }
         }
         if remaining > 0 { self.onConsume(remaining) }
+        self.onRelease?()
     }
 
     /// A source with nothing to receive (a request or response that ended with its headers).

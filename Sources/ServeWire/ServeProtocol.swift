@@ -11,6 +11,8 @@ public enum ServeHeaders {
     public static let refused = HTTPField.Name("serve-refused")!
     /// The cluster token on data-plane requests.
     public static let token = HTTPField.Name("serve-token")!
+    /// The node's handle token on a process replica's handle call (`SERVE_HANDLE_TOKEN`).
+    public static let handleToken = HTTPField.Name("serve-handle-token")!
     /// Hop-by-hop compression between ServeWire peers, kept apart from the end-to-end
     /// `content-encoding` so that a proxy hop never changes what the origin said (RFC 9110 §7.7:
     /// a proxy must not transform content). A ServeWire client that can decode sends the codings

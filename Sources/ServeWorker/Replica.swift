@@ -256,21 +256,15 @@ struct SwiftDeploymentBox: Sendable {
             path: request.head.path ?? "/",
             routePrefix: request.head.headerFields[ServeHeaders.forwardedPrefix] ?? "/",
             headers: request.head.headerFields,
-            body: request.body
+            body: request.body,
+            hasBody: request.hasBody
         )
         let response: ServeResponse
         do {
-            if self.instance.isNonBlocking {
-                // It only awaits: it runs where the request is (the connection's event loop).
-                response = try await self.instance.handle(serveRequest)
-            } else {
-                // User code runs on the shared pool, never on the connection's event loop.
-                response = try await withTaskExecutorPreference(globalConcurrentExecutor) {
-                    try await self.instance.handle(serveRequest)
-                }
-            }
+            response = try await self.run { try await self.instance.handle(serveRequest) }
         } catch where Task.isCancelled {
-            // Its replica stopped and `graceful_shutdown_timeout_s` ran out first.
+            // Its replica stopped and `graceful_shutdown_timeout_s` ran out first, or the client
+            // went away (then nobody reads this).
             try await writer.respond(
                 HTTPResponse(status: .serviceUnavailable, headerFields: [.contentType: "text/plain; charset=utf-8"]),
                 body: ByteBuffer(string: "replica \(replicaID) was stopped before this request finished (graceful_shutdown_timeout_s passed)\n")
@@ -284,8 +278,25 @@ struct SwiftDeploymentBox: Sendable {
             )
             return 500
         }
-        try await writer.respond(HTTPResponse(status: response.status, headerFields: response.headers), body: response.body)
+        let head = HTTPResponse(status: response.status, headerFields: response.headers)
+        guard let stream = response.stream else {
+            try await writer.respond(head, body: response.body)
+            return response.status.code
+        }
+        // Streamed: each piece goes out as it is written. An error from here on can only cut
+        // the body short, which the server shows the client as a cut.
+        try await writer.writeHead(head)
+        if response.body.readableBytes > 0 { try await writer.write(response.body) }
+        try await self.run { try await stream(ServeBodyWriter(writer)) }
+        try await writer.finish(trailers: nil)
         return response.status.code
+    }
+
+    /// Runs user code where it belongs: on the connection's event loop for a deployment that
+    /// only awaits, else on the shared pool, where a slow handler cannot stall the node's sockets.
+    private func run<T: Sendable>(_ work: () async throws -> T) async throws -> T {
+        if self.instance.isNonBlocking { return try await work() }
+        return try await withTaskExecutorPreference(globalConcurrentExecutor) { try await work() }
     }
 }
 

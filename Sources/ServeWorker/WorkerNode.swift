@@ -133,8 +133,11 @@ public final class WorkerNode: Sendable {
     /// The graceful shutdown on SIGTERM (`ServeCore.NodeDrain`).
     private let drain = NIOLockedValueBox(NodeDrain())
     /// This node's HTTP proxy (`ServeProxy`), serving from the last route table the head sent;
-    /// the replicas here are called in process.
+    /// the replicas here are called in process. Handle calls from this node's replicas go
+    /// through its routers too.
     public let ingress: Ingress
+    /// Where this node's process replicas make their handle calls (bound by `run`).
+    private let handleListener = NIOLockedValueBox<HandleListener?>(nil)
     private let proxyState = NIOLockedValueBox(ProxyState())
     /// Sends a heartbeat at once, while the control stream is up (a cold start waits for no timer).
     private let sendHeartbeatNow: NIOLockedValueBox<(@Sendable () -> Void)?>
@@ -153,7 +156,9 @@ public final class WorkerNode: Sendable {
         var failedAt: String?
     }
 
-    public init(options: WorkerOptions, logger: Logger = Logger(label: "serve.worker")) {
+    /// `sharedIngress`: the proxy of the process this node runs in (the head's, for its
+    /// embedded worker, with `options.proxy` `.shared`); nil: the node makes its own.
+    public init(options: WorkerOptions, logger: Logger = Logger(label: "serve.worker"), sharedIngress: Ingress? = nil) {
         self.options = options
         var logger = logger
         logger[metadataKey: "serve.node"] = "\(options.nodeID)"
@@ -162,7 +167,7 @@ public final class WorkerNode: Sendable {
         self.sendHeartbeatNow = sendNow
         var proxyLogger = logger
         proxyLogger[metadataKey: "serve.component"] = "proxy"
-        self.ingress = Ingress(token: options.token, logger: proxyLogger, onColdDemand: { _ in sendNow.withLockedValue { $0 }?() })
+        self.ingress = sharedIngress ?? Ingress(token: options.token, logger: proxyLogger, onColdDemand: { _ in sendNow.withLockedValue { $0 }?() })
         self.ingress.setLocal(self)
     }
 
@@ -181,6 +186,8 @@ public final class WorkerNode: Sendable {
         }
         self.dataServer.withLockedValue { $0 = server }
         self.logger.info("worker data plane listening", metadata: ["port": "\(server.port)"])
+        let handles = try await HandleListener.start(caller: self.ingress, logger: self.logger)
+        self.handleListener.withLockedValue { $0 = handles }
         if let port = self.options.metricsPort {
             let ingress = self.ingress
             let metrics = try await HTTP1Server.bind(host: self.options.listenHost, port: port) { request, writer in
@@ -275,6 +282,7 @@ public final class WorkerNode: Sendable {
         await self.stopProxy()
         await self.metricsServer.withLockedValue { $0 }?.shutdown(gracePeriod: .seconds(1))
         await self.stopReplicas(reason: "the worker is shutting down")
+        await self.handleListener.withLockedValue { $0 }?.shutdown()
         let server = self.dataServer.withLockedValue { $0 }
         await server?.shutdown(gracePeriod: .seconds(2))
     }
@@ -580,7 +588,10 @@ public final class WorkerNode: Sendable {
         let draining = self.isStopping || self.drain.withLockedValue { $0.isDraining || $0.isDone }
         heartbeat.health = PBNodeHealth.with { $0.status = draining ? .draining : .ok }
         heartbeat.proxy = self.proxyReport()
-        heartbeat.waiting = self.ingress.waitingRequests().map { id, count in
+        // A shared proxy's waiting requests are its own process's (the head counts them itself).
+        let waiting: [DeploymentID: Int]
+        if case .own = self.options.proxy { waiting = self.ingress.waitingRequests() } else { waiting = [:] }
+        heartbeat.waiting = waiting.map { id, count in
             PBRouterDemand.with {
                 $0.app = id.app
                 $0.deployment = id.name
@@ -697,13 +708,18 @@ public final class WorkerNode: Sendable {
                     gpuIDs: start.grant.gpuIds,
                     environment: environment,
                     userConfig: start.spec.userConfigJson.isEmpty
-                        ? nil : try? JSONValue.parse(String(decoding: start.spec.userConfigJson, as: UTF8.self))
+                        ? nil : try? JSONValue.parse(String(decoding: start.spec.userConfigJson, as: UTF8.self)),
+                    caller: self.ingress
                 )
                 let instance = try await self.options.registry.make(name, context: context)
                 body = .swift(SwiftDeploymentBox(instance: instance))
             case .command(let command):
                 var processEnvironment = ProcessInfo.processInfo.environment
                 processEnvironment["SERVE_TOKEN"] = nil
+                if let handles = self.handleListener.withLockedValue({ $0 }) {
+                    processEnvironment["SERVE_HANDLE_URL"] = handles.url
+                    processEnvironment["SERVE_HANDLE_TOKEN"] = handles.token
+                }
                 for (name, value) in environment { processEnvironment[name] = value }
                 let process = try await ProcessReplica.launch(
                     replicaID: id,

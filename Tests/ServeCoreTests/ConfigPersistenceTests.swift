@@ -18,6 +18,8 @@ struct ConfigPersistenceTests {
             """
             applications:
               - name: a
+                ingress: B
+                idempotent: true
                 deployments:
                   - {name: A, handler: echo, num_replicas: auto, user_config: {k: [1, 2.5, "x", null, true]}}
                   - name: B

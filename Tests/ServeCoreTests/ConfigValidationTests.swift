@@ -408,3 +408,26 @@ struct ProxyLocationConfigTests {
         #expect(try parse(config.jsonValue.jsonString()) == config)
     }
 }
+
+@Suite("ingress")
+struct IngressConfigTests {
+    @Test("the first deployment by default; ingress names another; one that names nothing is refused with the field")
+    func ingressField() throws {
+        func text(_ line: String) -> String {
+            """
+            applications:
+              - name: app
+                \(line)
+                deployments:
+                  - {name: Ingress, handler: echo}
+                  - {name: Model, handler: echo}
+            """
+        }
+        #expect(try parse(text("")).applications[0].ingress.name == "Ingress")
+        #expect(try parse(text("ingress: Model")).applications[0].ingress.name == "Model")
+        #expect(problems(text("ingress: Modle")) == [
+            #"applications[0].ingress: names no deployment of this application (it has "Ingress", "Model")"#
+        ])
+        #expect(problems(text("ingress: 3")) == ["applications[0].ingress: must be a string, not a number (3)"])
+    }
+}
