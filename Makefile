@@ -16,7 +16,7 @@ apt_install = @missing=""; for p in $(1); do \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-.PHONY: deps bench-deps build release run test fuzz soak bench bench-wire bench-autoscaling protos lint clean
+.PHONY: deps bench-deps build release run test fuzz soak bench bench-wire bench-autoscaling bench-composition protos lint clean
 
 deps:
 	$(call apt_install,$(APT_PACKAGES))
@@ -76,6 +76,11 @@ bench-wire: deps
 
 bench-autoscaling: deps
 	benchmarks/autoscaling
+
+# What a handle call adds (in process, across nodes) and a stream's time to first byte, on
+# release binaries (benchmarks/composition.py); writes benchmarks/results/composition-latest.md.
+bench-composition: release
+	SKIP_BUILD=1 python3 benchmarks/composition.py
 
 protos:
 	scripts/gen-protos.sh

@@ -187,7 +187,7 @@ struct ClusterBehaviourTests {
             let nodes = Set(status["applications"]?["hello"]?["deployments"]?["Hello"]?["replicas"]?.arrayValue?.compactMap { $0["node_id"]?.stringValue } ?? [])
             #expect(nodes.count == 1)
             let (code, body, _) = try await cluster.get("/hello/again")
-            #expect(code == 200 && body == "/again")
+            #expect(code == 200 && body == "/again", "\(code) \(body)")
             let (_, nodesBody) = try await cluster.adminCall(.get, "/api/cluster/nodes")
             let states = (try JSONValue.parse(nodesBody))["nodes"]?.arrayValue?.compactMap { $0["state"]?.stringValue } ?? []
             #expect(states.sorted() == ["ALIVE", "DEAD"])
