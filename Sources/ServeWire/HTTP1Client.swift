@@ -337,7 +337,9 @@ final class HTTP1ClientConnection: ChannelInboundHandler {
     final class Exchange {
         let id: UInt64
         var responsePromise: EventLoopPromise<HTTPClientResponse>?
-        var source: InboundBodySource?
+        /// Held by the caller's `HTTPBody` alone: a caller that lets it go before its end is seen
+        /// (`bodyAbandoned`).
+        weak var source: InboundBodySource?
         var unread = 0
         var receivedAny = false
         /// Between a 1xx head and its end: not the response yet (RFC 9110 §15.2).
@@ -596,15 +598,23 @@ final class HTTP1ClientConnection: ChannelInboundHandler {
         }
         let id = exchange.id
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let source = InboundBodySource { count in
-            loopBound.performLater { $0.bodyConsumed(id, count: count) }
-        }
+        let source = InboundBodySource(
+            onConsume: { count in loopBound.performLater { $0.bodyConsumed(id, count: count) } },
+            onRelease: { loopBound.performLater { $0.bodyAbandoned(id) } })
         exchange.source = source
         let response = HTTPResponse(
             status: HTTPResponse.Status(code: Int(head.status.code), reasonPhrase: head.status.reasonPhrase),
             headerFields: HTTPFields(converting: head.headers)
         )
         promise.succeed(HTTPClientResponse(head: response, body: HTTPBody(source: source)))
+    }
+
+    /// The caller let the response body go before its end (it was cancelled: its client went
+    /// away): the connection closes, so the server sees the request abandoned (a process
+    /// replica's next write fails) instead of streaming on to nobody.
+    private func bodyAbandoned(_ id: UInt64) {
+        guard let exchange = self.exchange, exchange.id == id, !exchange.responseEnded else { return }
+        self.context?.close(promise: nil)
     }
 
     private func bodyConsumed(_ id: UInt64, count: Int) {

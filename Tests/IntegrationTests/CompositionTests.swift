@@ -122,6 +122,77 @@ struct CompositionTests {
                 let (model, front) = (try await ongoing("Model"), try await ongoing("Front"))
                 return model == 0 && front == 0
             }
+            // The same over HTTP/2: the client resets its stream.
+            let connection = try await HTTP2ClientConnection.connect(host: "127.0.0.1", port: cluster.httpPort)
+            let stream = try await connection.openStream(
+                HTTPRequest(method: .get, scheme: "http", authority: "127.0.0.1", path: "/shop/slow?ms=60000"), endStream: true)
+            try await FailureTests.eventually("Model is working on the HTTP/2 request", timeout: .seconds(20), cluster) {
+                let (model, front) = (try await ongoing("Model"), try await ongoing("Front"))
+                return model == 1 && front == 1
+            }
+            stream.cancel()
+            try await FailureTests.eventually("the reset frees Front's and Model's slots", timeout: .seconds(10), cluster) {
+                let (model, front) = (try await ongoing("Model"), try await ongoing("Front"))
+                return model == 0 && front == 0
+            }
+            await connection.closeNow()
+        }
+    }
+
+    @Test("a client that leaves a process replica's stream closes the child's connection: its next write fails")
+    func clientGoneClosesTheChildsConnection() async throws {
+        let marker = FileManager.default.temporaryDirectory.appendingPathComponent("closed-\(UUID().uuidString)")
+        let script = FileManager.default.temporaryDirectory.appendingPathComponent("endless-\(UUID().uuidString).py")
+        try """
+            import time
+            from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+            import os
+            class Endless(BaseHTTPRequestHandler):
+                protocol_version = "HTTP/1.1"
+                def do_GET(self):
+                    self.send_response(200)
+                    self.send_header("content-type", "text/event-stream")
+                    self.send_header("transfer-encoding", "chunked")
+                    self.end_headers()
+                    try:
+                        for index in range(600):
+                            data = b"data: %d\\n\\n" % index
+                            self.wfile.write(b"%x\\r\\n%s\\r\\n" % (len(data), data))
+                            self.wfile.flush()
+                            time.sleep(0.1)
+                    except (BrokenPipeError, ConnectionResetError):
+                        open("\(marker.path)", "w").write("closed")
+                        self.close_connection = True
+                def log_message(self, *args):
+                    pass
+            ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Endless).serve_forever()
+            """.write(to: script, atomically: true, encoding: .utf8)
+        defer {
+            try? FileManager.default.removeItem(at: script)
+            try? FileManager.default.removeItem(at: marker)
+        }
+        try await withCluster { cluster in
+            try await cluster.addWorker(cpus: 2)
+            _ = try await cluster.waitForNodes(1)
+            try await cluster.deploy(
+                """
+                applications:
+                  - name: endless
+                    route_prefix: /endless
+                    deployments:
+                      - {name: Endless, command: ["python3", "\(script.path)"], ray_actor_options: {num_cpus: 0.1}}
+                """)
+            _ = try await cluster.waitForRunning(app: "endless", deployment: "Endless", replicas: 1)
+            // Through the head's proxy to the worker, which asks the child over loopback.
+            let pool = HTTP1ConnectionPool(host: "127.0.0.1", port: cluster.httpPort)
+            let response = try await pool.send(HTTPRequest(method: .get, scheme: "http", authority: "127.0.0.1", path: "/endless"))
+            var iterator = response.body.makeAsyncIterator()
+            let first = try await iterator.next()
+            #expect(first.map { String(buffer: $0) }?.hasPrefix("data: 0") == true)
+            await pool.close()
+            try await FailureTests.eventually("the child's write fails", timeout: .seconds(10), cluster) {
+                FileManager.default.fileExists(atPath: marker.path)
+            }
         }
     }
 
