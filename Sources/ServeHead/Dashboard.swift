@@ -44,13 +44,14 @@ enum Dashboard {
         h4 { font-size: 14px; margin: 10px 0 6px; }
         .app { border: 1px solid var(--line); border-radius: 6px; padding: 10px 14px; margin-bottom: 12px; }
         .deployment { border-top: 1px solid var(--line); padding-top: 4px; }
-        .row { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
-        .row > .replicas { flex: 1 1 380px; }
+        .row { display: grid; grid-template-columns: minmax(0, 1fr) 560px; gap: 16px; align-items: start; }
+        @media (max-width: 1000px) { .row { grid-template-columns: minmax(0, 1fr); } }
+        .replicas { overflow-x: auto; }
         table { border-collapse: collapse; width: 100%; }
         th, td { text-align: left; padding: 3px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
         th { font-weight: 600; color: var(--muted); font-size: 12px; }
         td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-        code { font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; }
+        code { font: 12px ui-monospace, SFMono-Regular, Menlo, monospace; white-space: nowrap; }
         .badge { display: inline-block; padding: 0 6px; border-radius: 10px; font-size: 11px; font-weight: 600; border: 1px solid currentColor; }
         .ok { color: var(--ok); } .warn { color: var(--warn); } .bad { color: var(--bad); } .off { color: var(--muted); }
         .message { color: var(--warn); margin: 4px 0; }
@@ -189,32 +190,38 @@ enum Dashboard {
         }
 
         // The timeline: each series is a step function (a sample holds until the next, the last
-        // until now), over the last window_s seconds; target changes are marked where they happened.
+        // until now), over the last window_s seconds, or since the deployment's first sample when
+        // that is later (a minute at least), so that a young deployment's steps are not squeezed
+        // against "now"; target changes are marked where they happened.
         function renderTimeline(history, key) {
           const W = 560, H = 170, left = 34, right = 10, top = 12, bottom = 22;
           const series = (history.deployments || {})[key] || { samples: [], decisions: [] };
-          const now = history.now, window_s = history.window_s, start = now - window_s;
-          const x = (t) => left + (Math.min(Math.max(t, start), now) - start) / window_s * (W - left - right);
+          const now = history.now;
+          const first = Math.min(now, ...series.samples.map((sample) => sample.t), ...series.decisions.map((decision) => decision.t));
+          const start = Math.max(now - history.window_s, Math.min(first, now - 60));
+          const span = now - start;
+          const x = (t) => left + (Math.min(Math.max(t, start), now) - start) / span * (W - left - right);
           let max = 1;
           for (const sample of series.samples) for (const { key: k } of SERIES) max = Math.max(max, sample[k]);
           max = niceCeiling(max);
           const y = (value) => H - bottom - value / max * (H - top - bottom);
           const svg = h("svg:svg", { class: "timeline", width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img",
-            "aria-label": `${key}: replicas and requests over the last ${Math.round(window_s / 60)} minutes` });
+            "aria-label": `${key}: replicas and requests over the last ${number(Math.round(span))} s` });
           for (const fraction of [0, 0.5, 1]) {
             const value = max * fraction;
             svg.append(h("svg:line", { class: "grid", x1: left, x2: W - right, y1: y(value), y2: y(value) }),
               h("svg:text", { x: left - 4, y: y(value) + 3, "text-anchor": "end" }, number(value)));
           }
           for (const fraction of [0, 1 / 3, 2 / 3, 1]) {
-            const ago = window_s * (1 - fraction);
-            svg.append(h("svg:text", { x: x(start + window_s * fraction), y: H - 6, "text-anchor": fraction === 0 ? "start" : fraction === 1 ? "end" : "middle" },
-              ago === 0 ? "now" : `−${ago >= 60 ? number(ago / 60) + " min" : number(ago) + " s"}`));
+            const ago = Math.round(span * (1 - fraction));
+            svg.append(h("svg:text", { x: x(start + span * fraction), y: H - 6, "text-anchor": fraction === 0 ? "start" : fraction === 1 ? "end" : "middle" },
+              ago === 0 ? "now" : `−${ago >= 120 ? number(Math.round(ago / 6) / 10) + " min" : ago + " s"}`));
           }
           if (series.samples.length === 0) {
             svg.append(h("svg:text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no samples yet"));
           }
-          for (const { key: k, color, dash } of SERIES) {
+          // The target last, dashed: on top of the running line when they are equal.
+          for (const { key: k, color, dash } of SERIES.slice(1).concat(SERIES.slice(0, 1))) {
             if (series.samples.length === 0) break;
             const points = [];
             series.samples.forEach((sample, index) => {
