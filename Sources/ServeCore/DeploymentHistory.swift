@@ -36,11 +36,6 @@ public struct DeploymentHistory: Sendable {
     public struct Sample: Sendable, Hashable {
         public var t: Double
         public var reading: Reading
-
-        public init(t: Double, reading: Reading) {
-            self.t = t
-            self.reading = reading
-        }
     }
 
     /// The values sampled, without the time.
@@ -96,7 +91,7 @@ public struct DeploymentHistory: Sendable {
     /// Whether a sample is due at `now` (an interval has passed since the last one).
     public func isDue(now: Double) -> Bool {
         guard let last = self.lastSampled else { return true }
-        return now - last >= self.configuration.interval || now < last
+        return now - last >= self.configuration.interval
     }
 
     /// Takes one sample of every deployment at `now`. A deployment left out of `readings` was

@@ -335,7 +335,10 @@ enum Dashboard {
           }
           setTimeout(poll, POLL_MS);
           const [status, nodes, events, history] = answers;
-          document.getElementById("apps").replaceChildren(...renderApplications(status, history));
+          // Not while the pointer is on a timeline: a redraw would take away the mark's reason it shows.
+          if (!document.querySelector("svg.timeline:hover")) {
+            document.getElementById("apps").replaceChildren(...renderApplications(status, history));
+          }
           document.getElementById("node-list").replaceChildren(...renderNodes(nodes));
           document.getElementById("event-list").replaceChildren(...renderEvents(events).filter(Boolean));
           setConnection(true, `live · updated ${clock(history.now)}`);
