@@ -4,8 +4,9 @@
 SWIFT ?= swift
 # Debian packages: build (libnghttp2-dev, zlib1g-dev, pkg-config), tests and benchmarks
 # (nghttp2-client: nghttp and h2load; nghttp2-server: nghttpd; gzip and python3 for zlib interop;
-# iproute2, nftables and curl for the partition tests, which run nodes in network namespaces).
-APT_PACKAGES := libnghttp2-dev zlib1g-dev pkg-config nghttp2-client nghttp2-server gzip python3 iproute2 nftables curl
+# iproute2, nftables and curl for the partition tests, which run nodes in network namespaces;
+# chromium for the dashboard's browser test, which loads the page headless).
+APT_PACKAGES := libnghttp2-dev zlib1g-dev pkg-config nghttp2-client nghttp2-server gzip python3 iproute2 nftables curl chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Installs those of the Debian packages $(1) that are missing.
 apt_install = @missing=""; for p in $(1); do \
@@ -32,8 +33,9 @@ build: deps
 release: deps
 	$(SWIFT) build -c release --static-swift-stdlib
 
-# The main job: an embedded head (controller, ingress on :8000, admin API on :8265, replicas on
-# this machine) serving examples/hello.yaml in the foreground; Ctrl-C stops everything.
+# The main job: an embedded head (controller, ingress on :8000, admin API and the dashboard on
+# http://127.0.0.1:8265/, replicas on this machine) serving examples/hello.yaml in the foreground;
+# Ctrl-C stops everything.
 run: build
 	.build/debug/serve run examples/hello.yaml
 

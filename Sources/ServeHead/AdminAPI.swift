@@ -6,7 +6,7 @@ import ServeProxy
 import ServeWire
 
 /// The head's REST API (Ray's dashboard endpoints for Serve): deploy, status, delete, nodes,
-/// events and Prometheus metrics.
+/// events, the timeline's history, Prometheus metrics, and the dashboard page.
 struct AdminAPI: Sendable {
     let controller: Controller
     let ingress: Ingress
@@ -68,6 +68,15 @@ struct AdminAPI: Sendable {
             try await self.json(writer, .ok, await self.clusterNodesJSON())
         case (.get, "/api/serve/events"):
             try await self.json(writer, .ok, await self.controller.eventsJSON())
+        case (.get, "/api/serve/history"):
+            try await self.json(writer, .ok, await self.controller.historyJSON())
+        case (.get, "/"):
+            // The dashboard reads the GETs above; it is served with the others, without the
+            // token (it changes nothing), and may load nothing from elsewhere (`Dashboard.page`).
+            try await writer.respond(
+                HTTPResponse(status: .ok, headerFields: Dashboard.headerFields),
+                body: ByteBuffer(string: Dashboard.page)
+            )
         case (.get, "/metrics"):
             let text = await Metrics.prometheusText(controller: self.controller, ingress: self.ingress)
             try await writer.respond(

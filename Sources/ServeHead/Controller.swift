@@ -93,15 +93,19 @@ public actor Controller {
     private var lastPing: Double = 0
     /// A pass is due soon (`reconcileSoon`).
     private var reconcileScheduled = false
+    /// The dashboard's timeline (`GET /api/serve/history`), sampled by the autoscaler's tick.
+    private var history: DeploymentHistory
 
     public init(
         ingress: Ingress,
         failureDetection: FailureDetector.Configuration = FailureDetector.Configuration(),
         epoch: UInt64 = UInt64(Date().timeIntervalSince1970 * 1000),
+        history: DeploymentHistory.Configuration = DeploymentHistory.Configuration(),
         logger: Logger = Logger(label: "serve.controller")
     ) {
         self.ingress = ingress
         self.epoch = epoch
+        self.history = DeploymentHistory(configuration: history)
         self.detector = FailureDetector(configuration: failureDetection)
         self.logger = logger
     }
@@ -440,7 +444,8 @@ public actor Controller {
 
     /// One autoscaler pass (every 100 ms, like Ray's control loop): each autoscaled deployment's
     /// window gets the requests waiting at the router, and `AutoscalingPolicy.decide` (pure, in
-    /// ServeCore) proposes a target; a change is applied and recorded as an event.
+    /// ServeCore) proposes a target; a change is applied and recorded as an event. Once a second
+    /// it also samples every deployment for the dashboard's timeline (`DeploymentHistory`).
     public func autoscale(waitingAtRouter: [DeploymentID: Int], now instant: ContinuousClock.Instant = .now) async {
         let now = Self.seconds(instant)
         // Every proxy's waiting requests count: the head's own and each node's (its heartbeat).
@@ -480,6 +485,7 @@ public actor Controller {
             }
             self.deployments[id] = runtime
         }
+        if self.history.isDue(now: now) { self.sampleHistory(waitingAtRouter: waitingAtRouter, now: now) }
         if changed { await self.reconcile() }
     }
 
@@ -811,12 +817,37 @@ public actor Controller {
         let event = ServeEvent(time: Date(), kind: kind, deployment: deployment, before: before, after: after, reason: reason)
         self.events.append(event)
         if self.events.count > 1000 { self.events.removeFirst(self.events.count - 1000) }
+        // A change of a live deployment's target is marked on its timeline (a deploy starts the
+        // timeline, a deletion ends it).
+        if let deployment, kind == .autoscale || kind == .scale, before != after, self.deployments[deployment] != nil {
+            self.history.decided(
+                deployment,
+                .init(t: Self.seconds(.now), kind: kind.rawValue, before: before, after: after, reason: reason))
+        }
         self.logger.info("\(reason)", metadata: ["serve.deployment": "\(deployment.map { "\($0)" } ?? "-")", "before": "\(before)", "after": "\(after)"])
         return event
     }
 
     public func eventsJSON() -> JSONValue {
         .object(["events": .array(self.events.map(\.json))])
+    }
+
+    public func historyJSON(now: ContinuousClock.Instant = .now, unixNow: Date = Date()) -> JSONValue {
+        self.history.json(now: Self.seconds(now), unixNow: unixNow.timeIntervalSince1970)
+    }
+
+    /// One sample of every deployment for the timeline (once per `DeploymentHistory`
+    /// interval, from the autoscaler's tick).
+    private func sampleHistory(waitingAtRouter: [DeploymentID: Int], now: Double) {
+        let states = self.replicaStates()
+        let ongoing = self.ongoingRequests()
+        var readings: [DeploymentID: DeploymentHistory.Reading] = [:]
+        for (id, runtime) in self.deployments {
+            readings[id] = .init(
+                target: runtime.target, running: states[id]?[.running] ?? 0, ongoing: ongoing[id] ?? 0,
+                queued: waitingAtRouter[id] ?? 0)
+        }
+        self.history.sample(readings, now: now)
     }
 
     /// Replica counts per state and queue lengths, for metrics and the autoscaler.

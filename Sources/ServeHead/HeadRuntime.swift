@@ -33,6 +33,9 @@ public struct HeadOptions: Sendable {
     /// On shutdown (SIGTERM), how long requests in flight at the ingress may take to finish
     /// before the head stops anyway (`--shutdown-timeout-s`, default 30 s).
     public var shutdownTimeout: Double = 30
+    /// How far back the dashboard's timeline goes (`--history-window-s`, default 900 s: 15
+    /// minutes); the head keeps that much per deployment (`DeploymentHistory`).
+    public var historyWindow: Double = DeploymentHistory.Configuration().window
 
     public init(stateDirectory: URL = HeadOptions.defaultStateDirectory) {
         self.stateDirectory = stateDirectory
@@ -76,6 +79,7 @@ public final class HeadRuntime: Sendable {
         let controller = Controller(
             ingress: ingress,
             failureDetection: FailureDetector.Configuration(heartbeatTimeout: options.heartbeatTimeout),
+            history: DeploymentHistory.Configuration(window: options.historyWindow),
             logger: logger
         )
         let saved = try store.loadConfig().flatMap { $0.applications.isEmpty ? nil : $0 }

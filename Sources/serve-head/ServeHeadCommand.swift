@@ -39,6 +39,8 @@ struct ServeHeadCommand: AsyncParsableCommand {
     var heartbeatTimeoutS = FailureDetector.Configuration.defaultHeartbeatTimeout
     @Option(name: .customLong("shutdown-timeout-s"), help: "On SIGTERM, how long requests in flight may take to finish (seconds).")
     var shutdownTimeoutS = 30.0
+    @Option(name: .customLong("history-window-s"), help: "How far back the dashboard's timeline goes (seconds; kept per deployment).")
+    var historyWindowS = DeploymentHistory.Configuration().window
 
     func run() async throws {
         var options = HeadOptions()
@@ -56,6 +58,10 @@ struct ServeHeadCommand: AsyncParsableCommand {
         guard self.shutdownTimeoutS >= 0 else { throw ValidationError("--shutdown-timeout-s must be 0 or more") }
         options.heartbeatTimeout = self.heartbeatTimeoutS
         options.shutdownTimeout = self.shutdownTimeoutS
+        guard self.historyWindowS >= 1, self.historyWindowS.isFinite else {
+            throw ValidationError("--history-window-s must be a number of seconds, at least 1 (the default is 900)")
+        }
+        options.historyWindow = self.historyWindowS
         if let stateDir = self.stateDir { options.stateDirectory = URL(fileURLWithPath: stateDir) }
         guard self.reconnectGrace >= 0, self.reconnectGrace.isFinite else {
             throw ValidationError("--reconnect-grace-s must be a number of seconds, at least 0")
