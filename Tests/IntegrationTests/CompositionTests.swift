@@ -346,6 +346,52 @@ struct CompositionTests {
         }
     }
 
+    /// An example config without its `http_options` (the test cluster's head has its own ports).
+    static func example(_ name: String) throws -> String {
+        let text = try String(contentsOf: packageRoot.appendingPathComponent("examples/\(name)"), encoding: .utf8)
+        var lines: [Substring] = []
+        var skipping = false
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.hasPrefix("http_options:") {
+                skipping = true
+                continue
+            }
+            if skipping && line.hasPrefix(" ") { continue }
+            skipping = false
+            lines.append(line)
+        }
+        return lines.joined(separator: "\n")
+    }
+
+    @Test("examples/composition.yaml and examples/streaming.yaml answer as their comments say")
+    func examples() async throws {
+        try await withCluster { cluster in
+            try await cluster.addWorker(cpus: 2)
+            _ = try await cluster.waitForNodes(1)
+            try await cluster.deploy(try Self.example("composition.yaml"))
+            _ = try await cluster.waitForRunning(app: "compose", deployment: "Ingress", replicas: 1)
+            _ = try await cluster.waitForRunning(app: "ask", deployment: "Caller", replicas: 1)
+            let (code, body, _) = try await cluster.get("/compose/predict?ms=50")
+            let combined = try JSONValue.parse(body)
+            #expect(code == 200, "\(body)")
+            #expect(combined["Sentiment"]?["answer"]?.stringValue == "slept 50.0 ms\n", "\(body)")
+            #expect(combined["Summary"]?["answer"]?.stringValue == "/predict?ms=50", "\(body)")
+            let (asked, answer, _) = try await cluster.get("/ask/predict?ms=20")
+            let wrapped = try JSONValue.parse(answer)
+            #expect(asked == 200 && wrapped["answer"]?.stringValue == "slept 20.0 ms\n" && wrapped["by"]?.stringValue == "caller.py", "\(answer)")
+
+            try await cluster.deploy(try Self.example("streaming.yaml"))
+            for (app, deployment) in [("tokens", "Tokens"), ("py-tokens", "PyTokens"), ("chat", "Chat"), ("chat", "Model")] {
+                _ = try await cluster.waitForRunning(app: app, deployment: deployment, replicas: 1)
+            }
+            for prefix in ["/tokens", "/py-tokens", "/chat"] {
+                let (code, text, headers) = try await cluster.get("\(prefix)?n=3&ms=10&prompt=hi")
+                #expect(code == 200 && headers[.contentType] == "text/event-stream", "\(prefix): \(text)")
+                #expect(text.ranges(of: "event: token").count == 3 && text.contains("hi-2") && text.hasSuffix("data: [DONE]\n\n"), "\(prefix): \(text)")
+            }
+        }
+    }
+
     /// VmRSS of a process, in bytes.
     static func resident(_ pid: Int32) -> Int {
         guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return 0 }
