@@ -117,7 +117,7 @@ let package = Package(
         .executableTarget(
             name: "serve",
             dependencies: [
-                "ServeEmbedded", "ServeHead", "ServeCore", "ServeWire",
+                "ServeEmbedded", "ServeHead", "ServeCore", "ServeWire", "ServeWorker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ],

@@ -12,6 +12,8 @@ struct AdminAPI: Sendable {
     let ingress: Ingress
     /// When set, mutating calls need `Authorization: Bearer <token>`.
     let requiredToken: String?
+    /// The cluster token, for the head's own calls to workers (a replica's logs).
+    let clusterToken: String
     /// Every config change is saved here before it is deployed.
     let store: StateStore
     let knownHandlers: Set<String>
@@ -24,6 +26,7 @@ struct AdminAPI: Sendable {
         let path = String((request.head.path ?? "/").prefix(while: { $0 != "?" }))
         let method = request.head.method
         let mutating = method != .get && method != .head
+        self.logger.debug("admin call", metadata: ["method": "\(method)", "path": "\(path)"])
         if mutating, let token = self.requiredToken,
             !ConstantTime.isBearer(request.head.headerFields[.authorization], token: token)
         {
@@ -68,6 +71,13 @@ struct AdminAPI: Sendable {
             try await self.json(writer, .ok, await self.clusterNodesJSON())
         case (.get, "/api/serve/events"):
             try await self.json(writer, .ok, await self.controller.eventsJSON())
+        case (.get, _) where trimmed.hasPrefix(Self.replicasPath) && trimmed.hasSuffix("/logs"):
+            // A process replica's output, which can hold anything its program printed: the token
+            // is asked for, as for the mutating calls.
+            if let token = self.requiredToken, !ConstantTime.isBearer(request.head.headerFields[.authorization], token: token) {
+                return try await self.json(writer, .unauthorized, ["error": "a replica's logs need Authorization: Bearer <cluster token> (serve logs sends SERVE_TOKEN)"])
+            }
+            try await self.relayLogs(request.head.path ?? "/", writer)
         case (.get, "/api/serve/history"):
             try await self.json(writer, .ok, await self.controller.historyJSON())
         case (.get, "/"):
@@ -110,6 +120,34 @@ struct AdminAPI: Sendable {
             try await self.json(writer, .internalServerError, ["error": .string("nothing changed: \(error)")])
             return false
         }
+    }
+
+    static let replicasPath = "/api/serve/replicas/"
+
+    /// `GET /api/serve/replicas/REPLICA/logs?offset=N`: asks the replica's worker for its output
+    /// (`ReplicaLogs`) and passes the answer on.
+    private func relayLogs(_ path: String, _ writer: any HTTPResponseWriter) async throws {
+        let rest = path.dropFirst(Self.replicasPath.count)
+        let segment = rest.prefix(while: { $0 != "/" }) + rest.drop(while: { $0 != "?" })
+        guard let (replica, offset) = ReplicaLogs.parse(segment: segment) else {
+            return try await self.json(writer, .badRequest, ["error": "GET /api/serve/replicas/REPLICA/logs?offset=N"])
+        }
+        guard let (host, port) = await self.controller.dataPlaneAddress(ofReplica: replica) else {
+            return try await self.json(writer, .notFound, ["error": .string("no replica \(replica) runs on a live node")])
+        }
+        let connection: HTTP2ClientConnection
+        do {
+            connection = try await HTTP2ClientConnection.connect(host: host, port: port, connectTimeout: .seconds(5))
+        } catch {
+            return try await self.json(writer, .badGateway, ["error": .string("the node of \(replica) at \(host):\(port) cannot be reached: \(error)")])
+        }
+        defer { Task { await connection.closeNow() } }
+        let head = HTTPRequest(
+            method: .get, scheme: "http", authority: "\(host):\(port)", path: ReplicaLogs.workerPath(replica: replica, offset: offset),
+            headerFields: [ServeHeaders.token: self.clusterToken])
+        let response = try await connection.openStream(head, endStream: true, timeout: .seconds(30)).response()
+        let body = try await response.body.collect(upTo: ReplicaLogs.maxChunk + (64 << 10))
+        try await writer.respond(response.head, body: body)
     }
 
     private func json(_ writer: any HTTPResponseWriter, _ status: HTTPResponse.Status, _ value: JSONValue) async throws {

@@ -797,6 +797,9 @@ public actor Controller {
         self.lastRoutes = table
         self.routesSequence += 1
         let version = TableVersion(epoch: self.epoch, sequence: self.routesSequence)
+        self.logger.debug(
+            "route table published",
+            metadata: ["version": "\(version)", "applications": "\(table.applications.count)", "nodes": "\(self.nodes.count)"])
         self.ingress.update(table, version: version)
         // Every node's proxy gets the same table, in the order made (one control stream each).
         let update = table.update(
@@ -1001,6 +1004,13 @@ public actor Controller {
 
     /// Node ids and states (for tests and the CLI).
     public var nodeStates: [String: NodeState] { self.nodes.mapValues(\.state) }
+
+    /// The data-plane address of the live node that runs replica `id` (nil: no such replica, or
+    /// its node is gone).
+    func dataPlaneAddress(ofReplica id: String) -> (host: String, port: Int)? {
+        guard let nodeID = self.replicas[id]?.record.nodeID, let node = self.nodes[nodeID], node.state != .dead else { return nil }
+        return (node.address, node.port)
+    }
 }
 
 /// One decision, as `GET /api/serve/events` shows it.

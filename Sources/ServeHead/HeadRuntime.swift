@@ -114,6 +114,7 @@ public final class HeadRuntime: Sendable {
             controller: controller,
             ingress: ingress,
             requiredToken: given ? token : nil,
+            clusterToken: token,
             store: store,
             knownHandlers: options.registry.names,
             logger: logger,

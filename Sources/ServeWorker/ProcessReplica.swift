@@ -20,7 +20,8 @@ final class ProcessReplica: Sendable {
     let port: Int
     let healthPath: String?
     private let process: ChildProcess
-    private let logURL: URL
+    /// The child's output (standard output and error), rotated past 64 MiB.
+    let logURL: URL
     private let pool: HTTP1ConnectionPool
     private let exited = NIOLockedValueBox<Int32?>(nil)
     /// Set by `terminate`: a request cut short by it was stopped, not failed.

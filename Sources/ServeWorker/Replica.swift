@@ -215,6 +215,12 @@ final class Replica: Sendable {
         self.setState(.stopped)
     }
 
+    /// A process replica's output file (nil for a Swift replica, which logs to its worker's log).
+    var logURL: URL? {
+        if case .process(let process) = self.body { return process.logURL }
+        return nil
+    }
+
     /// One health check: a Swift deployment's `checkHealth()`; for a command deployment, that
     /// its process is alive and answers (`health_path` with 2xx, else `GET /` with anything).
     func checkHealth() async throws {

@@ -47,8 +47,10 @@ public struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("metrics-port"), help: "Serve this node's Prometheus metrics on this port (default: off; 0: any free port).") var metricsPort: Int?
     @Option(name: .customLong("drain-timeout-s"), help: "On SIGTERM, how long to wait for the head to move this node's replicas before stopping them (seconds).")
     var drainTimeoutS = NodeDrain.defaultTimeout
+    @OptionGroup var logging: LoggingOptions
 
     public func run() async throws {
+        try self.logging.bootstrap()
         guard let colon = self.address.lastIndex(of: ":"), let headPort = Int(self.address[self.address.index(after: colon)...]) else {
             throw ValidationError("--address must be HOST:PORT, e.g. 10.0.0.1:6380")
         }

@@ -411,6 +411,9 @@ public final class WorkerNode: Sendable {
             )
             return
         }
+        if let path = request.head.path, path.hasPrefix(ReplicaLogs.workerPath) {
+            return try await self.serveLogs(path, writer)
+        }
         guard let replicaID = request.head.headerFields[ServeHeaders.replica],
             let replica = self.replicas.withLockedValue({ $0[replicaID] })
         else {
@@ -422,6 +425,32 @@ public final class WorkerNode: Sendable {
     }
 
     // MARK: control plane
+
+    /// `GET /-/logs/REPLICA?offset=N` from the head (`serve logs`): a process replica's output
+    /// from byte `offset` (at most `ReplicaLogs.maxChunk`), with where it starts and where the
+    /// next read starts. A file rotated below `offset` is read from its start again.
+    private func serveLogs(_ path: String, _ writer: HTTP2ResponseWriter) async throws {
+        guard let (replicaID, offset) = ReplicaLogs.parseWorkerPath(path) else {
+            return try await writer.respond(HTTPResponse(status: .badRequest), body: ByteBuffer(string: "GET /-/logs/REPLICA?offset=N\n"))
+        }
+        let replica = self.replicas.withLockedValue { $0[replicaID] }
+        guard let replica else {
+            return try await writer.respond(
+                HTTPResponse(status: .notFound), body: ByteBuffer(string: "no replica \(replicaID) runs on node \(self.options.nodeID)\n"))
+        }
+        guard let url = replica.logURL else {
+            return try await writer.respond(
+                HTTPResponse(status: .notFound),
+                body: ByteBuffer(
+                    string: "\(replicaID) is a Swift replica: its lines are in its worker's own log (serve-worker's output), with serve.replica=\(replicaID)\n"))
+        }
+        let chunk = try ReplicaLogs.read(url, from: offset)
+        var fields = HTTPFields()
+        fields[.contentType] = "text/plain; charset=utf-8"
+        fields[ReplicaLogs.offsetField] = String(chunk.start)
+        fields[ReplicaLogs.nextField] = String(chunk.next)
+        try await writer.respond(HTTPResponse(status: .ok, headerFields: fields), body: chunk.bytes)
+    }
 
     private func controlLoop(dataPort: Int) async throws {
         var backoff: Duration = .milliseconds(100)

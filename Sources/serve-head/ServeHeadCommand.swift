@@ -41,8 +41,10 @@ struct ServeHeadCommand: AsyncParsableCommand {
     var shutdownTimeoutS = 30.0
     @Option(name: .customLong("history-window-s"), help: "How far back the dashboard's timeline goes (seconds; kept per deployment).")
     var historyWindowS = DeploymentHistory.Configuration().window
+    @OptionGroup var logging: LoggingOptions
 
     func run() async throws {
+        try self.logging.bootstrap()
         var options = HeadOptions()
         options.clusterHost = self.host
         options.clusterPort = self.port

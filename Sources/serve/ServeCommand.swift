@@ -6,6 +6,7 @@ import ServeCore
 import ServeEmbedded
 import ServeHead
 import ServeWire
+import ServeWorker
 
 /// `serve`: the command-line client (Ray's `serve` CLI).
 @main
@@ -14,7 +15,7 @@ struct ServeCommand: AsyncParsableCommand {
         commandName: "serve",
         abstract: "Run, deploy and inspect swift-serve applications.",
         version: ServeVersion.string,
-        subcommands: [Run.self, Deploy.self, Status.self, Delete.self, Shutdown.self, Simulate.self]
+        subcommands: [Run.self, Deploy.self, Status.self, Logs.self, Delete.self, Shutdown.self, Simulate.self]
     )
 }
 
@@ -45,8 +46,10 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("num-cpus"), help: "CPUs for replicas (default: cores).") var numCPUs: Double?
     @Option(name: .customLong("num-gpus"), help: "GPUs for replicas (default: detected).") var numGPUs: Double?
     @Option(name: .customLong("state-dir"), help: "Where the head keeps its deployed config and token (default ~/.swift-serve/head).") var stateDir: String?
+    @OptionGroup var logging: LoggingOptions
 
     func run() async throws {
+        try self.logging.bootstrap()
         var options = HeadOptions()
         options.httpHost = self.httpHost
         options.httpPort = self.httpPort
@@ -141,6 +144,43 @@ struct Delete: AsyncParsableCommand {
     }
 }
 
+struct Logs: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print a process replica's output (from any machine, through the head); --follow keeps printing new lines."
+    )
+    @Argument(help: "The replica id, as `serve status` shows it (e.g. Model#3fa2c1).") var replica: String
+    @Flag(name: [.short, .long], help: "Keep printing what the replica writes, until it stops or Ctrl-C.") var follow = false
+    @OptionGroup var admin: AdminAddress
+
+    func run() async throws {
+        let client = try self.admin.client()
+        var offset = 0
+        while true {
+            let path = "/api/serve/replicas/\(ReplicaLogs.escape(self.replica))/logs?offset=\(offset)"
+            let (status, body, fields) = try await client.send(.get, path)
+            guard status == 200 else {
+                // A followed replica that stopped has said all it will.
+                if self.follow && offset > 0 && status == 404 { return }
+                FileHandle.standardError.write(Data("serve logs: the head answered \(status): \(body)\n".utf8))
+                throw ExitCode(1)
+            }
+            if fields[ReplicaLogs.offsetField].flatMap(Int.init) == 0 && offset > 0 {
+                FileHandle.standardError.write(Data("serve logs: the log was rotated; reading it from its start\n".utf8))
+            }
+            FileHandle.standardOutput.write(Data(body.utf8))
+            let next = fields[ReplicaLogs.nextField].flatMap(Int.init) ?? offset
+            // A full chunk means there is more now; otherwise wait for new lines, or stop.
+            if next - offset >= ReplicaLogs.maxChunk || (next != offset && !self.follow) {
+                offset = next
+                continue
+            }
+            offset = next
+            guard self.follow else { return }
+            try await Task.sleep(for: .milliseconds(500))
+        }
+    }
+}
+
 struct Shutdown: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Stop every application and the head.")
     @OptionGroup var admin: AdminAddress
@@ -168,6 +208,12 @@ struct AdminClient {
     let token: String?
 
     func call(_ method: HTTPRequest.Method, _ path: String, body: String? = nil) async throws -> (Int, String) {
+        let (status, text, _) = try await self.send(method, path, body: body)
+        return (status, text)
+    }
+
+    /// The status, body and header fields of one admin call.
+    func send(_ method: HTTPRequest.Method, _ path: String, body: String? = nil) async throws -> (Int, String, HTTPFields) {
         let pool = HTTP1ConnectionPool(host: self.host, port: self.port)
         defer { Task { await pool.close() } }
         var fields = HTTPFields()
@@ -177,7 +223,7 @@ struct AdminClient {
         do {
             let response = try await pool.send(head, body: body.map { ByteBuffer(string: $0) }, timeout: .seconds(60))
             let text = String(buffer: try await response.body.collect(upTo: 64 << 20))
-            return (response.head.status.code, text)
+            return (response.head.status.code, text, response.head.headerFields)
         } catch let error as HTTP2Error {
             throw CLIError(description: "cannot reach the head's admin API at http://\(self.host):\(self.port) (is a head running? --address or SERVE_ADDRESS say where): \(error)")
         }
