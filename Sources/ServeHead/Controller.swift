@@ -3,6 +3,7 @@ import Logging
 import ServeCore
 import ServeProto
 import ServeProxy
+import ServeWire
 
 /// The Serve controller: holds the deployed config and every node and replica it knows of, and
 /// converges actual to desired state. Its decisions are `ServeCore.Reconciler.plan`; this actor
@@ -435,11 +436,9 @@ public actor Controller {
 
     // MARK: the application autoscaler
 
-    private static let origin = ContinuousClock.now
-
-    /// Seconds on the controller's monotonic clock (the policy's time input).
+    /// Seconds on the process's monotonic clock (the policy's time input).
     static func seconds(_ instant: ContinuousClock.Instant) -> Double {
-        (instant - Self.origin).seconds
+        MonotonicTime.seconds(instant)
     }
 
     /// One autoscaler pass (every 100 ms, like Ray's control loop): each autoscaled deployment's
@@ -1038,11 +1037,5 @@ public struct ServeEvent: Sendable {
 extension ReconcileAction {
     fileprivate var isStop: Bool {
         if case .stop = self { true } else { false }
-    }
-}
-
-extension Duration {
-    fileprivate var seconds: Double {
-        Double(self.components.seconds) + Double(self.components.attoseconds) / 1e18
     }
 }

@@ -544,11 +544,6 @@ public final class Ingress: Sendable {
     }
 }
 
-extension Duration {
-    var seconds: Double {
-        Double(self.components.seconds) + Double(self.components.attoseconds) / 1e18
-    }
-}
 
 /// HTTP/2 connections to the workers, opened on first use and replaced when they fail: one per
 /// worker and per event loop of the ingress. A request's handler runs on its client connection's

@@ -26,3 +26,23 @@ public func withDeadline<T: Sendable>(
 public func withDeadline<T: Sendable>(after timeout: Duration?, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     try await withDeadline(timeout.map { ContinuousClock.now + $0 }, body)
 }
+
+extension Duration {
+    /// The duration in seconds, as the `ServeCore` machines take time.
+    public var seconds: Double {
+        Double(self.components.seconds) + Double(self.components.attoseconds) / 1e18
+    }
+}
+
+/// The one monotonic time origin of a process: `now` is what the `ServeCore` machines get as
+/// their `now` (seconds since this process first asked), and `seconds(_:)` places an instant
+/// on the same scale.
+public enum MonotonicTime {
+    private static let origin = ContinuousClock.now
+
+    public static var now: Double { Self.seconds(.now) }
+
+    public static func seconds(_ instant: ContinuousClock.Instant) -> Double {
+        (instant - Self.origin).seconds
+    }
+}

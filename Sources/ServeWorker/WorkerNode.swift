@@ -93,11 +93,6 @@ struct HeadSilent: Error, CustomStringConvertible {
     var description: String
 }
 
-extension Duration {
-    var seconds: Double {
-        Double(self.components.seconds) + Double(self.components.attoseconds) / 1e18
-    }
-}
 
 /// Why a worker gave up instead of retrying.
 public struct WorkerRefused: Error, CustomStringConvertible {
@@ -272,9 +267,8 @@ public final class WorkerNode: Sendable {
         self.replicas.withLockedValue { $0.count } + self.starting.withLockedValue { $0.count }
     }
 
-    private static let origin = ContinuousClock.now
-    /// Seconds on a monotonic clock: the time input of the ServeCore machines.
-    static var now: Double { (ContinuousClock.now - Self.origin).seconds }
+    /// Seconds on the process's monotonic clock: the time input of the ServeCore machines.
+    static var now: Double { MonotonicTime.now }
 
     /// Stops every replica (gracefully) and the data plane.
     public func shutdown() async {
