@@ -214,12 +214,10 @@ public actor Controller {
     /// down the moment they are adopted.
     private func keepAdoptedReplicas() {
         guard self.holdStartsUntil != nil else { return }
-        let byDeployment = self.replicasByDeployment()
+        let runningByDeployment = self.currentSpecCount(in: [.running])
         for (id, runtime) in self.deployments {
             guard let autoscaling = runtime.config.autoscaling else { continue }
-            let running = (byDeployment[id] ?? []).filter {
-                $0.record.state == .running && $0.record.specVersion == runtime.specVersion
-            }.count
+            let running = runningByDeployment[id] ?? 0
             let target = min(max(runtime.target, running), autoscaling.maxReplicas)
             guard target != runtime.target else { continue }
             self.record(.autoscale, id, before: runtime.target, after: target, reason: "kept the \(running) replicas workers still ran after a head restart")
@@ -277,13 +275,7 @@ public actor Controller {
         var used = self.replicas.values.filter { $0.record.nodeID == id }.reduce(ResourceSet()) { $0.adding($1.grant) }
         // Live replicas of each deployment's current spec, counted once (not once per reported
         // replica: a node rejoining with thousands of them would hold this actor for seconds).
-        var liveCurrentByDeployment: [DeploymentID: Int] = [:]
-        for entry in self.replicas.values
-        where (entry.record.state == .starting || entry.record.state == .running)
-            && entry.record.specVersion == self.deployments[entry.record.deployment]?.specVersion
-        {
-            liveCurrentByDeployment[entry.record.deployment, default: 0] += 1
-        }
+        var liveCurrentByDeployment = self.currentSpecCount(in: [.starting, .running])
         for running in register.runningReplicas {
             let deployment = DeploymentID(app: running.appName, name: running.deploymentName)
             let runtime = self.deployments[deployment]
@@ -453,12 +445,7 @@ public actor Controller {
             for (id, count) in node.waiting { waitingAtRouter[id, default: 0] += count }
         }
         var changed = false
-        var runningByDeployment: [DeploymentID: Int] = [:]
-        for entry in self.replicas.values
-        where entry.record.state == .running && entry.record.specVersion == self.deployments[entry.record.deployment]?.specVersion
-        {
-            runningByDeployment[entry.record.deployment, default: 0] += 1
-        }
+        let runningByDeployment = self.currentSpecCount(in: [.running])
         for (id, var runtime) in self.deployments {
             guard let config = runtime.config.autoscaling else { continue }
             runtime.metrics.record(source: "router", value: Double(waitingAtRouter[id] ?? 0), at: now)
@@ -999,6 +986,17 @@ public actor Controller {
     /// Handler names that some live worker can run (custom workers add their own).
     public func knownHandlerNames() -> Set<String> {
         self.nodes.values.filter { $0.state == .alive }.reduce(into: Set<String>()) { $0.formUnion($1.handlerNames) }
+    }
+
+    /// Per deployment, how many of its replicas run its current spec in one of `states` (one
+    /// pass over the replicas, whatever their number).
+    func currentSpecCount(in states: Set<ReplicaState>) -> [DeploymentID: Int] {
+        var counts: [DeploymentID: Int] = [:]
+        for entry in self.replicas.values
+        where states.contains(entry.record.state) && entry.record.specVersion == self.deployments[entry.record.deployment]?.specVersion {
+            counts[entry.record.deployment, default: 0] += 1
+        }
+        return counts
     }
 
     /// Node ids and states (for tests and the CLI).
