@@ -71,6 +71,15 @@ public struct FailureDetector: Sendable {
         return directives
     }
 
+    /// The head drains the node itself (the node autoscaler is about to terminate it): it is
+    /// DRAINING, as if its worker had said so, when that is a legal move.
+    public mutating func drain(_ nodeID: String) -> [Directive] {
+        guard var member = self.members[nodeID], member.state.canMove(to: .draining) else { return [] }
+        member.state = .draining
+        self.members[nodeID] = member
+        return [.markDraining(nodeID: nodeID)]
+    }
+
     /// The node's control stream ended (closed, reset, or failed).
     public mutating func streamEnded(_ nodeID: String, connection: Int, now: Double) -> [Directive] {
         guard var member = self.members[nodeID], member.connection == connection, member.state != .dead else {

@@ -90,7 +90,7 @@ public actor Controller {
     private var routeUpdate: PBRouteTableUpdate?
     /// Which nodes are ALIVE, DRAINING or DEAD (`ServeCore.FailureDetector`); this actor feeds
     /// it what arrives on the control streams and a timer (`checkLiveness`).
-    private var detector: FailureDetector
+    var detector: FailureDetector
     private var lastPing: Double = 0
     /// A pass is due soon (`reconcileSoon`).
     private var reconcileScheduled = false
@@ -357,7 +357,7 @@ public actor Controller {
     }
 
     /// Carries out the failure detector's directives.
-    private func apply(_ directives: [FailureDetector.Directive]) async {
+    func apply(_ directives: [FailureDetector.Directive]) async {
         guard !directives.isEmpty else { return }
         for directive in directives {
             switch directive {
@@ -390,7 +390,9 @@ public actor Controller {
                 guard self.nodes[id]?.state == .alive else { continue }
                 self.nodes[id]?.state = .draining
                 let count = self.replicas.values.filter { $0.record.nodeID == id }.count
-                self.record(.node, nil, before: 1, after: 1, reason: "node \(id) is DRAINING: moving its \(count) replica(s) to other nodes")
+                self.record(
+                    .node, nil, before: 1, after: 1,
+                    reason: count == 0 ? "node \(id) is DRAINING: it hosts no replica" : "node \(id) is DRAINING: moving its \(count) replica(s) to other nodes")
             }
         }
         await self.reconcile()

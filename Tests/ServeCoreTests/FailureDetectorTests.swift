@@ -34,6 +34,20 @@ struct FailureDetectorTests {
         #expect(detector.state(of: "b") == .dead)
     }
 
+    @Test("the head's own drain (a node about to be terminated) is DRAINING once, as a worker's is; a DEAD or unknown node is not drained")
+    func headDrains() {
+        var detector = FailureDetector(configuration: self.config)
+        detector.registered("a", connection: 1, now: 0)
+        #expect(detector.drain("a") == [.markDraining(nodeID: "a")])
+        #expect(detector.state(of: "a") == .draining)
+        #expect(detector.drain("a").isEmpty)
+        #expect(detector.heard(from: "a", connection: 1, draining: true, now: 1).isEmpty, "its worker saying so changes nothing more")
+        _ = detector.streamEnded("a", connection: 1, now: 2)
+        #expect(detector.drain("a").isEmpty)
+        #expect(detector.state(of: "a") == .dead)
+        #expect(detector.drain("nobody").isEmpty)
+    }
+
     @Test("the deadline is the oldest live node's last contact plus the timeout")
     func nextDeadline() {
         var detector = FailureDetector(configuration: self.config)
