@@ -1,3 +1,5 @@
+import NIOConcurrencyHelpers
+
 /// The deadline of `withDeadline` passed before its work finished.
 public struct DeadlineExceeded: Error, Sendable, CustomStringConvertible {
     public var description: String { "the deadline passed" }
@@ -25,6 +27,39 @@ public func withDeadline<T: Sendable>(
 /// `withDeadline` at `timeout` from now.
 public func withDeadline<T: Sendable>(after timeout: Duration?, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
     try await withDeadline(timeout.map { ContinuousClock.now + $0 }, body)
+}
+
+/// `withDeadline` for work that may ignore cancellation (user code: a health check, a
+/// `reconfigure`): past `timeout` the caller gets `DeadlineExceeded` at once, and the work,
+/// cancelled, is left to end on its own (its late result is dropped).
+public func withDeadline<T: Sendable>(abandoningAfter timeout: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    let box = NIOLockedValueBox<(continuation: CheckedContinuation<T, any Error>?, tasks: [Task<Void, Never>])>((nil, []))
+    let finish: @Sendable (Result<T, any Error>) -> Void = { result in
+        let (continuation, tasks) = box.withLockedValue { state in
+            defer { state = (nil, []) }
+            return state
+        }
+        for task in tasks { task.cancel() }
+        continuation?.resume(with: result)
+    }
+    return try await withCheckedThrowingContinuation { continuation in
+        box.withLockedValue { $0.continuation = continuation }
+        let timer = Task {
+            try? await Task.sleep(for: timeout)
+            if !Task.isCancelled { finish(.failure(DeadlineExceeded())) }
+        }
+        let work = Task {
+            do { finish(.success(try await body())) } catch { finish(.failure(error)) }
+        }
+        box.withLockedValue { state in
+            if state.continuation != nil {
+                state.tasks = [timer, work]
+            } else {
+                timer.cancel()
+                work.cancel()
+            }
+        }
+    }
 }
 
 extension Duration {

@@ -424,31 +424,25 @@ public struct RPCClient: Sendable {
         return RPCBidirectionalCall(stream: stream, maxMessageSize: self.maxMessageSize)
     }
 
+    /// `withDeadline` for a call on `stream`: past `timeout` the stream is reset (which ends the
+    /// call at once) and the call fails with `deadlineExceeded`.
     static func withDeadline<T: Sendable>(
         _ timeout: Duration?,
         cancelling stream: HTTP2ClientStream,
         _ body: @escaping @Sendable () async throws -> T
     ) async throws -> T {
-        guard let timeout else {
-            do { return try await body() } catch { throw RPCError.from(error) }
-        }
-        return try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask {
-                do { return try await body() } catch { throw RPCError.from(error) }
-            }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return nil
-            }
-            while let result = try await group.next() {
-                if let value = result {
-                    group.cancelAll()
-                    return value
+        do {
+            return try await ServeWire.withDeadline(after: timeout) {
+                try await withTaskCancellationHandler {
+                    try await body()
+                } onCancel: {
+                    stream.cancel(error: .timeout)
                 }
-                // The deadline passed first: resetting the stream ends the call's task at once.
-                stream.cancel(error: .timeout)
             }
+        } catch is DeadlineExceeded {
             throw RPCError(.deadlineExceeded, "the call's deadline passed")
+        } catch {
+            throw RPCError.from(error)
         }
     }
 }

@@ -833,32 +833,13 @@ public final class WorkerNode: Sendable {
     static func outcome(
         of check: @escaping @Sendable () async throws -> Void, timeout: Duration, what: String = "the health check"
     ) async -> String? {
-        let box = NIOLockedValueBox<(continuation: CheckedContinuation<String?, Never>?, timer: Task<Void, Never>?)>((nil, nil))
-        let finish: @Sendable (String?) -> Void = { outcome in
-            let (continuation, timer) = box.withLockedValue { state in
-                defer { state = (nil, nil) }
-                return state
-            }
-            timer?.cancel()
-            continuation?.resume(returning: outcome)
-        }
-        return await withCheckedContinuation { continuation in
-            box.withLockedValue { $0.continuation = continuation }
-            let timer = Task {
-                try? await Task.sleep(for: timeout)
-                if !Task.isCancelled { finish("\(what) did not answer within \(timeout)") }
-            }
-            box.withLockedValue { state in
-                if state.continuation != nil { state.timer = timer } else { timer.cancel() }
-            }
-            Task {
-                do {
-                    try await check()
-                    finish(nil)
-                } catch {
-                    finish("\(error)")
-                }
-            }
+        do {
+            try await withDeadline(abandoningAfter: timeout, check)
+            return nil
+        } catch is DeadlineExceeded {
+            return "\(what) did not answer within \(timeout)"
+        } catch {
+            return "\(error)"
         }
     }
 
