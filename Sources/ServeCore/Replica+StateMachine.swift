@@ -1,23 +1,30 @@
 /// Where a replica is in its life (DESIGN.md "Replica state"): PENDING while no node fits it,
 /// STARTING once a node has reserved its resources and is bringing it up, RUNNING when it takes
-/// traffic, STOPPING while it drains and shuts down.
+/// traffic, STOPPING while it drains and shuts down; then STOPPED (on request) or FAILED
+/// (crashed, failed to start or its health checks). One machine for both sides: the head's
+/// records move through it (a record is dropped once STOPPED or FAILED), and so does each
+/// worker's `Replica` (which starts at STARTING: PENDING is the head's alone).
 public enum ReplicaState: String, Sendable, Hashable, Codable, CaseIterable {
     case pending = "PENDING"
     case starting = "STARTING"
     case running = "RUNNING"
     case stopping = "STOPPING"
+    case stopped = "STOPPED"
+    case failed = "FAILED"
 }
 
 extension ReplicaState {
     /// The states this one may move to, as SWIM's `Status` lists its legal transitions: a
     /// replica only moves forward, and any live replica can be told to stop. A replica that
-    /// fails while STARTING or RUNNING is stopped and replaced by a new one, never revived.
+    /// fails while STARTING or RUNNING (or while it stops) is replaced by a new one, never
+    /// revived; STOPPED and FAILED are final.
     public var legalNextStates: Set<ReplicaState> {
         switch self {
         case .pending: [.starting, .stopping]
-        case .starting: [.running, .stopping]
-        case .running: [.stopping]
-        case .stopping: []
+        case .starting: [.running, .stopping, .failed]
+        case .running: [.stopping, .failed]
+        case .stopping: [.stopped, .failed]
+        case .stopped, .failed: []
         }
     }
 
@@ -25,11 +32,17 @@ extension ReplicaState {
         self.legalNextStates.contains(next)
     }
 
-    /// Whether a replica in this state counts toward its deployment's replicas (all but
-    /// STOPPING, which is already on its way out).
+    /// Whether a replica in this state counts toward its deployment's replicas (PENDING,
+    /// STARTING and RUNNING: a stopping one is already on its way out).
     public var isLive: Bool {
-        self != .stopping
+        switch self {
+        case .pending, .starting, .running: true
+        case .stopping, .stopped, .failed: false
+        }
     }
+
+    /// STOPPED or FAILED: nothing more happens to it.
+    public var isFinal: Bool { self.legalNextStates.isEmpty }
 }
 
 /// A deployment, named by its application and its own name (deployment names are unique only

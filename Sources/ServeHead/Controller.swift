@@ -486,8 +486,8 @@ public actor Controller {
         let id = entry.record.deployment
         switch report.state {
         case .running:
-            guard entry.record.state.canMove(to: .running) else { return }
-            entry.record.state = .running
+            // A late or repeated report (RUNNING again, or after a stop) changes nothing.
+            guard entry.record.move(to: .running) else { return }
             entry.record.message = ""
             self.replicas[report.replicaID] = entry
             if var runtime = self.deployments[id] {
@@ -573,7 +573,7 @@ public actor Controller {
                 guard var entry = self.replicas[replicaID], let runtime = self.deployments[entry.record.deployment],
                     runtime.backoff.mayStart(now: now)
                 else { continue }
-                entry.record.state = .starting
+                guard self.move(&entry.record, to: .starting) else { continue }
                 entry.record.nodeID = nodeID
                 entry.record.message = ""
                 entry.gpuIDs = self.assignGPUs(entry.grant[ResourceSet.gpu], on: nodeID, replicaID: replicaID)
@@ -713,7 +713,7 @@ public actor Controller {
             self.replicas[replicaID] = nil
             return nil
         }
-        entry.record.state = .stopping
+        guard self.move(&entry.record, to: .stopping) else { return nil }
         self.replicas[replicaID] = entry
         let timeout = self.deployments[entry.record.deployment]?.config.gracefulShutdownTimeoutS ?? 20
         return (entry.record.nodeID, PBStopReplica.with {
@@ -988,6 +988,19 @@ public actor Controller {
     /// Handler names that some live worker can run (custom workers add their own).
     public func knownHandlerNames() -> Set<String> {
         self.nodes.values.filter { $0.state == .alive }.reduce(into: Set<String>()) { $0.formUnion($1.handlerNames) }
+    }
+
+    /// Moves a record along the replica lifecycle; a move it does not allow is a bug in the
+    /// controller (the plan asked for it), logged, and not made.
+    private func move(_ record: inout ReplicaRecord, to next: ReplicaState) -> Bool {
+        let from = record.state
+        guard record.move(to: next) else {
+            self.logger.error(
+                "a replica state change that its lifecycle does not allow (a bug); ignored",
+                metadata: ["serve.replica": "\(record.id)", "from": "\(from)", "to": "\(next)"])
+            return false
+        }
+        return true
     }
 
     /// Per deployment, how many of its replicas run its current spec in one of `states` (one

@@ -45,7 +45,7 @@ final class Replica: Sendable {
     private struct State {
         var ongoing = 0
         var maxOngoing: Int
-        var state: PBReplicaState = .starting
+        var state: ReplicaState = .starting
         var message = ""
         /// Who waits for the last request to end (`stop`), by number: a waiter is resumed once,
         /// by whichever comes first, that or its timeout.
@@ -71,7 +71,7 @@ final class Replica: Sendable {
     enum Admission {
         case admitted
         case full
-        case notRunning(PBReplicaState)
+        case notRunning(ReplicaState)
     }
 
     init(start: PBStartReplica, body: ReplicaBody, logger: Logger) {
@@ -88,13 +88,20 @@ final class Replica: Sendable {
     }
 
     var status: ReplicaStatus {
-        self.state.withLockedValue { ReplicaStatus(state: $0.state, running: $0.ongoing, message: $0.message) }
+        self.state.withLockedValue { ReplicaStatus(state: PBReplicaState($0.state), running: $0.ongoing, message: $0.message) }
     }
 
-    func setState(_ state: PBReplicaState, message: String = "") {
-        self.state.withLockedValue {
-            $0.state = state
-            $0.message = message
+    /// Moves along `ServeCore.ReplicaState`'s legal transitions; an illegal move is a bug, logged
+    /// and not made.
+    func setState(_ next: ReplicaState, message: String = "") {
+        let from = self.state.withLockedValue { state -> ReplicaState? in
+            guard state.state.canMove(to: next) else { return state.state }
+            state.state = next
+            state.message = message
+            return nil
+        }
+        if let from {
+            self.logger.error("a replica state change that its lifecycle does not allow (a bug); ignored", metadata: ["from": "\(from)", "to": "\(next)"])
         }
     }
 
@@ -332,5 +339,19 @@ final class StatusCapture: HTTPResponseWriter, @unchecked Sendable {  // `status
 
     func finish(trailers: HTTPFields?) async throws {
         try await self.writer.finish(trailers: trailers)
+    }
+}
+
+extension PBReplicaState {
+    /// A replica's state as the control protocol carries it.
+    init(_ state: ReplicaState) {
+        switch state {
+        case .pending: self = .pending
+        case .starting: self = .starting
+        case .running: self = .running
+        case .stopping: self = .stopping
+        case .stopped: self = .stopped
+        case .failed: self = .failed
+        }
     }
 }

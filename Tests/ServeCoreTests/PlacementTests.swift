@@ -158,9 +158,11 @@ struct ReplicaStateTests {
     @Test("legal transitions only move forward")
     func transitions() {
         #expect(ReplicaState.pending.legalNextStates == [.starting, .stopping])
-        #expect(ReplicaState.starting.legalNextStates == [.running, .stopping])
-        #expect(ReplicaState.running.legalNextStates == [.stopping])
-        #expect(ReplicaState.stopping.legalNextStates.isEmpty)
+        #expect(ReplicaState.starting.legalNextStates == [.running, .stopping, .failed])
+        #expect(ReplicaState.running.legalNextStates == [.stopping, .failed])
+        #expect(ReplicaState.stopping.legalNextStates == [.stopped, .failed])
+        #expect(ReplicaState.stopped.isFinal && ReplicaState.failed.isFinal)
+        #expect(ReplicaState.allCases.filter(\.isLive) == [.pending, .starting, .running])
         for state in ReplicaState.allCases {
             #expect(!state.canMove(to: state))
             #expect(!state.canMove(to: .pending))
