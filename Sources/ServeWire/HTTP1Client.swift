@@ -190,7 +190,10 @@ public final class HTTP1ConnectionPool: Sendable {
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let pipeline = channel.pipeline.syncOperations
-                        try pipeline.addHTTPClientHandlers()
+                        // Field values as the bytes they are, both ways (`HTTP1Codec.swift`).
+                        let methods = HTTP1MethodQueue()
+                        try pipeline.addHandler(HTTP1RequestEncoder(methods: methods))
+                        try pipeline.addHandler(ByteToMessageHandler(HTTP1ResponseDecoder(methods: methods)))
                         try pipeline.addHandler(HTTP1ClientConnection())
                     }
                 }
