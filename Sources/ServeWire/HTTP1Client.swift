@@ -193,7 +193,7 @@ public final class HTTP1ConnectionPool: Sendable {
                         // Field values as the bytes they are, both ways (`HTTP1Codec.swift`).
                         let methods = HTTP1MethodQueue()
                         try pipeline.addHandler(HTTP1RequestEncoder(methods: methods))
-                        try pipeline.addHandler(ByteToMessageHandler(HTTP1ResponseDecoder(methods: methods)))
+                        try pipeline.addHandler(ByteToMessageHandler(HTTP1Decoder.responses(methods: methods)))
                         try pipeline.addHandler(HTTP1ClientConnection())
                     }
                 }

@@ -451,17 +451,18 @@ struct HTTP1Parser {
     }
 }
 
-/// The server side: request parts from bytes, with `HTTP1Parser`. A head without a body is
-/// followed by its end at once, as NIO's decoder does.
-final class HTTP1RequestDecoder: ByteToMessageDecoder {
-    typealias InboundOut = HTTPServerRequestPart
+/// Message parts from bytes, with `HTTP1Parser`: request parts on the server, response parts on
+/// the client. A message without a body is followed by its end at once, as NIO's decoder does.
+final class HTTP1Decoder<Head: Equatable>: ByteToMessageDecoder {
+    typealias InboundOut = HTTPPart<Head, ByteBuffer>
 
     private var parser: HTTP1Parser
-    private let methods: HTTP1MethodQueue
+    /// The head in a parsed part (and what else its arrival means).
+    private let head: (HTTP1Parser.Part) -> Head?
 
-    init(maxHeadBytes: Int, methods: HTTP1MethodQueue) {
-        self.parser = HTTP1Parser(kind: .request, maxHeadBytes: maxHeadBytes, methods: nil)
-        self.methods = methods
+    private init(parser: HTTP1Parser, head: @escaping (HTTP1Parser.Part) -> Head?) {
+        self.parser = parser
+        self.head = head
     }
 
     func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
@@ -478,56 +479,37 @@ final class HTTP1RequestDecoder: ByteToMessageDecoder {
 
     private func deliver(_ part: HTTP1Parser.Part, context: ChannelHandlerContext) {
         switch part {
-        case .requestHead(let head):
-            self.methods.append(head.method)
-            context.fireChannelRead(Self.wrapInboundOut(.head(head)))
-            if self.parser.messageEnded { context.fireChannelRead(Self.wrapInboundOut(.end(nil))) }
         case .body(let chunk):
             context.fireChannelRead(Self.wrapInboundOut(.body(chunk)))
-            if self.parser.messageEnded { context.fireChannelRead(Self.wrapInboundOut(.end(nil))) }
         case .end(let trailers):
             context.fireChannelRead(Self.wrapInboundOut(.end(trailers)))
-        case .responseHead:
-            preconditionFailure("a request parser returned a response head")
+            return
+        case .requestHead, .responseHead:
+            guard let head = self.head(part) else { preconditionFailure("a parser returned the other kind of head") }
+            context.fireChannelRead(Self.wrapInboundOut(.head(head)))
+        }
+        if self.parser.messageEnded { context.fireChannelRead(Self.wrapInboundOut(.end(nil))) }
+    }
+}
+
+extension HTTP1Decoder where Head == HTTPRequestHead {
+    /// The server side: each request's method is recorded for `HTTP1ResponseEncoder`.
+    static func requests(maxHeadBytes: Int, methods: HTTP1MethodQueue) -> HTTP1Decoder {
+        HTTP1Decoder(parser: HTTP1Parser(kind: .request, maxHeadBytes: maxHeadBytes, methods: nil)) { part in
+            guard case .requestHead(let head) = part else { return nil }
+            methods.append(head.method)
+            return head
         }
     }
 }
 
-/// The client side: response parts from bytes. The methods of the requests sent (recorded by
-/// `HTTP1RequestEncoder`) say which responses have no body.
-final class HTTP1ResponseDecoder: ByteToMessageDecoder {
-    typealias InboundOut = HTTPClientResponsePart
-
-    private var parser: HTTP1Parser
-
-    init(maxHeadBytes: Int = 64 << 10, methods: HTTP1MethodQueue) {
-        self.parser = HTTP1Parser(kind: .response, maxHeadBytes: maxHeadBytes, methods: methods)
-    }
-
-    func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let part = try self.parser.next(&buffer) else { return .needMoreData }
-        self.deliver(part, context: context)
-        return .continue
-    }
-
-    func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        while let part = try self.parser.next(&buffer) { self.deliver(part, context: context) }
-        if let part = try self.parser.endOfInput(&buffer) { self.deliver(part, context: context) }
-        return .needMoreData
-    }
-
-    private func deliver(_ part: HTTP1Parser.Part, context: ChannelHandlerContext) {
-        switch part {
-        case .responseHead(let head):
-            context.fireChannelRead(Self.wrapInboundOut(.head(head)))
-            if self.parser.messageEnded { context.fireChannelRead(Self.wrapInboundOut(.end(nil))) }
-        case .body(let chunk):
-            context.fireChannelRead(Self.wrapInboundOut(.body(chunk)))
-            if self.parser.messageEnded { context.fireChannelRead(Self.wrapInboundOut(.end(nil))) }
-        case .end(let trailers):
-            context.fireChannelRead(Self.wrapInboundOut(.end(trailers)))
-        case .requestHead:
-            preconditionFailure("a response parser returned a request head")
+extension HTTP1Decoder where Head == HTTPResponseHead {
+    /// The client side: the methods `HTTP1RequestEncoder` recorded say which responses have no
+    /// body.
+    static func responses(maxHeadBytes: Int = 64 << 10, methods: HTTP1MethodQueue) -> HTTP1Decoder {
+        HTTP1Decoder(parser: HTTP1Parser(kind: .response, maxHeadBytes: maxHeadBytes, methods: methods)) { part in
+            guard case .responseHead(let head) = part else { return nil }
+            return head
         }
     }
 }

@@ -145,7 +145,7 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
     ) throws {
         let methods = HTTP1MethodQueue()
         try pipeline.addHandler(HTTP1ResponseEncoder(methods: methods))
-        try pipeline.addHandler(ByteToMessageHandler(HTTP1RequestDecoder(maxHeadBytes: configuration.maxHeaderBytes, methods: methods)))
+        try pipeline.addHandler(ByteToMessageHandler(HTTP1Decoder.requests(maxHeadBytes: configuration.maxHeaderBytes, methods: methods)))
         try pipeline.addHandler(HTTPServerPipelineHandler())
         try pipeline.addHandler(HTTPServerProtocolErrorHandler())
         try pipeline.addHandler(HTTP1ServerConnection(configuration: configuration, logger: logger, handler: handler))
