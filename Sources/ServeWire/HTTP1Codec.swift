@@ -116,12 +116,6 @@ struct HTTP1Parser {
         self.methods = methods
     }
 
-    /// Whether the connection is between messages (nothing of a next one has been parsed).
-    var isIdle: Bool {
-        if case .head = self.state { return self.scanned == 0 }
-        return false
-    }
-
     /// The next part, consuming its bytes; nil when more bytes are needed.
     mutating func next(_ buffer: inout ByteBuffer) throws -> Part? {
         switch self.state {
@@ -192,7 +186,8 @@ struct HTTP1Parser {
     private mutating func parseHead(_ buffer: inout ByteBuffer) throws -> Part? {
         // RFC 9112 §2.2: empty lines before a request line are ignored.
         if self.kind == .request, self.scanned == 0 {
-            while let first = buffer.readableBytesView.first, first == UInt8(ascii: "\r") || first == UInt8(ascii: "\n") {
+            while let first = buffer.readableBytesView.first, first == UInt8(ascii: "\r") || first == UInt8(ascii: "\n")
+            {
                 if first == UInt8(ascii: "\r") {
                     guard buffer.readableBytes >= 2 else { return nil }
                     guard buffer.readableBytesView.dropFirst().first == UInt8(ascii: "\n") else {
@@ -208,7 +203,8 @@ struct HTTP1Parser {
         guard let startLine = lines.first, !startLine.isEmpty else { throw HTTPParserError.invalidConstant }
         let fieldLines = lines.dropFirst()
         // RFC 9112 §2.2: whitespace between the start line and the first field line is refused.
-        if let first = fieldLines.first, let byte = first.first, byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") {
+        if let first = fieldLines.first, let byte = first.first, byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t")
+        {
             throw HTTPParserError.invalidHeaderToken
         }
         let headers = HTTPHeaders(try Self.fields(fieldLines))
@@ -299,12 +295,16 @@ struct HTTP1Parser {
                 let continuation = Self.trimmingWhitespace(line[...])
                 try Self.checkValue(continuation)
                 if !continuation.isEmpty {
-                    if !fields[fields.count - 1].value.isEmpty { fields[fields.count - 1].value.append(UInt8(ascii: " ")) }
+                    if !fields[fields.count - 1].value.isEmpty {
+                        fields[fields.count - 1].value.append(UInt8(ascii: " "))
+                    }
                     fields[fields.count - 1].value.append(contentsOf: continuation)
                 }
                 continue
             }
-            guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon > 0 else { throw HTTPParserError.invalidHeaderToken }
+            guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon > 0 else {
+                throw HTTPParserError.invalidHeaderToken
+            }
             let name = line[..<colon]
             // RFC 9112 §5.1: no whitespace between the name and the colon; a name is a token.
             guard name.allSatisfy(Self.isTokenByte) else { throw HTTPParserError.invalidHeaderToken }
@@ -333,7 +333,8 @@ struct HTTP1Parser {
     /// tchar (RFC 9110 §5.6.2).
     static func isTokenByte(_ byte: UInt8) -> Bool {
         switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+            UInt8(ascii: "0")...UInt8(ascii: "9"):
             return true
         default:
             return "!#$%&'*+-.^_`|~".utf8.contains(byte)
@@ -346,9 +347,14 @@ struct HTTP1Parser {
         guard parts.count == 3 else { throw HTTPParserError.invalidConstant }
         guard !parts[0].isEmpty, parts[0].allSatisfy(Self.isTokenByte) else { throw HTTPParserError.invalidMethod }
         // The target is visible ASCII (RFC 9112 §3.2, RFC 3986).
-        guard !parts[1].isEmpty, parts[1].allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { throw HTTPParserError.invalidURL }
+        guard !parts[1].isEmpty, parts[1].allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+            throw HTTPParserError.invalidURL
+        }
         let version = try Self.version(parts[2])
-        return (HTTPMethod(rawValue: String(decoding: parts[0], as: UTF8.self)), String(decoding: parts[1], as: UTF8.self), version)
+        return (
+            HTTPMethod(rawValue: String(decoding: parts[0], as: UTF8.self)), String(decoding: parts[1], as: UTF8.self),
+            version
+        )
     }
 
     /// `HTTP-version SP status-code SP [reason-phrase]` (RFC 9112 §4).
@@ -356,7 +362,9 @@ struct HTTP1Parser {
         guard line.count >= 12, line[8] == UInt8(ascii: " ") else { throw HTTPParserError.invalidStatus }
         let version = try Self.version(line[0..<8])
         let code = line[9..<12]
-        guard code.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { throw HTTPParserError.invalidStatus }
+        guard code.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else {
+            throw HTTPParserError.invalidStatus
+        }
         let reason: String
         if line.count > 12 {
             guard line[12] == UInt8(ascii: " ") else { throw HTTPParserError.invalidStatus }
@@ -382,7 +390,8 @@ struct HTTP1Parser {
         guard !values.isEmpty else { return nil }
         let lengths = try values.map { value -> Int in
             let digits = value.trimmingOWS()
-            guard !digits.isEmpty, digits.count <= 18, digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
+            guard !digits.isEmpty, digits.count <= 18,
+                digits.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }),
                 let length = Int(digits)
             else { throw HTTPParserError.invalidContentLength }
             return length
@@ -433,10 +442,12 @@ struct HTTP1Parser {
     /// `chunk-size [ chunk-ext ]` (RFC 9112 §7.1): hex digits, then extensions, which are ignored.
     private static func chunkSize(_ line: ArraySlice<UInt8>) throws -> Int {
         let digits = line.prefix { byte in
-            (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
+            (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
+                || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
                 || (UInt8(ascii: "A")...UInt8(ascii: "F")).contains(byte)
         }
-        guard !digits.isEmpty, digits.count <= 15, let size = Int(String(decoding: digits, as: UTF8.self), radix: 16) else {
+        guard !digits.isEmpty, digits.count <= 15, let size = Int(String(decoding: digits, as: UTF8.self), radix: 16)
+        else {
             throw HTTPParserError.invalidChunkSize
         }
         let rest = line[digits.endIndex...].drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }
@@ -521,7 +532,9 @@ extension HTTP1Decoder where Head == HTTPResponseHead {
 struct HTTP1Writer {
     private(set) var chunked = false
 
-    mutating func head(startLine: String, headers: HTTPHeaders, chunked: Bool, allocator: ByteBufferAllocator) -> ByteBuffer {
+    mutating func head(
+        startLine: String, headers: HTTPHeaders, chunked: Bool, allocator: ByteBufferAllocator
+    ) -> ByteBuffer {
         self.chunked = chunked
         var buffer = allocator.buffer(capacity: 256)
         buffer.writeString(startLine)
@@ -532,7 +545,10 @@ struct HTTP1Writer {
             // Line breaks and NULs cannot travel in a value (RFC 9110 §5.5): spaces instead, so
             // no value can end a line (response splitting).
             if value.utf8.contains(where: { $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\n") || $0 == 0 }) {
-                buffer.writeBytes(FieldBytes.bytes(value).map { $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\n") || $0 == 0 ? UInt8(ascii: " ") : $0 })
+                buffer.writeBytes(
+                    FieldBytes.bytes(value).map {
+                        $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\n") || $0 == 0 ? UInt8(ascii: " ") : $0
+                    })
             } else {
                 FieldBytes.write(value, to: &buffer)
             }
@@ -573,7 +589,8 @@ struct HTTP1Writer {
         }
         // The last chunk, then the trailer section: laid out as a head whose start line is "0".
         var last = HTTP1Writer()
-        let buffer = last.head(startLine: "0", headers: trailers ?? HTTPHeaders(), chunked: false, allocator: context.channel.allocator)
+        let buffer = last.head(
+            startLine: "0", headers: trailers ?? HTTPHeaders(), chunked: false, allocator: context.channel.allocator)
         context.write(NIOAny(IOData.byteBuffer(buffer)), promise: promise)
     }
 }
@@ -650,7 +667,8 @@ final class HTTP1RequestEncoder: ChannelOutboundHandler, RemovableChannelHandler
             if head.headers.contains(name: "content-length") { head.headers.remove(name: "transfer-encoding") }
             let startLine = "\(head.method.rawValue) \(head.uri) HTTP/\(head.version.major).\(head.version.minor)"
             let buffer = self.writer.head(
-                startLine: startLine, headers: head.headers, chunked: head.headers.isChunked, allocator: context.channel.allocator)
+                startLine: startLine, headers: head.headers, chunked: head.headers.isChunked,
+                allocator: context.channel.allocator)
             context.write(self.wrapOutboundOut(.byteBuffer(buffer)), promise: promise)
         case .body(let data):
             self.writer.body(data, context: context, promise: promise)
