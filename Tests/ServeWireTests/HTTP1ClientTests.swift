@@ -254,6 +254,44 @@ extension HTTP1Tests {
             await pool.close()
         }
 
+        @Test("a server that sends part of a body and closes: the bytes it sent are read, then connectionClosed",
+              arguments: ["length", "chunked"])
+        func serverClosesMidBody(framing: String) async throws {
+            let script = """
+                import socket, sys
+                listener = socket.socket()
+                listener.bind(("127.0.0.1", 0))
+                listener.listen(1)
+                print("port", listener.getsockname()[1], flush=True)
+                connection, _ = listener.accept()
+                data = b""
+                while b"\\r\\n\\r\\n" not in data:
+                    data += connection.recv(65536)
+                if sys.argv[1] == "chunked":
+                    connection.sendall(b"HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n3e8\\r\\n" + b"x" * 1000 + b"\\r\\n")
+                else:
+                    connection.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 100000\\r\\n\\r\\n" + b"x" * 1000)
+                connection.close()
+                print("closed", flush=True)
+                """
+            let python = try ChildProcess(try systemTool("python3"), ["-u", "-c", script, framing])
+            defer { python.kill() }
+            let port = try await Self.printedPort(python)
+            let pool = HTTP1ConnectionPool(host: "127.0.0.1", port: port)
+            let response = try await pool.send(request(.get, "/"), timeout: .seconds(5))
+            #expect(response.head.status == .ok)
+            // By the time the body is read the close has (almost always) arrived with the bytes:
+            // they must not be dropped for it.
+            _ = try await python.waitForOutput(containing: "closed")
+            var iterator = response.body.makeAsyncIterator()
+            var received = 0
+            await #expect(throws: HTTP2Error.connectionClosed) {
+                while let chunk = try await iterator.next() { received += chunk.readableBytes }
+            }
+            #expect(received == 1000)
+            await pool.close()
+        }
+
         @Test("a handler that throws after the head reaches the client as connectionClosed")
         func truncatedByHandler() async throws {
             struct Boom: Error {}
