@@ -122,11 +122,7 @@ struct HTTP1Parser {
         case .head:
             return try self.parseHead(&buffer)
         case .fixed(let remaining):
-            guard buffer.readableBytes > 0 else { return nil }
-            let take = min(remaining, buffer.readableBytes)
-            let slice = buffer.readSlice(length: take)!
-            self.state = take == remaining ? .head : .fixed(remaining: remaining - take)
-            return .body(slice)
+            return self.bodyBytes(&buffer, remaining: remaining, then: .head) { .fixed(remaining: $0) }
         case .chunkSize:
             guard let line = try self.readLine(&buffer, limit: Self.maxChunkLineBytes) else { return nil }
             let size = try Self.chunkSize(line)
@@ -138,11 +134,7 @@ struct HTTP1Parser {
             self.state = .chunkData(remaining: size)
             return try self.next(&buffer)
         case .chunkData(let remaining):
-            guard buffer.readableBytes > 0 else { return nil }
-            let take = min(remaining, buffer.readableBytes)
-            let slice = buffer.readSlice(length: take)!
-            self.state = take == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - take)
-            return .body(slice)
+            return self.bodyBytes(&buffer, remaining: remaining, then: .chunkDataEnd) { .chunkData(remaining: $0) }
         case .chunkDataEnd:
             guard let line = try self.readLine(&buffer, limit: 2) else { return nil }
             guard line.isEmpty else { throw HTTPParserError.invalidChunkSize }
@@ -161,6 +153,18 @@ struct HTTP1Parser {
             buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
             return nil
         }
+    }
+
+    /// Up to `remaining` body bytes of what has arrived; `then` once they are all read, else
+    /// `more(left)`.
+    private mutating func bodyBytes(
+        _ buffer: inout ByteBuffer, remaining: Int, then: State, more: (Int) -> State
+    ) -> Part? {
+        guard buffer.readableBytes > 0 else { return nil }
+        let take = min(remaining, buffer.readableBytes)
+        let slice = buffer.readSlice(length: take)!
+        self.state = take == remaining ? then : more(remaining - take)
+        return .body(slice)
     }
 
     /// The connection ended: the last part, if the framing makes the end of input the end of a
