@@ -55,8 +55,9 @@ fuzz: build
 	  $(SWIFT) test --skip-build --no-parallel --filter Fuzz
 
 # Minutes of load (DURATION, default 180 s) while a worker is SIGKILLed and started again every
-# 30 s; release binaries. Writes benchmarks/results/soak-latest.md; fails if a request went
-# unanswered.
+# 30 s: echo GETs, h2c uploads without a length (curl), a replica that cuts its answers short, a
+# slow-body client, CPU-bound replicas; release binaries. Writes benchmarks/results/soak-latest.md;
+# fails if a request went unanswered or an answer was silently wrong (a cut that looked whole).
 soak: release
 	SKIP_BUILD=1 benchmarks/soak
 

@@ -8,7 +8,7 @@ Knobs (environment): ROUNDS (3), DURATION (wrk seconds: 5, quick 2), SKIP_RAY=1 
 SKIP_RAY_HAPROXY=1, SKIP_BUILD=1, SERVE_BIN (the binaries' folder: .build/release), RAY_VENV
 (.bench-ray-venv), BENCH_TAG (suffix of the JSON's name), SKIP_WIRE=1, SKIP_AUTOSCALING=1, and
 BENCH_PARTS (a comma-separated subset of embedded, head+worker, worker-proxy, proxy-ab, ray,
-ray-haproxy, command, head-kill; default all) to measure some rows only.
+ray-haproxy, command, head-kill, cpu-load; default all) to measure some rows only.
 
 Systems, each measured the same way:
 - swift-serve, embedded: one `serve-head --config ... --num-cpus 4` (proxy, controller and
@@ -41,7 +41,9 @@ ROUNDS runs. Then two scenarios of their own:
 - the head SIGKILLed while 16 closed-loop clients (threads, keep-alive http.client) load a worker's
   proxy, started again 10 s later (same ports, state dir, token): requests failed, and the times
   from the restart to the admin API answering, to the worker ALIVE with its proxy HEALTHY, and to a
-  new application (deployed on the new head as soon as it answers) on the worker's /-/routes.
+  new application (deployed on the new head as soon as it answers) on the worker's /-/routes;
+- echo latency beside CPU-bound replicas (benchmarks/cpu_load.py): the echo p50 with and without
+  16 clients keeping two `cpu` replicas busy, on one embedded head.
 Then benchmarks/wire and benchmarks/autoscaling (their own tables).
 
 Writes benchmarks/results/<date>.json, benchmarks/results/bench-latest.md, the plots
@@ -80,7 +82,7 @@ SKIP_RAY = os.environ.get("SKIP_RAY", "0") == "1"
 SKIP_RAY_HAPROXY = os.environ.get("SKIP_RAY_HAPROXY", "0") == "1"
 RAY_DEFAULT, RAY_HAPROXY = "Ray Serve", "Ray Serve (HAProxy)"
 # BENCH_PARTS: a comma-separated subset of embedded, head+worker, worker proxy, proxy A→B (or proxy-ab),
-# Ray Serve, Ray Serve (HAProxy) (or ray, ray-haproxy), command, head-kill; default all.
+# Ray Serve, Ray Serve (HAProxy) (or ray, ray-haproxy), command, head-kill, cpu-load; default all.
 PARTS = {p.strip() for p in os.environ.get("BENCH_PARTS", "").split(",") if p.strip()}
 ALIASES = {"proxy-ab": "proxy A→B", "worker-proxy": "worker proxy", "ray": RAY_DEFAULT, "ray-haproxy": RAY_HAPROXY}
 
@@ -859,6 +861,14 @@ def main():
             except (RuntimeError, subprocess.CalledProcessError) as e:
                 result["command_status"] = f"failed: {e}"
                 log(f"command replica failed: {e}")
+        if part("cpu-load"):
+            import cpu_load   # benchmarks/cpu_load.py: echo latency beside CPU-bound replicas
+            try:
+                result["cpu_load"] = cpu_load.measure(work)
+                open("benchmarks/results/cpu-load-latest.md", "w").write(cpu_load.markdown(result["cpu_load"], tree))
+            except (RuntimeError, subprocess.CalledProcessError) as e:
+                result["cpu_load_status"] = f"failed: {e}"
+                log(f"cpu load failed: {e}")
         if part("head-kill"):
             try:
                 result["head_kill"] = measure_head_kill(work)

@@ -190,7 +190,10 @@ public final class HTTP1ConnectionPool: Sendable {
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         let pipeline = channel.pipeline.syncOperations
-                        try pipeline.addHTTPClientHandlers()
+                        // Field values as the bytes they are, both ways (`HTTP1Codec.swift`).
+                        let methods = HTTP1MethodQueue()
+                        try pipeline.addHandler(HTTP1RequestEncoder(methods: methods))
+                        try pipeline.addHandler(ByteToMessageHandler(HTTP1Decoder.responses(methods: methods)))
                         try pipeline.addHandler(HTTP1ClientConnection())
                     }
                 }
@@ -410,10 +413,12 @@ final class HTTP1ClientConnection: ChannelInboundHandler {
         // mid-response; any other parser error is a malformed response. Socket errors close the
         // connection, and `channelInactive` tells the exchange.
         if let exchange = self.exchange, let parserError = error as? HTTPParserError {
-            let failure: HTTP2Error =
-                parserError == .invalidEOFState
-                ? .connectionClosed : .protocolError("malformed HTTP/1.1 response: \(parserError)")
-            self.fail(exchange.id, error: failure)
+            if parserError == .invalidEOFState {
+                // Cut short: the bytes that came before the close are still read, then the cut.
+                self.fail(exchange.id, error: HTTP2Error.connectionClosed, keepingReceived: true)
+            } else {
+                self.fail(exchange.id, error: HTTP2Error.protocolError("malformed HTTP/1.1 response: \(parserError)"))
+            }
         }
         context.close(promise: nil)
     }
@@ -538,13 +543,18 @@ final class HTTP1ClientConnection: ChannelInboundHandler {
 
     /// Abandons the exchange: whoever waits on it gets `error`, and the connection closes (the
     /// rest of its response would otherwise be taken for the next one's).
-    func fail(_ id: UInt64, error: any Error) {
+    /// With `keepingReceived`, the body's reader gets what arrived before the failure first.
+    func fail(_ id: UInt64, error: any Error, keepingReceived: Bool = false) {
         guard let exchange = self.exchange, exchange.id == id else { return }
         self.exchange = nil
         exchange.timeout?.cancel()
         exchange.responsePromise?.fail(error)
         exchange.responsePromise = nil
-        exchange.source?.fail(error)
+        if keepingReceived {
+            exchange.source?.cutShort(error)
+        } else {
+            exchange.source?.fail(error)
+        }
         self.context?.close(promise: nil)
     }
 

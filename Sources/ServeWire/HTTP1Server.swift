@@ -143,23 +143,31 @@ public final class HTTP1Server: ListeningServer, @unchecked Sendable {
 // MARK: conversions between NIOHTTP1's heads and swift-http-types'
 
 extension HTTPHeaders {
-    /// Every field, in order, as HTTP/1 writes them.
+    /// Every field, in order, as HTTP/1 writes them: each value's bytes as they are, one scalar
+    /// per byte (`FieldBytes`), which `HTTP1Codec`'s writers put on the wire unchanged.
     init(converting fields: HTTPFields) {
         self.init()
         self.reserveCapacity(fields.count)
-        for field in fields { self.add(name: field.name.rawName, value: field.value) }
+        for field in fields {
+            self.add(name: field.name.rawName, value: field.withUnsafeBytesOfValue { FieldBytes.string($0) })
+        }
     }
 }
 
 extension HTTPFields {
-    /// Every field of an HTTP/1 head, in order. NIO's parser has checked the names are tokens;
-    /// one that swift-http-types would still refuse is skipped rather than failing the message.
+    /// Every field of an HTTP/1 head, in order, values as the bytes that arrived (`FieldBytes`).
+    /// The parser has checked the names are tokens; one that swift-http-types would still refuse
+    /// is skipped rather than failing the message.
     init(converting headers: HTTPHeaders) {
         self.init()
         self.reserveCapacity(headers.count)
         for (name, value) in headers {
             guard let name = HTTPField.Name(name) else { continue }
-            self.append(HTTPField(name: name, value: value))
+            if FieldBytes.isASCII(value) {
+                self.append(HTTPField(name: name, value: value))
+            } else {
+                self.append(HTTPField(name: name, lenientValue: FieldBytes.bytes(value)))
+            }
         }
     }
 }

@@ -136,24 +136,21 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
         self.handler = handler
     }
 
-    /// Adds NIO's HTTP/1 server codec (400 for malformed requests, pipelining serialised, heads
-    /// up to `maxHeaderBytes`) and this handler to a pipeline.
+    /// Adds the HTTP/1 server codec (`HTTP1Codec.swift`: field values kept as the bytes they
+    /// are, heads up to `maxHeaderBytes`), NIO's pipelining handler (pipelined requests wait for
+    /// the response before them) and error handler (400 for a malformed request), and this
+    /// handler to a pipeline.
     static func configure(
         _ pipeline: ChannelPipeline.SynchronousOperations,
         configuration: HTTP1Configuration,
         logger: Logger,
         handler: @escaping HTTP1Server.Handler
     ) throws {
-        var limits = NIOHTTPDecoderLimitConfiguration()
-        limits.maxHeaderListSize = configuration.maxHeaderBytes
-        limits.maxHeaderFieldSize = configuration.maxHeaderBytes
-        try pipeline.configureHTTPServerPipeline(
-            withPipeliningAssistance: true,
-            withErrorHandling: true,
-            withOutboundHeaderValidation: true,
-            withEncoderConfiguration: .init(),
-            withDecoderLimitConfiguration: limits
-        )
+        let methods = HTTP1MethodQueue()
+        try pipeline.addHandler(HTTP1ResponseEncoder(methods: methods))
+        try pipeline.addHandler(ByteToMessageHandler(HTTP1Decoder.requests(maxHeadBytes: configuration.maxHeaderBytes, methods: methods)))
+        try pipeline.addHandler(HTTPServerPipelineHandler())
+        try pipeline.addHandler(HTTPServerProtocolErrorHandler())
         try pipeline.addHandler(HTTP1ServerConnection(configuration: configuration, logger: logger, handler: handler))
     }
 

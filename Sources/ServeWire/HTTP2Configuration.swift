@@ -24,6 +24,13 @@ public struct HTTP2Configuration: Sendable, Hashable {
     /// the connection (an unfinished header block stalls every stream: RFC 9113 §6.10), which
     /// stops slow-header attacks. nil waits forever.
     public var requestHeadTimeout: TimeAmount? = .seconds(10)
+    /// Servers: a request body must keep arriving while its handler waits for it. Past this long
+    /// with nothing new, the stream alone is answered 408 (or reset, if its response has begun)
+    /// and the handler's body read fails with `HTTP2Error.timeout`; the connection and its other
+    /// streams go on. Not counted while the handler has bytes it has not read (flow control then
+    /// holds the client back, not the client itself). nil: only `request_timeout_s` and the
+    /// connection's limits apply. The same limit as `HTTP1Configuration.bodyReadTimeout`.
+    public var bodyReadTimeout: TimeAmount? = .seconds(30)
     /// Compression of bodies (gzip or deflate) when the peer accepts it.
     public var compression: Compression = .init()
     /// The largest decompressed body accepted; a compressed body that would decode to more is

@@ -97,6 +97,7 @@ extension HTTP2Connection {
     func consume(streamID: Int32, count: Int) {
         guard let session, self.terminalError == nil || !self.streams.isEmpty else { return }
         nghttp2_session_consume(session, streamID, count)
+        if let stream = self.streams[streamID] { self.bodyRead(stream, count: count) }
         self.scheduleFlush()
     }
 
@@ -325,10 +326,12 @@ private func onFrameReceived(
         } else if endStream {
             let trailers = HTTPFields(stream.headerFields.filter { !$0.name.canonicalName.hasPrefix(":") })
             stream.headerFields.removeAll()
+            stream.inboundEnded = true
             stream.inbound.finish(trailers: trailers)
         }
     case frameTypeData:
         if header.flags & flagEndStream != 0, let stream = connection.streams[header.stream_id] {
+            stream.inboundEnded = true
             stream.inbound.finish(trailers: nil)
         }
     case frameTypeGoAway:
@@ -357,6 +360,7 @@ private func onDataChunkReceived(
     }
     var buffer = connection.allocator.buffer(capacity: length)
     buffer.writeBytes(UnsafeRawBufferPointer(start: data, count: length))
+    stream.unreadBodyBytes += length
     stream.inbound.append(buffer)
     return 0
 }

@@ -49,6 +49,7 @@ extension HTTP2Connection {
         }
         head.headerFields[ServeHeaders.acceptHopCoding] = nil
         stream.isHeadRequest = head.method == .head
+        if !stream.inboundEnded { self.watchBody(stream) }
         let request = HTTPServerRequest(
             head: head,
             body: HTTPBody(source: stream.inbound, decoding: decoding, decodeLimit: self.configuration.maxDecompressedBodySize),
@@ -386,8 +387,74 @@ extension HTTP2Connection {
     /// nghttp2 sends a queued RST_STREAM before the stream's queued HEADERS and DATA and drops
     /// those, so without the flush the peer could see no response at all (and retry a request
     /// that was answered) instead of a response cut short.
-    private func cutStream(_ streamID: Int32, error: HTTP2Error) {
+    private func cutStream(_ streamID: Int32, error: HTTP2Error, code: UInt32 = HTTP2ErrorCode.internalError) {
         self.flush()
-        self.cancelStream(streamID, error: error, code: HTTP2ErrorCode.internalError)
+        self.cancelStream(streamID, error: error, code: code)
+    }
+
+    // MARK: server side: a request body that stops arriving
+
+    /// Server: starts watching a request body for stalls (`bodyReadTimeout`), from now.
+    private func watchBody(_ stream: HTTP2StreamState) {
+        guard self.configuration.bodyReadTimeout != nil else { return }
+        stream.watchesBody = true
+        stream.bodyProgress = .now()
+        self.armBodyTimer(stream)
+    }
+
+    /// The handler has read `count` bytes of a stream's body: once it has caught up with what
+    /// arrived, the wait for more is the client's again, and counts from now.
+    func bodyRead(_ stream: HTTP2StreamState, count: Int) {
+        stream.unreadBodyBytes = max(0, stream.unreadBodyBytes - count)
+        guard stream.watchesBody, stream.unreadBodyBytes == 0 else { return }
+        stream.bodyProgress = .now()
+        self.armBodyTimer(stream)
+    }
+
+    /// One timer per stream, not one per chunk: reads only move `bodyProgress`, and the timer,
+    /// when it fires early, moves itself to the new deadline.
+    private func armBodyTimer(_ stream: HTTP2StreamState) {
+        guard stream.bodyTimer == nil, let timeout = self.configuration.bodyReadTimeout, let context else { return }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let streamID = stream.id
+        stream.bodyTimer = context.eventLoop.scheduleTask(deadline: stream.bodyProgress + timeout) {
+            loopBound.value.bodyTimerFired(streamID, timeout: timeout)
+        }
+    }
+
+    private func bodyTimerFired(_ streamID: Int32, timeout: TimeAmount) {
+        guard let stream = self.streams[streamID] else { return }
+        stream.bodyTimer = nil
+        guard stream.watchesBody, stream.failure == nil, !stream.inboundEnded else { return }
+        // Unread bytes: this side holds the client back; `bodyRead` starts the wait again.
+        guard stream.unreadBodyBytes == 0 else { return }
+        if NIODeadline.now() < stream.bodyProgress + timeout {
+            self.armBodyTimer(stream)
+            return
+        }
+        self.bodyStalled(stream, after: timeout)
+    }
+
+    /// Nothing of a request body for `bodyReadTimeout` while its handler waited: this stream
+    /// alone ends. 408 if no response has begun (RFC 9110 §15.5.9), then RST_STREAM(NO_ERROR)
+    /// so the client stops sending (RFC 9113 §8.1); a response under way is cut (RST_STREAM
+    /// CANCEL), never ended as if complete. The handler's body read fails with `.timeout`.
+    private func bodyStalled(_ stream: HTTP2StreamState, after timeout: TimeAmount) {
+        self.logger.debug(
+            "a request body stalled; ending its stream",
+            metadata: ["serve.peer": "\(self.remoteAddress.map { "\($0)" } ?? "?")", "serve.stream": "\(stream.id)"]
+        )
+        let streamID = stream.id
+        if !stream.headSubmitted {
+            self.respondNow(
+                stream, status: .requestTimeout,
+                message: "the request body stopped arriving: nothing of it for \(timeout.nanoseconds / 1_000_000) ms\n")
+            self.cutStream(streamID, error: .timeout, code: HTTP2ErrorCode.noError)
+        } else if stream.outboundEnded {
+            // The response is complete: only the client's unfinished upload is left to stop.
+            self.cutStream(streamID, error: .timeout, code: HTTP2ErrorCode.noError)
+        } else {
+            self.cutStream(streamID, error: .timeout, code: HTTP2ErrorCode.cancel)
+        }
     }
 }

@@ -25,6 +25,7 @@ final class HTTP2StreamState {
     /// The body ended with the headers (END_STREAM on HEADERS).
     func endInboundWithHeaders() {
         self.endedWithHeaders = true
+        self.inboundEnded = true
         if let source = self.inboundStorage {
             source.finish(trailers: nil)
         } else {
@@ -67,6 +68,20 @@ final class HTTP2StreamState {
     var bodyWritten = 0
     /// Server: the response has no body (HEAD, 1xx, 204, 304); what is written is dropped.
     var dropsBody = false
+    /// The peer's message has ended (END_STREAM seen), so no body stall can happen any more.
+    var inboundEnded = false {
+        didSet { if self.inboundEnded { self.stopBodyWatch() } }
+    }
+    /// Server: the handler is waiting on the request body (`bodyReadTimeout`) since its head was
+    /// acted on, until the body ends or the stream fails.
+    var watchesBody = false
+    /// Server: body bytes received that the handler has not read yet (as its reader reports
+    /// them). While there are some, a quiet client is held back by flow control, not stalling.
+    var unreadBodyBytes = 0
+    /// Server: when the body last made progress (bytes arrived, or the handler caught up).
+    var bodyProgress = NIODeadline.distantPast
+    /// Server: checks for a stalled body; one timer per stream, moved on when it finds progress.
+    var bodyTimer: Scheduled<Void>?
     /// Client: fulfilled with the response head.
     var responsePromise: EventLoopPromise<HTTP2Response>?
     var timeout: Scheduled<Void>?
@@ -88,8 +103,15 @@ final class HTTP2StreamState {
         for waiter in waiters { waiter.fail(error) }
         self.timeout?.cancel()
         self.timeout = nil
+        self.stopBodyWatch()
         self.pending.removeAll()
         self.pendingBytes = 0
+    }
+
+    func stopBodyWatch() {
+        self.watchesBody = false
+        self.bodyTimer?.cancel()
+        self.bodyTimer = nil
     }
 
     /// Wakes writers once the queue has drained to half the high watermark (hysteresis, so a

@@ -13,6 +13,8 @@ final class InboundBodySource: Sendable {
         var chunks = CircularBuffer<ByteBuffer>(initialCapacity: 4)
         var finished = false
         var failure: (any Error)?
+        /// The body was cut short (`cutShort`): this error follows the chunks already received.
+        var cut: (any Error)?
         var trailers: HTTPFields?
         var waiter: CheckedContinuation<ByteBuffer?, any Error>?
         /// Bytes taken by the consumer and not yet reported to the connection.
@@ -56,7 +58,7 @@ final class InboundBodySource: Sendable {
 
     func append(_ chunk: ByteBuffer) {
         let waiter: CheckedContinuation<ByteBuffer?, any Error>? = self.state.withLockedValue { state in
-            guard !state.finished, state.failure == nil else { return nil }
+            guard !state.finished, state.failure == nil, state.cut == nil else { return nil }
             if let waiter = state.waiter {
                 state.waiter = nil
                 return waiter
@@ -72,7 +74,7 @@ final class InboundBodySource: Sendable {
 
     func finish(trailers: HTTPFields?) {
         let waiter: CheckedContinuation<ByteBuffer?, any Error>? = self.state.withLockedValue { state in
-            guard !state.finished, state.failure == nil else { return nil }
+            guard !state.finished, state.failure == nil, state.cut == nil else { return nil }
             state.finished = true
             state.trailers = trailers
             defer { state.waiter = nil }
@@ -98,6 +100,20 @@ final class InboundBodySource: Sendable {
         if dropped > 0 { self.onConsume(dropped) }
     }
 
+    /// The peer stopped in the middle of the body (it closed its connection): what it sent
+    /// before stopping is still its data, so the chunks received are read first, then `error`.
+    /// A proxy passes them on before the cut, as the peer sent them.
+    func cutShort(_ error: any Error) {
+        let waiter: CheckedContinuation<ByteBuffer?, any Error>? = self.state.withLockedValue { state in
+            guard !state.finished, state.failure == nil, state.cut == nil else { return nil }
+            state.cut = error
+            // A waiting reader means nothing is buffered: it gets the error now.
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(throwing: error)
+    }
+
     // MARK: consumer side
 
     func next() async throws -> ByteBuffer? {
@@ -111,6 +127,7 @@ final class InboundBodySource: Sendable {
             if let failure = state.failure { return .failure(failure) }
             if let chunk = state.chunks.popFirst() { return .chunk(chunk, drained: state.chunks.isEmpty) }
             if state.finished { return .end }
+            if let cut = state.cut { return .failure(cut) }
             return .wait
         }
         switch immediate {
@@ -130,6 +147,7 @@ final class InboundBodySource: Sendable {
                         if let failure = state.failure { return .failure(failure) }
                         if let chunk = state.chunks.popFirst() { return .chunk(chunk, drained: state.chunks.isEmpty) }
                         if state.finished { return .end }
+                        if let cut = state.cut { return .failure(cut) }
                         // Checked under the lock the cancellation handler takes: either it
                         // finds this waiter, or this sees the task cancelled.
                         if Task.isCancelled { return .failure(CancellationError()) }

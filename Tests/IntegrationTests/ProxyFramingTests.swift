@@ -1,5 +1,8 @@
 import Foundation
+import HTTPTypes
+import NIOCore
 import ServeCore
+import ServeWire
 import Testing
 
 /// The proxy as an HTTP intermediary (DESIGN.md, "The proxy is a faithful HTTP intermediary"):
@@ -55,6 +58,12 @@ struct ProxyFramingTests {
                             "headers": [[k.lower(), v] for k, v in self.headers.items()],
                             "body": self.body().decode("latin-1")}
                     return self.send(200, json.dumps(seen).encode())
+                if path == "/latin":
+                    # Python's http.server reads and writes header values as Latin-1: the bytes
+                    # that arrived go back unchanged, as a field and as numbers in the body.
+                    value = self.headers.get("x-latin", "")
+                    return self.send(200, json.dumps([ord(c) for c in value]).encode(),
+                                     [("x-latin-back", value), ("x-made", "caf\xe9")])
                 if path == "/big":
                     return self.send(200, BIG, [("content-type", "application/octet-stream")])
                 if path == "/gzipped":
@@ -387,6 +396,37 @@ struct ProxyFramingTests {
                 "/usr/bin/h2load", ["-n", "300", "-c", "4", "-m", "10", "http://127.0.0.1:\(port)/p/echo?x=3"])
             #expect(loadStatus == 0, "\(load)")
             #expect(load.contains("status codes: 300 2xx, 0 3xx, 0 4xx, 0 5xx"), "\(load)")
+        }
+    }
+
+    @Test("header values are bytes: 0xE9 reaches a process replica and comes back unchanged, over HTTP/1.1 and h2c")
+    func headerValueBytes() async throws {
+        try await Self.withReplicas { cluster in
+            let port = cluster.httpPort
+            // A raw socket: the request's bytes as written (Latin-1 in the step), the response's as
+            // read (decoded as Latin-1, so U+00E9 here is the byte 0xE9, and U+FFFD would show).
+            let results = try await Self.python(port, [
+                Self.raw("GET /p/latin HTTP/1.1\r\nHost: x\r\nX-Latin: caf\u{E9} \u{FF}\r\nConnection: close\r\n\r\n")
+            ])
+            let raw = results[0]["raw"]?.stringValue ?? ""
+            #expect(raw.hasPrefix("HTTP/1.1 200"), "\(raw)")
+            #expect(raw.contains("[99, 97, 102, 233, 32, 255]"), "the replica did not get the bytes sent: \(raw)")
+            #expect(raw.lowercased().contains("x-latin-back: caf\u{E9} \u{FF}\r\n"), "\(raw)")
+            #expect(raw.lowercased().contains("x-made: caf\u{E9}\r\n"), "\(raw)")
+
+            // h2c into the same HTTP/1.1 hop to the replica: the same bytes both ways.
+            let client = try await HTTP2ClientConnection.connect(host: "127.0.0.1", port: port)
+            var fields = HTTPFields()
+            fields.append(HTTPField(name: HTTPField.Name("x-latin")!, lenientValue: [0x63, 0x61, 0x66, 0xE9]))
+            let response = try await client.send(
+                HTTPRequest(method: .get, scheme: "http", authority: "x", path: "/p/latin", headerFields: fields))
+            let body = String(buffer: try await response.body.collect(upTo: 1 << 16))
+            await client.close()
+            #expect(body == "[99, 97, 102, 233]", "the replica did not get the bytes sent over h2c: \(body)")
+            let back = response.head.headerFields.first { $0.name.canonicalName == "x-latin-back" }
+            #expect(back?.withUnsafeBytesOfValue { Array($0) } == [0x63, 0x61, 0x66, 0xE9])
+            let made = response.head.headerFields.first { $0.name.canonicalName == "x-made" }
+            #expect(made?.withUnsafeBytesOfValue { Array($0) } == [0x63, 0x61, 0x66, 0xE9])
         }
     }
 

@@ -217,8 +217,10 @@ extension HTTP1Tests {
             await server.close()
         }
 
-        @Test("a server killed mid-response fails the body with connectionClosed", arguments: ["length", "chunked"])
-        func serverKilledMidResponse(framing: String) async throws {
+        /// A Python server that answers its one request with a head and 1,000 bytes of a longer
+        /// body (`framing`: a 100,000-byte `length` or `chunked`), then (`then`) closes, printing
+        /// "closed", or prints "sent" and holds the connection until it is killed.
+        static func midBodyServer(framing: String, then: String) throws -> ChildProcess {
             let script = """
                 import socket, sys, time
                 listener = socket.socket()
@@ -233,16 +235,32 @@ extension HTTP1Tests {
                     connection.sendall(b"HTTP/1.1 200 OK\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n3e8\\r\\n" + b"x" * 1000 + b"\\r\\n")
                 else:
                     connection.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 100000\\r\\n\\r\\n" + b"x" * 1000)
-                print("sent", flush=True)
-                time.sleep(60)
+                if sys.argv[2] == "close":
+                    connection.close()
+                    print("closed", flush=True)
+                else:
+                    print("sent", flush=True)
+                    time.sleep(60)
                 """
-            let python = try ChildProcess(try systemTool("python3"), ["-u", "-c", script, framing])
-            defer { python.kill() }
-            let port = try await Self.printedPort(python)
-            let pool = HTTP1ConnectionPool(host: "127.0.0.1", port: port)
+            return try ChildProcess(try systemTool("python3"), ["-u", "-c", script, framing, then])
+        }
+
+        /// GET / from `midBodyServer`, once the server has sent what it sends (and closed, or not).
+        static func getFromMidBodyServer(
+            framing: String, then: String
+        ) async throws -> (ChildProcess, HTTP1ConnectionPool, HTTPClientResponse) {
+            let python = try Self.midBodyServer(framing: framing, then: then)
+            let pool = HTTP1ConnectionPool(host: "127.0.0.1", port: try await Self.printedPort(python))
             let response = try await pool.send(request(.get, "/"), timeout: .seconds(5))
             #expect(response.head.status == .ok)
-            _ = try await python.waitForOutput(containing: "sent")
+            _ = try await python.waitForOutput(containing: then == "close" ? "closed" : "sent")
+            return (python, pool, response)
+        }
+
+        @Test("a server killed mid-response fails the body with connectionClosed", arguments: ["length", "chunked"])
+        func serverKilledMidResponse(framing: String) async throws {
+            let (python, pool, response) = try await Self.getFromMidBodyServer(framing: framing, then: "hold")
+            defer { python.kill() }
             var iterator = response.body.makeAsyncIterator()
             var received = 0
             while received < 1000, let chunk = try await iterator.next() { received += chunk.readableBytes }
@@ -251,6 +269,23 @@ extension HTTP1Tests {
             await #expect(throws: HTTP2Error.connectionClosed) {
                 while try await iterator.next() != nil {}
             }
+            await pool.close()
+        }
+
+        @Test(
+            "a server that sends part of a body and closes: the bytes it sent are read, then connectionClosed",
+            arguments: ["length", "chunked"])
+        func serverClosesMidBody(framing: String) async throws {
+            // By the time the body is read the close has (almost always) arrived with the bytes:
+            // they must not be dropped for it.
+            let (python, pool, response) = try await Self.getFromMidBodyServer(framing: framing, then: "close")
+            defer { python.kill() }
+            var iterator = response.body.makeAsyncIterator()
+            var received = 0
+            await #expect(throws: HTTP2Error.connectionClosed) {
+                while let chunk = try await iterator.next() { received += chunk.readableBytes }
+            }
+            #expect(received == 1000)
             await pool.close()
         }
 

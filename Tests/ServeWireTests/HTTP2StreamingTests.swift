@@ -83,7 +83,6 @@ struct HTTP2StreamingTests {
         configuration.outboundBufferHighWatermark = 32 << 10
         let readByServer = NIOLockedValueBox(0)
         let maxAhead = NIOLockedValueBox(0)
-        let writtenByClient = NIOLockedValueBox(0)
         let server = try await HTTP2Server.bind(host: "127.0.0.1", port: 0, configuration: configuration) { request, writer in
             for try await chunk in request.body {
                 readByServer.withLockedValue { $0 += chunk.readableBytes }
@@ -99,7 +98,6 @@ struct HTTP2StreamingTests {
         while written < total {
             try await stream.write(chunk)
             written += chunk.readableBytes
-            writtenByClient.withLockedValue { $0 = written }
             let ahead = written - readByServer.withLockedValue { $0 }
             maxAhead.withLockedValue { $0 = max($0, ahead) }
         }

@@ -207,3 +207,127 @@ struct StalledBodyTests {
         await server.shutdown(gracePeriod: .seconds(1))
     }
 }
+
+/// The same limit on HTTP/2, per stream: one stalled upload ends alone, its connection and the
+/// other streams on it go on (`HTTP2Configuration.bodyReadTimeout`). The client is the repo's own
+/// HTTP/2 client over a real socket, which can open a stream, send part of a body and stop.
+@Suite("HTTP/2 stalled request bodies", .serialized)
+struct HTTP2StalledBodyTests {
+    /// A server whose `/read` handler reads the whole body and echoes its size, whose `/head-first`
+    /// handler sends its head before reading, and whose `/wait` handler holds its answer until
+    /// `release` is opened. Every body read that fails is recorded.
+    final class Server: Sendable {
+        let server: HTTP2Server
+        let readFailures = NIOLockedValueBox<[String: String]>([:])
+        let released = NIOLockedValueBox(false)
+
+        init(timeout: TimeAmount) async throws {
+            var configuration = HTTP2Configuration()
+            configuration.bodyReadTimeout = timeout
+            let failures = self.readFailures
+            let released = self.released
+            self.server = try await HTTP2Server.bind(host: "127.0.0.1", port: 0, configuration: configuration) { request, writer in
+                let path = request.head.path ?? "/"
+                if path == "/wait" {
+                    while !released.withLockedValue({ $0 }) { try await Task.sleep(for: .milliseconds(10)) }
+                }
+                if path == "/head-first" { try await writer.writeHead(HTTPResponse(status: .ok)) }
+                do {
+                    let body = try await request.body.collect(upTo: 1 << 20)
+                    if path == "/head-first" {
+                        try await writer.write(ByteBuffer(string: "read \(body.readableBytes) bytes\n"))
+                        try await writer.finish()
+                    } else {
+                        try await writer.respond(HTTPResponse(status: .ok), body: ByteBuffer(string: "read \(body.readableBytes) bytes\n"))
+                    }
+                } catch {
+                    failures.withLockedValue { $0[path] = "\(error)" }
+                    throw error
+                }
+            }
+        }
+    }
+
+    /// Runs `body` with a server and a client connected to it, and closes both at once afterwards,
+    /// passing or failing: a stream the server never ends must fail the test, not hang it.
+    func withServer(timeout: TimeAmount, _ body: (Server, HTTP2ClientConnection) async throws -> Void) async throws {
+        let server = try await Server(timeout: timeout)
+        let client = try await HTTP2ClientConnection.connect(host: "127.0.0.1", port: server.server.port)
+        do {
+            try await body(server, client)
+        } catch {
+            server.released.withLockedValue { $0 = true }
+            await client.closeNow()
+            await server.server.close()
+            throw error
+        }
+        server.released.withLockedValue { $0 = true }
+        await client.closeNow()
+        await server.server.close()
+    }
+
+    @Test("a stream whose body stops is answered 408 after bodyReadTimeout; its connection and other streams go on")
+    func stalledStreamAlone() async throws {
+        try await self.withServer(timeout: .milliseconds(300)) { server, client in
+            // Stream 2: a whole body, held by its handler until stream 1 has been answered.
+            let waiting = try await client.openStream(request(.post, "/wait"), body: ByteBuffer(string: "all of it"))
+            // Stream 1: part of a body, then nothing. (The client's own timeout only turns a server
+            // that never answers into a failure instead of a hang.)
+            let stalled = try await client.openStream(request(.post, "/read"), timeout: .seconds(10))
+            try await stalled.write(ByteBuffer(string: "0123456789"))
+            let answer = try await stalled.response()
+            #expect(answer.head.status == .requestTimeout)
+            let message = String(buffer: try await answer.body.collect(upTo: 1 << 16))
+            #expect(message.contains("stopped arriving"), "\(message)")
+            #expect(server.readFailures.withLockedValue { $0["/read"] } == "\(HTTP2Error.timeout)")
+            // The client is told to stop sending (RST_STREAM NO_ERROR): further writes fail.
+            await #expect(throws: HTTP2Error.streamClosed) {
+                for _ in 0..<100 {
+                    try await stalled.write(ByteBuffer(string: "more"))
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+        }
+
+        server.released.withLockedValue { $0 = true }
+        let other = try await waiting.response()
+        #expect(other.head.status == .ok)
+        #expect(String(buffer: try await other.body.collect(upTo: 1 << 16)) == "read 9 bytes\n")
+        // And a new stream on the same connection is served.
+        let again = try await client.send(request(.post, "/read"), body: ByteBuffer(string: "abc"))
+        #expect(again.head.status == .ok)
+        #expect(String(buffer: try await again.body.collect(upTo: 1 << 16)) == "read 3 bytes\n")
+        #expect(server.server.connectionCount == 1)
+        }
+    }
+
+    @Test("a stalled body whose response has begun is cut with RST_STREAM, never ended as complete")
+    func stalledAfterHead() async throws {
+        try await self.withServer(timeout: .milliseconds(300)) { server, client in
+            let stalled = try await client.openStream(request(.post, "/head-first"))
+            try await stalled.write(ByteBuffer(string: "0123"))
+            let answer = try await stalled.response()
+            #expect(answer.head.status == .ok)
+            await #expect(throws: HTTP2Error.streamReset(code: HTTP2ErrorCode.cancel)) {
+                _ = try await withDeadline(after: .seconds(10)) { try await answer.body.collect(upTo: 1 << 16) }
+        }
+        #expect(server.readFailures.withLockedValue { $0["/head-first"] } == "\(HTTP2Error.timeout)")
+        }
+    }
+
+    @Test("an HTTP/2 body that keeps coming, slowly, is read whole: each chunk restarts the wait")
+    func slowButSteady() async throws {
+        try await self.withServer(timeout: .milliseconds(400)) { server, client in
+            let stream = try await client.openStream(request(.post, "/read"))
+            // 10 chunks over 1 s: every gap well under the timeout, the whole well over it.
+            for digit in 0..<10 {
+                try await Task.sleep(for: .milliseconds(100))
+                try await stream.write(ByteBuffer(string: "\(digit)"))
+        }
+        try await stream.finish()
+        let answer = try await stream.response()
+        #expect(answer.head.status == .ok)
+        #expect(String(buffer: try await answer.body.collect(upTo: 1 << 16)) == "read 10 bytes\n")
+        #expect(server.readFailures.withLockedValue { $0.isEmpty })
+        }
+    }
+}
