@@ -14,7 +14,9 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tokens import Server  # the same threaded server, with a deep backlog
 
 MAX_MODELS = int(os.environ.get("MAX_MODELS", "3"))
 LOAD_MS = float(os.environ.get("LOAD_MS", "200"))
@@ -63,16 +65,6 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-class Server(ThreadingHTTPServer):
-    request_queue_size = 1024
-    daemon_threads = True
-
-
-def main():
-    server = Server(("127.0.0.1", int(os.environ["PORT"])), Handler)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server.serve_forever()
-
-
 if __name__ == "__main__":
-    main()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    Server(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()

@@ -79,6 +79,11 @@ struct Deploy: AsyncParsableCommand {
             throw ExitCode(1)
         }
         print("deployed \(self.config); see `serve status`")
+        // Deployed, but not working as meant (a batch size max_ongoing_requests caps).
+        for warning in (try? JSONValue.parse(body))?["warnings"]?.arrayValue ?? [] {
+            let line = "warning: \(warning["path"]?.stringValue ?? ""): \(warning["message"]?.stringValue ?? "")\n"
+            FileHandle.standardError.write(Data(line.utf8))
+        }
     }
 
     static func printRefusal(_ body: String) throws {

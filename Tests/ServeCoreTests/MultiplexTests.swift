@@ -2,15 +2,18 @@ import Testing
 
 @testable import ServeCore
 
+extension RequestRouter {
+    /// The id of the replica `acquired` names, if it names one.
+    static func chosen(_ router: RequestRouter, _ acquired: Acquired) -> String? {
+        if case .replica(let index) = acquired { return router.replicas[index].id }
+        return nil
+    }
+}
+
 @Suite("Multiplexed routing and the model LRU")
 struct MultiplexTests {
     private func replicas(_ models: [Set<String>], local: Set<Int> = []) -> [RequestRouter.Replica] {
         models.enumerated().map { RequestRouter.Replica(id: "r\($0.offset)", isLocal: local.contains($0.offset), models: $0.element) }
-    }
-
-    private func id(_ router: RequestRouter, _ acquired: RequestRouter.Acquired) -> String? {
-        if case .replica(let index) = acquired { return router.replicas[index].id }
-        return nil
     }
 
     @Test("a replica holding the model is preferred, over locality and load")
@@ -19,12 +22,12 @@ struct MultiplexTests {
         var router = RequestRouter(replicas: self.replicas([["a"], ["b"], [], ["a", "c"]], local: [1, 2]), maxOngoing: 3, maxQueued: -1)
         var picks: [String: Int] = [:]
         for _ in 0..<6 {
-            picks[self.id(router, router.acquire(model: "a", using: &generator))!, default: 0] += 1
+            picks[RequestRouter.chosen(router, router.acquire(model: "a", using: &generator))!, default: 0] += 1
         }
         #expect(picks == ["r0": 3, "r3": 3])
         // Both holders are full: the next goes to a replica with the fewest models (r2, empty),
         // which from now on counts as holding it.
-        #expect(self.id(router, router.acquire(model: "a", using: &generator)) == "r2")
+        #expect(RequestRouter.chosen(router, router.acquire(model: "a", using: &generator)) == "r2")
         #expect(router.replicas[2].models == ["a"])
     }
 
@@ -34,13 +37,13 @@ struct MultiplexTests {
         let router = RequestRouter(replicas: self.replicas([["x", "y"], [], ["z"], []], local: [0, 3]), maxOngoing: 10, maxQueued: -1)
         for _ in 0..<20 {
             var copy = router
-            #expect(self.id(copy, copy.acquire(model: "new", using: &generator)) == "r3")
+            #expect(RequestRouter.chosen(copy, copy.acquire(model: "new", using: &generator)) == "r3")
         }
         // Without a local replica among the fewest, power of two choices among the remote ones.
         var remote = RequestRouter(replicas: self.replicas([["x"], [], []]), maxOngoing: 10, maxQueued: -1)
         var seen = Set<String>()
         for index in 0..<20 {
-            seen.insert(self.id(remote, remote.acquire(model: "m\(index)", using: &generator))!)
+            seen.insert(RequestRouter.chosen(remote, remote.acquire(model: "m\(index)", using: &generator))!)
             remote = RequestRouter(replicas: self.replicas([["x"], [], []]), maxOngoing: 10, maxQueued: -1)
         }
         #expect(seen == ["r1", "r2"])
@@ -53,7 +56,7 @@ struct MultiplexTests {
         var homes: [String: Set<String>] = [:]
         for round in 0..<200 {
             let model = "m\(round % 4)"
-            let id = self.id(router, router.acquire(model: model, using: &generator))!
+            let id = RequestRouter.chosen(router, router.acquire(model: model, using: &generator))!
             homes[model, default: []].insert(id)
             _ = router.release(id, using: &generator)
         }
@@ -62,7 +65,7 @@ struct MultiplexTests {
         #expect(Set(homes.values.flatMap { $0 }).count == 4)
         var spread = Set<String>()
         for _ in 0..<100 {
-            let id = self.id(router, router.acquire(using: &generator))!
+            let id = RequestRouter.chosen(router, router.acquire(using: &generator))!
             spread.insert(id)
             _ = router.release(id, using: &generator)
         }
@@ -73,8 +76,8 @@ struct MultiplexTests {
     func waitingKeepsModel() {
         var generator = SeededGenerator(seed: 4)
         var router = RequestRouter(replicas: self.replicas([["a"], ["b"]]), maxOngoing: 1, maxQueued: -1)
-        #expect(self.id(router, router.acquire(model: "a", using: &generator)) == "r0")
-        #expect(self.id(router, router.acquire(model: "b", using: &generator)) == "r1")
+        #expect(RequestRouter.chosen(router, router.acquire(model: "a", using: &generator)) == "r0")
+        #expect(RequestRouter.chosen(router, router.acquire(model: "b", using: &generator)) == "r1")
         #expect(router.acquire(model: "a", using: &generator) == .wait(0))
         // r1 frees first: the waiting "a" request takes it (nothing else has room), then r0
         // frees with nobody waiting.
@@ -86,10 +89,10 @@ struct MultiplexTests {
     func tableReplaces() {
         var generator = SeededGenerator(seed: 5)
         var router = RequestRouter(replicas: self.replicas([[], []]), maxOngoing: 10, maxQueued: -1, version: 1)
-        let first = self.id(router, router.acquire(model: "a", using: &generator))!
+        let first = RequestRouter.chosen(router, router.acquire(model: "a", using: &generator))!
         _ = router.update(
             replicas: self.replicas([[], ["a"]]), maxOngoing: 10, maxQueued: -1, unavailable: nil, version: 2, using: &generator)
-        #expect(self.id(router, router.acquire(model: "a", using: &generator)) == "r1")
+        #expect(RequestRouter.chosen(router, router.acquire(model: "a", using: &generator)) == "r1")
         _ = first
     }
 
