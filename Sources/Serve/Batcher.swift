@@ -63,12 +63,8 @@ public final class Batcher<Input: Sendable, Output: Sendable>: Sendable {
             maxBatchSize: maxBatchSize, batchWaitTimeout: batchWaitTimeout, maxConcurrentBatches: maxConcurrentBatches)
         self.init(configuration) { inputs in
             do {
-                let outputs = try await function(inputs)
-                guard outputs.count == inputs.count else {
-                    let error = BatchError(description: "the batch function returned \(outputs.count) results for \(inputs.count) inputs")
-                    return inputs.map { _ in .failure(error) }
-                }
-                return outputs.map { .success($0) }
+                // A wrong count fails the batch in `run`.
+                return try await function(inputs).map { .success($0) }
             } catch {
                 return inputs.map { _ in .failure(error) }
             }

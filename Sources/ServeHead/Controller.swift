@@ -95,6 +95,8 @@ public actor Controller {
     private var lastPing: Double = 0
     /// A pass is due soon (`reconcileSoon`).
     private var reconcileScheduled = false
+    /// Routes are due soon (`publishRoutesSoon`).
+    private var routesScheduled = false
     /// The dashboard's timeline (`GET /api/serve/history`), sampled by the autoscaler's tick.
     private var history: DeploymentHistory
 
@@ -436,7 +438,7 @@ public actor Controller {
         }
         // Routers learn which replica holds which model now, not at the next pass (a replica
         // reports a change at once: DESIGN.md asks for routes within 0.5 s of it).
-        if modelsChanged { self.publishRoutes() }
+        if modelsChanged { self.publishRoutesSoon() }
         await self.apply(directives)
     }
 
@@ -562,6 +564,23 @@ public actor Controller {
     private func scheduledReconcile() async {
         self.reconcileScheduled = false
         await self.reconcile()
+    }
+
+    /// Routes for a change of the models replicas hold: one table `reportCoalescing` after the
+    /// first change of a burst (models thrashing on many nodes would otherwise rebuild the whole
+    /// table on every heartbeat), well within the 0.5 s DESIGN.md allows.
+    private func publishRoutesSoon() {
+        guard !self.routesScheduled else { return }
+        self.routesScheduled = true
+        Task {
+            try? await Task.sleep(for: Self.reportCoalescing)
+            self.scheduledPublish()
+        }
+    }
+
+    private func scheduledPublish() {
+        self.routesScheduled = false
+        self.publishRoutes()
     }
 
     // MARK: reconcile

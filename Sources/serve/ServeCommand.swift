@@ -216,7 +216,8 @@ enum StatusTree {
                     let state = replica["state"]?.stringValue ?? "?"
                     let node = replica["node_id"]?.stringValue ?? "-"
                     let ongoing = Int(replica["ongoing_requests"]?.doubleValue ?? 0)
-                    out += "    \(id)  \(state)  node \(node)  ongoing \(ongoing)\n"
+                    let models = replica["model_ids"]?.arrayValue?.compactMap(\.stringValue) ?? []
+                    out += "    \(id)  \(state)  node \(node)  ongoing \(ongoing)\(models.isEmpty ? "" : "  models \(models.joined(separator: ","))")\n"
                 }
             }
         }
