@@ -35,7 +35,8 @@ public enum ConfigParser {
                     path: "applications[\(appIndex)].deployments[\(index)].user_config.max_batch_size",
                     message: "\(size) can never be reached: a replica of \(deployment.name) takes at most max_ongoing_requests "
                         + "(\(deployment.maxOngoingRequests)) requests at once, so its batches hold at most that many; "
-                        + "set max_ongoing_requests to at least max_batch_size × max_concurrent_batches"))
+                        + "set max_ongoing_requests to at least max_batch_size × max_concurrent_batches",
+                    deployment: DeploymentID(app: app.name, name: deployment.name)))
             }
         }
         return warnings

@@ -167,7 +167,7 @@ public actor Controller {
             self.record(.scale, id, before: before, after: 0, reason: "deleted")
         }
         for warning in ConfigParser.warnings(for: config) {
-            self.record(.warning, nil, before: 0, after: 0, reason: "config warning: \(warning)")
+            self.record(.warning, warning.deployment, before: 0, after: 0, reason: "config warning: \(warning)")
         }
         await self.reconcile()
     }

@@ -192,6 +192,7 @@ struct BatchingConfigTests {
         let warnings = ConfigParser.warnings(for: capped)
         #expect(warnings.map(\.path) == ["applications[0].deployments[0].user_config.max_batch_size"])
         #expect(warnings.first?.message.contains("max_ongoing_requests (5)") == true)
+        #expect(warnings.first?.deployment == DeploymentID(app: "a", name: "M"))
         let fits = try self.config("{name: M, handler: batched, max_ongoing_requests: 32, user_config: {max_batch_size: 16}}")
         #expect(ConfigParser.warnings(for: fits).isEmpty)
         #expect(ConfigParser.warnings(for: try self.config("{name: M, handler: batched}")).isEmpty)
