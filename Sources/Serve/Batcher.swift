@@ -193,3 +193,133 @@ public final class Batcher<Input: Sendable, Output: Sendable>: Sendable {
 public struct BatchError: Error, Sendable, CustomStringConvertible {
     public var description: String
 }
+
+/// Batches calls whose answers stream (Ray Serve's `@serve.batch` on a generator): the batch
+/// function writes pieces for each input as they come (an LLM's tokens, step by step for the
+/// whole batch) and each caller reads its own stream. The batch holds its slot of
+/// `max_concurrent_batches` until the function returns; every stream still open then ends
+/// (with the function's error, if it threw).
+///
+/// ```swift
+/// let generate = StreamingBatcher<String, String>(maxBatchSize: 8) { prompts, out in
+///     for _ in 0..<16 {
+///         out.yield(await model.step(prompts))       // one token per prompt, each to its caller
+///     }
+/// }
+/// func handle(_ request: ServeRequest) async throws -> ServeResponse {
+///     let tokens = generate.stream(request.query("prompt") ?? "")
+///     return .eventStream { events in for try await token in tokens { try await events.send(token) } }
+/// }
+/// ```
+///
+/// A caller that stops reading (its client left) leaves the queue if its batch has not begun;
+/// otherwise the batch goes on and what is written for it is dropped (`isListening` says so).
+public final class StreamingBatcher<Input: Sendable, Output: Sendable>: Sendable {
+    public typealias Function = @Sendable ([Input], BatchStreams<Output>) async throws -> Void
+
+    private let batcher: Batcher<(Input, BatchStreams<Output>.Caller), Void>
+
+    public init(_ configuration: BatchConfiguration = BatchConfiguration(), _ function: @escaping Function) {
+        self.batcher = Batcher(configuration) { calls in
+            let streams = BatchStreams(calls.map(\.1))
+            do {
+                try await function(calls.map(\.0), streams)
+                streams.finishAll(throwing: nil)
+            } catch {
+                streams.finishAll(throwing: error)
+            }
+            return calls.map { _ in .success(()) }
+        }
+    }
+
+    public convenience init(
+        maxBatchSize: Int = BatchConfiguration.defaultMaxBatchSize,
+        batchWaitTimeout: Duration = BatchConfiguration.defaultBatchWaitTimeout,
+        maxConcurrentBatches: Int = BatchConfiguration.defaultMaxConcurrentBatches,
+        _ function: @escaping Function
+    ) {
+        self.init(
+            BatchConfiguration(maxBatchSize: maxBatchSize, batchWaitTimeout: batchWaitTimeout, maxConcurrentBatches: maxConcurrentBatches),
+            function)
+    }
+
+    public var configuration: BatchConfiguration { self.batcher.configuration }
+    public func reconfigure(_ configuration: BatchConfiguration) { self.batcher.reconfigure(configuration) }
+    public func reconfigure(userConfig: JSONValue?) { self.batcher.reconfigure(userConfig: userConfig) }
+    /// Calls waiting for a batch.
+    public var waiting: Int { self.batcher.waiting }
+
+    /// `input`'s answer, piece by piece, once its batch runs.
+    public func stream(_ input: Input) -> AsyncThrowingStream<Output, any Error> {
+        let (stream, continuation) = AsyncThrowingStream<Output, any Error>.makeStream()
+        let caller = BatchStreams<Output>.Caller(continuation)
+        let batcher = self.batcher
+        let call = Task {
+            do {
+                try await batcher.submit((input, caller))
+            } catch {
+                // It left the queue (cancelled): its stream ends.
+                continuation.finish(throwing: error)
+            }
+        }
+        continuation.onTermination = { _ in
+            caller.listening.withLockedValue { $0 = false }
+            call.cancel()
+        }
+        return stream
+    }
+}
+
+/// The callers' streams of one batch, by the index of their input.
+public final class BatchStreams<Output: Sendable>: Sendable {
+    /// One caller's stream, and whether it still reads.
+    final class Caller: Sendable {
+        let continuation: AsyncThrowingStream<Output, any Error>.Continuation
+        let listening = NIOLockedValueBox(true)
+
+        init(_ continuation: AsyncThrowingStream<Output, any Error>.Continuation) {
+            self.continuation = continuation
+        }
+    }
+
+    private let callers: [Caller]
+
+    init(_ callers: [Caller]) {
+        self.callers = callers
+    }
+
+    public var count: Int { self.callers.count }
+
+    /// Whether input `index`'s caller still reads (false once it left or its stream ended).
+    public func isListening(_ index: Int) -> Bool {
+        self.callers[index].listening.withLockedValue { $0 }
+    }
+
+    /// One piece for input `index`'s caller (dropped if it left).
+    public func yield(_ output: Output, to index: Int) {
+        guard self.isListening(index) else { return }
+        if case .terminated = self.callers[index].continuation.yield(output) {
+            self.callers[index].listening.withLockedValue { $0 = false }
+        }
+    }
+
+    /// One step for the whole batch: a piece per input, in order (nil: nothing for that one).
+    public func yield(_ step: [Output?]) {
+        for (index, output) in step.enumerated() where index < self.count {
+            if let output { self.yield(output, to: index) }
+        }
+    }
+
+    /// Ends input `index`'s stream (with an error, or cleanly) before the batch ends.
+    public func finish(_ index: Int, throwing error: (any Error)? = nil) {
+        let wasListening = self.callers[index].listening.withLockedValue { listening in
+            defer { listening = false }
+            return listening
+        }
+        if wasListening { self.callers[index].continuation.finish(throwing: error) }
+    }
+
+    func finishAll(throwing error: (any Error)?) {
+        for index in 0..<self.count { self.finish(index, throwing: error) }
+    }
+}

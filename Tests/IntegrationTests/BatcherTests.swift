@@ -120,4 +120,55 @@ struct BatcherTests {
         #expect(try await [a, b] == [2, 3])
         #expect(seen.all.map { $0.sorted() } == [[2, 3]])
     }
+
+    @Test("streamed: each caller reads its own pieces as the batch writes them, step by step")
+    func streamed() async throws {
+        let seen = Seen()
+        let batcher = StreamingBatcher<Int, String>(maxBatchSize: 3, batchWaitTimeout: .seconds(60)) { inputs, out in
+            seen.add(inputs)
+            for step in 0..<3 { out.yield(inputs.map { "\($0)-\(step)" }) }
+        }
+        let pieces = try await withThrowingTaskGroup(of: (Int, [String]).self) { group in
+            for value in 0..<3 {
+                group.addTask { (value, try await batcher.stream(value).reduce(into: []) { $0.append($1) }) }
+            }
+            return try await group.reduce(into: [:]) { $0[$1.0] = $1.1 }
+        }
+        #expect(pieces == [0: ["0-0", "0-1", "0-2"], 1: ["1-0", "1-1", "1-2"], 2: ["2-0", "2-1", "2-2"]])
+        #expect(seen.all.count == 1)
+
+        struct Broke: Error {}
+        let failing = StreamingBatcher<Int, String>(maxBatchSize: 1) { inputs, out in
+            out.yield(["first"])
+            throw Broke()
+        }
+        var received: [String] = []
+        await #expect(throws: Broke.self) {
+            for try await piece in failing.stream(1) { received.append(piece) }
+        }
+        #expect(received == ["first"])
+    }
+
+    @Test("streamed: a caller that stops reading does not stop the batch; the others get every piece")
+    func streamedCallerLeaves() async throws {
+        let release = Gate()
+        let listening = NIOLockedValueBox<[Int: Bool]>([:])
+        let batcher = StreamingBatcher<Int, Int>(maxBatchSize: 2, batchWaitTimeout: .seconds(60)) { inputs, out in
+            out.yield(inputs.map { $0 * 10 })
+            await release.wait()
+            listening.withLockedValue { listening in
+                for (index, input) in inputs.enumerated() { listening[input] = out.isListening(index) }
+            }
+            out.yield(inputs.map { $0 * 10 + 1 })
+        }
+        let leaving = Task {
+            for try await piece in batcher.stream(1) { return piece }   // reads one piece, then leaves
+            return -1
+        }
+        let staying = Task { try await batcher.stream(2).reduce(into: [Int]()) { $0.append($1) } }
+        #expect(try await leaving.value == 10)
+        release.open()
+        #expect(try await staying.value == [20, 21])
+        #expect(listening.withLockedValue { $0 } == [1: false, 2: true])
+    }
 }
