@@ -118,7 +118,8 @@ public final class Batcher<Input: Sendable, Output: Sendable>: Sendable {
                 self.perform(steps)
             }
         } onCancel: {
-            let (continuation, steps) = self.state.withLockedValue { state -> (CheckedContinuation<Output, any Error>?, [Run]) in
+            let (continuation, steps) = self.state.withLockedValue {
+                state -> (CheckedContinuation<Output, any Error>?, [Run]) in
                 let number = call.withLockedValue { call -> Int? in
                     guard case .waiting(let number) = call else {
                         call = .cancelled
@@ -149,7 +150,8 @@ public final class Batcher<Input: Sendable, Output: Sendable>: Sendable {
         for action in actions {
             switch action {
             case .run(let batch, let calls):
-                runs.append(Run(batch: batch, calls: calls, inputs: calls.compactMap { state.inputs.removeValue(forKey: $0) }))
+                runs.append(
+                    Run(batch: batch, calls: calls, inputs: calls.compactMap { state.inputs.removeValue(forKey: $0) }))
             case .wake(let deadline):
                 state.timer?.cancel()
                 state.timer = Task {
@@ -174,7 +176,8 @@ public final class Batcher<Input: Sendable, Output: Sendable>: Sendable {
     private func run(batch: Int, calls: [Int], inputs: [Input]) async {
         var results = await self.function(inputs)
         if results.count != inputs.count {
-            let error = BatchError(description: "the batch function returned \(results.count) results for \(inputs.count) inputs")
+            let error = BatchError(
+                description: "the batch function returned \(results.count) results for \(inputs.count) inputs")
             results = inputs.map { _ in .failure(error) }
         }
         let (deliveries, steps) = self.state.withLockedValue { state in
@@ -239,7 +242,9 @@ public final class StreamingBatcher<Input: Sendable, Output: Sendable>: Sendable
         _ function: @escaping Function
     ) {
         self.init(
-            BatchConfiguration(maxBatchSize: maxBatchSize, batchWaitTimeout: batchWaitTimeout, maxConcurrentBatches: maxConcurrentBatches),
+            BatchConfiguration(
+                maxBatchSize: maxBatchSize, batchWaitTimeout: batchWaitTimeout,
+                maxConcurrentBatches: maxConcurrentBatches),
             function)
     }
 

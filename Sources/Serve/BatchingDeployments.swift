@@ -39,7 +39,11 @@ final class BatchedDeployment: Deployment {
             } catch {
                 return items.map { _ in .failure(error) }
             }
-            return items.map { .success(["item": .string($0), "batch_size": .number(Double(items.count)), "replica_id": .string(replicaID)]) }
+            return items.map {
+                .success([
+                    "item": .string($0), "batch_size": .number(Double(items.count)), "replica_id": .string(replicaID),
+                ])
+            }
         }
     }
 

@@ -109,7 +109,9 @@ public final class ModelCache<Model: Sendable>: Sendable {
     /// The model `request` names in `serve_multiplexed_model_id`.
     public func model(for request: ServeRequest) async throws -> Model {
         guard let id = request.multiplexedModelID else {
-            throw DeploymentError("the request names no model: send the \(Multiplexing.header) header (or use a handle's options(multiplexedModelID:))")
+            throw DeploymentError(
+                "the request names no model: send the \(Multiplexing.header) header (or use a handle's options(multiplexedModelID:))"
+            )
         }
         return try await self.model(id)
     }
@@ -143,7 +145,9 @@ public final class ModelCache<Model: Sendable>: Sendable {
     /// A new bound (from `reconfigure`), evicting the least recently used past it.
     public func setMaxModels(_ maxModels: Int) {
         let (evicted, ids) = self.state.withLockedValue { state in
-            let evicted = state.lru.setCapacity(maxModels).compactMap { old in state.entries.removeValue(forKey: old).map { (old, $0) } }
+            let evicted = state.lru.setCapacity(maxModels).compactMap { old in
+                state.entries.removeValue(forKey: old).map { (old, $0) }
+            }
             return (evicted, state.lru.ids)
         }
         self.held.setCapacity(maxModels)

@@ -137,10 +137,14 @@ extension BatchConfiguration {
     /// Keys left out keep `base`'s values; the validator has refused wrong types already.
     public init(userConfig: JSONValue?, base: Self = Self()) {
         self = base
-        if let size = userConfig?["max_batch_size"]?.doubleValue { self.maxBatchSize = Int(min(max(size, 1), 1_000_000)) }
+        if let size = userConfig?["max_batch_size"]?.doubleValue {
+            self.maxBatchSize = Int(min(max(size, 1), 1_000_000))
+        }
         if let seconds = userConfig?["batch_wait_timeout_s"]?.doubleValue {
             self.batchWaitTimeout = .seconds(max(0, min(seconds, 3600)))
         }
-        if let count = userConfig?["max_concurrent_batches"]?.doubleValue { self.maxConcurrentBatches = Int(min(max(count, 1), 1_000_000)) }
+        if let count = userConfig?["max_concurrent_batches"]?.doubleValue {
+            self.maxConcurrentBatches = Int(min(max(count, 1), 1_000_000))
+        }
     }
 }

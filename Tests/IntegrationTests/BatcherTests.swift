@@ -162,7 +162,7 @@ struct BatcherTests {
             out.yield(inputs.map { $0 * 10 + 1 })
         }
         let leaving = Task {
-            for try await piece in batcher.stream(1) { return piece }   // reads one piece, then leaves
+            for try await piece in batcher.stream(1) { return piece }  // reads one piece, then leaves
             return -1
         }
         let staying = Task { try await batcher.stream(2).reduce(into: [Int]()) { $0.append($1) } }

@@ -37,7 +37,9 @@ struct MultiplexingTests {
     /// One request for `model` through `pool`: its status and JSON answer.
     static func ask(_ pool: HTTP1ConnectionPool, _ path: String, model: String) async throws -> (Int, JSONValue) {
         let response = try await pool.send(
-            HTTPRequest(method: .get, scheme: "http", authority: "127.0.0.1", path: path, headerFields: [.serveMultiplexedModelID: model]),
+            HTTPRequest(
+                method: .get, scheme: "http", authority: "127.0.0.1", path: path,
+                headerFields: [.serveMultiplexedModelID: model]),
             timeout: .seconds(30))
         let body = String(buffer: try await response.body.collect(upTo: 1 << 20))
         return (response.head.status.code, (try? JSONValue.parse(body)) ?? .string(body))
@@ -53,7 +55,9 @@ struct MultiplexingTests {
         return held
     }
 
-    @Test("10 models over 4 replicas under a skewed load: every request answered, no replica ever past its cache, most requests hit a held model")
+    @Test(
+        "10 models over 4 replicas under a skewed load: every request answered, no replica ever past its cache, most requests hit a held model"
+    )
     func skewedLoad() async throws {
         try await withCluster { cluster in
             try await cluster.addWorker(cpus: 2)
@@ -121,13 +125,16 @@ struct MultiplexingTests {
             let asked = ContinuousClock.now
             var seenAfter: Duration?
             while ContinuousClock.now - asked < .seconds(5) {
-                if Self.held(try await cluster.status(), app: "models", deployment: "Models")[replica]?.contains("fresh") == true {
+                if Self.held(try await cluster.status(), app: "models", deployment: "Models")[replica]?.contains(
+                    "fresh") == true
+                {
                     seenAfter = ContinuousClock.now - asked
                     break
                 }
                 try await Task.sleep(for: .milliseconds(20))
             }
-            #expect(seenAfter != nil && seenAfter! < .milliseconds(500), "reported after \(String(describing: seenAfter))")
+            #expect(
+                seenAfter != nil && seenAfter! < .milliseconds(500), "reported after \(String(describing: seenAfter))")
             // ... and a handle call passes the model on (compose relays with the option set):
             // it lands where the model is held.
             let (status, relayed) = try await Self.ask(cluster.ingress, "/front", model: "fresh")
@@ -142,7 +149,8 @@ struct MultiplexingTests {
         try await withCluster { cluster in
             try await cluster.addWorker(cpus: 2)
             _ = try await cluster.waitForNodes(1)
-            try await cluster.deploy("""
+            try await cluster.deploy(
+                """
                 applications:
                   - name: py
                     route_prefix: /py
@@ -171,7 +179,8 @@ struct MultiplexingTests {
                 if held.values.map(\.count).reduce(0, +) == 4 { break }
                 try await Task.sleep(for: .milliseconds(20))
             }
-            #expect(held.values.allSatisfy { $0.count == 2 } && Set(held.values.flatMap { $0 }) == Set(models), "\(held)")
+            #expect(
+                held.values.allSatisfy { $0.count == 2 } && Set(held.values.flatMap { $0 }) == Set(models), "\(held)")
             // ... and each model's next requests go to the process that loaded it, and hit.
             for model in models + models {
                 let (status, answer) = try await Self.ask(cluster.ingress, "/py", model: model)
@@ -181,7 +190,9 @@ struct MultiplexingTests {
         }
     }
 
-    @Test("batches through the proxy: 32 concurrent calls run in batches bigger than one; a batch size over max_ongoing_requests is deployed with a warning")
+    @Test(
+        "batches through the proxy: 32 concurrent calls run in batches bigger than one; a batch size over max_ongoing_requests is deployed with a warning"
+    )
     func batchingEndToEnd() async throws {
         try await withCluster { cluster in
             try await cluster.addWorker(cpus: 2)
@@ -200,7 +211,9 @@ struct MultiplexingTests {
             let (status, body) = try await cluster.adminCall(.put, "/api/serve/applications/", body: yaml)
             #expect(status == 200)
             let warnings = try JSONValue.parse(body)["warnings"]?.arrayValue ?? []
-            #expect(warnings.first?["path"]?.stringValue == "applications[0].deployments[0].user_config.max_batch_size", "\(body)")
+            #expect(
+                warnings.first?["path"]?.stringValue == "applications[0].deployments[0].user_config.max_batch_size",
+                "\(body)")
             let (_, events) = try await cluster.adminCall(.get, "/api/serve/events")
             #expect(events.contains("config warning: applications[0].deployments[0].user_config.max_batch_size"))
             _ = try await cluster.waitForRunning(app: "batched", deployment: "Batched", replicas: 1)
@@ -208,7 +221,8 @@ struct MultiplexingTests {
             var sizes = try await Self.batchSizes(cluster, calls: 32)
             #expect(sizes.max() ?? 0 <= 4 && sizes.max() ?? 0 > 1, "\(sizes)")
             // Raised without a restart: batches up to 16 now.
-            try await cluster.deploy(yaml.replacingOccurrences(of: "max_ongoing_requests: 4", with: "max_ongoing_requests: 64"))
+            try await cluster.deploy(
+                yaml.replacingOccurrences(of: "max_ongoing_requests: 4", with: "max_ongoing_requests: 64"))
             let deadline = ContinuousClock.now + .seconds(10)
             repeat {
                 sizes = try await Self.batchSizes(cluster, calls: 32)
@@ -224,7 +238,9 @@ struct MultiplexingTests {
                 group.addTask {
                     let (status, body, _) = try await cluster.get("/batched?item=\(index)")
                     let answer = try JSONValue.parse(body)
-                    guard status == 200, answer["item"]?.stringValue == "\(index)" else { throw HarnessFailure("\(status): \(body)") }
+                    guard status == 200, answer["item"]?.stringValue == "\(index)" else {
+                        throw HarnessFailure("\(status): \(body)")
+                    }
                     return answer["batch_size"]?.doubleValue.map(Int.init) ?? 0
                 }
             }

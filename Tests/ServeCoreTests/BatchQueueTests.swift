@@ -29,7 +29,9 @@ struct BatchQueueTests {
         #expect(configuration.maxBatchSize == 10)
         #expect(configuration.batchWaitTimeout == .milliseconds(10))
         #expect(configuration.maxConcurrentBatches == 1)
-        let fromConfig = Queue.Configuration(userConfig: ["max_batch_size": 16, "batch_wait_timeout_s": 0.25, "other": "x"])
+        let fromConfig = Queue.Configuration(userConfig: [
+            "max_batch_size": 16, "batch_wait_timeout_s": 0.25, "other": "x",
+        ])
         #expect(fromConfig == Queue.Configuration(maxBatchSize: 16, batchWaitTimeout: .milliseconds(250)))
         #expect(Queue.Configuration(userConfig: nil) == configuration)
     }
@@ -64,7 +66,8 @@ struct BatchQueueTests {
 
     @Test("a call that waited past the timeout for a slot goes in the next batch at once")
     func concurrency() {
-        var queue = Queue(configuration: .init(maxBatchSize: 2, batchWaitTimeout: .milliseconds(10), maxConcurrentBatches: 2))
+        var queue = Queue(
+            configuration: .init(maxBatchSize: 2, batchWaitTimeout: .milliseconds(10), maxConcurrentBatches: 2))
         _ = queue.enqueue(now: .ms(0))
         #expect(self.runs(queue.enqueue(now: .ms(0)).actions) == [[0, 1]])
         _ = queue.enqueue(now: .ms(0))
@@ -99,9 +102,13 @@ struct BatchQueueTests {
     func reconfigure() {
         var queue = Queue(configuration: .init(maxBatchSize: 10, batchWaitTimeout: .seconds(10)))
         for _ in 0..<3 { _ = queue.enqueue(now: .ms(0)) }
-        #expect(self.runs(queue.reconfigure(.init(maxBatchSize: 2, batchWaitTimeout: .seconds(10)), now: .ms(1))) == [[0, 1]])
+        #expect(
+            self.runs(queue.reconfigure(.init(maxBatchSize: 2, batchWaitTimeout: .seconds(10)), now: .ms(1))) == [
+                [0, 1]
+            ])
         // The one left waits under the new timeout once a slot is free.
-        let actions = queue.reconfigure(.init(maxBatchSize: 2, batchWaitTimeout: .milliseconds(5), maxConcurrentBatches: 2), now: .ms(2))
+        let actions = queue.reconfigure(
+            .init(maxBatchSize: 2, batchWaitTimeout: .milliseconds(5), maxConcurrentBatches: 2), now: .ms(2))
         #expect(actions == [.wake(at: .ms(5))])
         #expect(self.runs(queue.tick(now: .ms(5))) == [[2]])
     }
@@ -193,16 +200,23 @@ struct BatchingConfigTests {
         #expect(warnings.map(\.path) == ["applications[0].deployments[0].user_config.max_batch_size"])
         #expect(warnings.first?.message.contains("max_ongoing_requests (5)") == true)
         #expect(warnings.first?.deployment == DeploymentID(app: "a", name: "M"))
-        let fits = try self.config("{name: M, handler: batched, max_ongoing_requests: 32, user_config: {max_batch_size: 16}}")
+        let fits = try self.config(
+            "{name: M, handler: batched, max_ongoing_requests: 32, user_config: {max_batch_size: 16}}")
         #expect(ConfigParser.warnings(for: fits).isEmpty)
         #expect(ConfigParser.warnings(for: try self.config("{name: M, handler: batched}")).isEmpty)
     }
 
     @Test("the conventional user_config keys are checked; the deployment's own are not")
     func conventionalKeys() {
-        #expect(throws: ConfigError.self) { try self.config("{name: M, handler: batched, user_config: {max_batch_size: 0}}") }
-        #expect(throws: ConfigError.self) { try self.config("{name: M, handler: batched, user_config: {batch_wait_timeout_s: fast}}") }
-        #expect(throws: ConfigError.self) { try self.config("{name: M, handler: batched, user_config: {max_num_models_per_replica: 1.5}}") }
+        #expect(throws: ConfigError.self) {
+            try self.config("{name: M, handler: batched, user_config: {max_batch_size: 0}}")
+        }
+        #expect(throws: ConfigError.self) {
+            try self.config("{name: M, handler: batched, user_config: {batch_wait_timeout_s: fast}}")
+        }
+        #expect(throws: ConfigError.self) {
+            try self.config("{name: M, handler: batched, user_config: {max_num_models_per_replica: 1.5}}")
+        }
         #expect((try? self.config("{name: M, handler: batched, user_config: {max_batch_size: 4, mine: [1]}}")) != nil)
     }
 }

@@ -13,13 +13,16 @@ extension RequestRouter {
 @Suite("Multiplexed routing and the model LRU")
 struct MultiplexTests {
     private func replicas(_ models: [Set<String>], local: Set<Int> = []) -> [RequestRouter.Replica] {
-        models.enumerated().map { RequestRouter.Replica(id: "r\($0.offset)", isLocal: local.contains($0.offset), models: $0.element) }
+        models.enumerated().map {
+            RequestRouter.Replica(id: "r\($0.offset)", isLocal: local.contains($0.offset), models: $0.element)
+        }
     }
 
     @Test("a replica holding the model is preferred, over locality and load")
     func holderFirst() {
         var generator = SeededGenerator(seed: 1)
-        var router = RequestRouter(replicas: self.replicas([["a"], ["b"], [], ["a", "c"]], local: [1, 2]), maxOngoing: 3, maxQueued: -1)
+        var router = RequestRouter(
+            replicas: self.replicas([["a"], ["b"], [], ["a", "c"]], local: [1, 2]), maxOngoing: 3, maxQueued: -1)
         var picks: [String: Int] = [:]
         for _ in 0..<6 {
             picks[RequestRouter.chosen(router, router.acquire(model: "a", using: &generator))!, default: 0] += 1
@@ -34,7 +37,8 @@ struct MultiplexTests {
     @Test("no holder: the replicas holding the fewest models, local first among them")
     func fewest() {
         var generator = SeededGenerator(seed: 2)
-        let router = RequestRouter(replicas: self.replicas([["x", "y"], [], ["z"], []], local: [0, 3]), maxOngoing: 10, maxQueued: -1)
+        let router = RequestRouter(
+            replicas: self.replicas([["x", "y"], [], ["z"], []], local: [0, 3]), maxOngoing: 10, maxQueued: -1)
         for _ in 0..<20 {
             var copy = router
             #expect(RequestRouter.chosen(copy, copy.acquire(model: "new", using: &generator)) == "r3")
@@ -91,7 +95,8 @@ struct MultiplexTests {
         var router = RequestRouter(replicas: self.replicas([[], []]), maxOngoing: 10, maxQueued: -1, version: 1)
         let first = RequestRouter.chosen(router, router.acquire(model: "a", using: &generator))!
         _ = router.update(
-            replicas: self.replicas([[], ["a"]]), maxOngoing: 10, maxQueued: -1, unavailable: nil, version: 2, using: &generator)
+            replicas: self.replicas([[], ["a"]]), maxOngoing: 10, maxQueued: -1, unavailable: nil, version: 2,
+            using: &generator)
         #expect(RequestRouter.chosen(router, router.acquire(model: "a", using: &generator)) == "r1")
         _ = first
     }
