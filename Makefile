@@ -17,7 +17,7 @@ apt_install = @missing=""; for p in $(1); do \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-.PHONY: deps bench-deps build release run test fuzz soak bench bench-wire bench-autoscaling bench-composition protos lint clean
+.PHONY: deps bench-deps build release run test fuzz soak bench bench-wire bench-autoscaling bench-composition bench-batching protos lint clean
 
 deps:
 	$(call apt_install,$(APT_PACKAGES))
@@ -84,6 +84,9 @@ bench-autoscaling: deps
 # release binaries (benchmarks/composition.py); writes benchmarks/results/composition-latest.md.
 bench-composition: release
 	SKIP_BUILD=1 python3 benchmarks/composition.py
+
+bench-batching: release
+	SKIP_BUILD=1 python3 benchmarks/batching.py
 
 protos:
 	scripts/gen-protos.sh

@@ -54,8 +54,13 @@ final class SleepDeployment: Deployment {
     /// on Linux wakes through libdispatch, whose timers may fire late by up to a tenth of the
     /// interval: about 1 ms of a 10 ms sleep, which would swamp what this handler measures.
     static func sleep(milliseconds: Double) async throws {
+        try await Self.sleep(for: .nanoseconds(Int64(milliseconds * 1_000_000)))
+    }
+
+    static func sleep(for duration: Duration) async throws {
         let loop = MultiThreadedEventLoopGroup.currentEventLoop ?? MultiThreadedEventLoopGroup.singleton.any()
-        let timer = loop.scheduleTask(in: .nanoseconds(Int64(milliseconds * 1_000_000))) {}
+        let (seconds, attoseconds) = duration.components
+        let timer = loop.scheduleTask(in: .nanoseconds(max(0, seconds * 1_000_000_000 + attoseconds / 1_000_000_000))) {}
         try await withTaskCancellationHandler {
             try await timer.futureResult.get()
         } onCancel: {

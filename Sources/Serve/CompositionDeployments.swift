@@ -12,7 +12,8 @@ import Synchronization
 /// - `{chain: [A, B]}`: sends the request to A, A's answer as the body of a request to B, and
 ///   so on; answers the last one's response, or the first that is not 2xx;
 /// - `{relay: A}`: streams A's response through as it comes (server-sent events, tokens).
-/// `app` names another application to call into (default: its own).
+/// `app` names another application to call into (default: its own). A request's
+/// `serve_multiplexed_model_id` goes on to the callees (`DeploymentHandle.options`).
 final class ComposeDeployment: Deployment {
     private let context: ReplicaContext
     private let userConfig: Mutex<JSONValue?>
@@ -32,8 +33,11 @@ final class ComposeDeployment: Deployment {
         let config = self.userConfig.withLock { $0 }
         let app = config?["app"]?.stringValue
         func names(_ key: String) -> [String]? { config?[key]?.arrayValue?.compactMap(\.stringValue) }
+        // A multiplexed model's request stays one through the handles (their option sets the header).
+        let model = request.multiplexedModelID
+        func callee(_ name: String) -> DeploymentHandle { self.context.handle(name, app: app).options(multiplexedModelID: model) }
         if let relay = config?["relay"]?.stringValue {
-            let response = try await self.context.handle(relay, app: app).stream(Self.forward(request, body: nil))
+            let response = try await callee(relay).stream(Self.forward(request, body: nil))
             return .streaming(status: response.status, headers: response.headers, response.body)
         }
         let body = try await request.body.collect(upTo: 100 << 20)
@@ -41,7 +45,7 @@ final class ComposeDeployment: Deployment {
             var answer = ServeResponse()
             var input = body
             for name in chain {
-                answer = try await self.context.handle(name, app: app).call(Self.forward(request, body: input))
+                answer = try await callee(name).call(Self.forward(request, body: input))
                 guard (200..<300).contains(answer.status.code) else { return answer }
                 input = answer.body
             }
@@ -52,7 +56,7 @@ final class ComposeDeployment: Deployment {
         }
         let answers = try await withThrowingTaskGroup(of: (String, ServeResponse).self) { group in
             for name in calls {
-                let handle = self.context.handle(name, app: app)
+                let handle = callee(name)
                 group.addTask { (name, try await handle.call(Self.forward(request, body: body))) }
             }
             var answers: [String: ServeResponse] = [:]

@@ -127,6 +127,9 @@ public struct ReplicaContext: Sendable {
     public var threads: ThreadBudget
     /// Reaches other deployments for `handle(_:app:)`: the node's routers (nil outside a node).
     public var caller: (any DeploymentCaller)?
+    /// The multiplexed models this replica holds, reported with its node's heartbeats (a
+    /// `ModelCache` made from this context keeps it).
+    public var models: ReplicaModels
 
     public init(
         replicaID: String,
@@ -137,7 +140,8 @@ public struct ReplicaContext: Sendable {
         gpuIDs: [String],
         environment: [String: String],
         userConfig: JSONValue?,
-        caller: (any DeploymentCaller)? = nil
+        caller: (any DeploymentCaller)? = nil,
+        models: ReplicaModels = ReplicaModels()
     ) {
         self.replicaID = replicaID
         self.app = app
@@ -148,6 +152,7 @@ public struct ReplicaContext: Sendable {
         self.environment = environment
         self.userConfig = userConfig
         self.caller = caller
+        self.models = models
         self.threads = ThreadBudget(threads: max(1, Int(grant[ResourceSet.cpu].doubleValue)))
     }
 }
@@ -187,8 +192,9 @@ public struct DeploymentRegistry: Sendable {
 
     public init() {}
 
-    /// The handlers every stock binary has: `echo`, `sleep`, `cpu`, `env`, and for composition
-    /// and streaming `compose` and `tokens`.
+    /// The handlers every stock binary has: `echo`, `sleep`, `cpu`, `env`, for composition and
+    /// streaming `compose` and `tokens`, and for batching and multiplexing `batched` and
+    /// `multiplexed`.
     public static var builtIn: DeploymentRegistry {
         var registry = DeploymentRegistry()
         registry.register("echo") { _ in EchoDeployment() }
@@ -197,6 +203,8 @@ public struct DeploymentRegistry: Sendable {
         registry.register("env") { context in EnvDeployment(context: context) }
         registry.register("compose") { context in ComposeDeployment(context: context) }
         registry.register("tokens") { context in TokensDeployment(context: context) }
+        registry.register("batched") { context in BatchedDeployment(context: context) }
+        registry.register("multiplexed") { context in MultiplexedDeployment(context: context) }
         return registry
     }
 

@@ -29,12 +29,23 @@ extension ReplicaContext {
 public struct DeploymentHandle: Sendable {
     public let app: String
     public let deployment: String
+    /// The multiplexed model its calls are for (sent as `serve_multiplexed_model_id`).
+    public private(set) var multiplexedModelID: String?
     let caller: (any DeploymentCaller)?
 
     public init(app: String, deployment: String, caller: (any DeploymentCaller)?) {
         self.app = app
         self.deployment = deployment
         self.caller = caller
+    }
+
+    /// The same handle, its calls for multiplexed model `multiplexedModelID` (Ray's
+    /// `handle.options(multiplexed_model_id=...)`): they go to a replica holding the model if
+    /// one has room.
+    public func options(multiplexedModelID: String?) -> DeploymentHandle {
+        var handle = self
+        handle.multiplexedModelID = multiplexedModelID
+        return handle
     }
 
     /// Calls the deployment with `request` (its path is the one the callee sees) and returns the
@@ -54,8 +65,10 @@ public struct DeploymentHandle: Sendable {
         guard let caller = self.caller else {
             throw DeploymentError("this replica has no handles: it does not run on a node")
         }
+        var headers = request.headers
+        if let model = self.multiplexedModelID { headers[.serveMultiplexedModelID] = model }
         let forwarded = HTTPServerRequest(
-            head: HTTPRequest(method: request.method, scheme: "http", authority: nil, path: request.path, headerFields: request.headers),
+            head: HTTPRequest(method: request.method, scheme: "http", authority: nil, path: request.path, headerFields: headers),
             body: request.body,
             hasBody: request.hasBody)
         let receiver = HandleReceiver()

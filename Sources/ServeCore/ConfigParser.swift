@@ -20,6 +20,28 @@ public enum ConfigParser {
         return config
     }
 
+    /// What is allowed but cannot work as meant, for the deploy answer and the events: a
+    /// `user_config.max_batch_size` above `max_ongoing_requests` can never be reached, since a
+    /// replica admits at most `max_ongoing_requests` calls and a batch is made of calls it
+    /// admitted (Ray's trap, ray-project/ray#43288, where the cap is silent).
+    public static func warnings(for config: ServeConfig) -> [ConfigProblem] {
+        var warnings: [ConfigProblem] = []
+        for (appIndex, app) in config.applications.enumerated() {
+            for (index, deployment) in app.deployments.enumerated() {
+                guard let size = deployment.userConfig?["max_batch_size"]?.doubleValue.map(Int.init),
+                    size > deployment.maxOngoingRequests
+                else { continue }
+                warnings.append(ConfigProblem(
+                    path: "applications[\(appIndex)].deployments[\(index)].user_config.max_batch_size",
+                    message: "\(size) can never be reached: a replica of \(deployment.name) takes at most max_ongoing_requests "
+                        + "(\(deployment.maxOngoingRequests)) requests at once, so its batches hold at most that many; "
+                        + "set max_ongoing_requests to at least max_batch_size × max_concurrent_batches",
+                    deployment: DeploymentID(app: app.name, name: deployment.name)))
+            }
+        }
+        return warnings
+    }
+
     /// The document tree. Text that looks like JSON is read as JSON first (exact error
     /// positions, JSON escapes), then as YAML, since YAML flow style (`{applications: []}`) looks
     /// the same; anything else is YAML.
@@ -594,6 +616,7 @@ struct ConfigValidator {
         }
         if let node = fields["user_config"] {
             deployment.userConfig = node.jsonValue
+            self.conventionalUserConfig(node, at: fields.path("user_config"))
         }
         if let node = fields["ray_actor_options"] {
             deployment.actorOptions = self.actorOptions(node, at: fields.path("ray_actor_options"))
@@ -629,6 +652,24 @@ struct ConfigValidator {
             deployment.maxReplicasPerNode = limit
         }
         return (deployment, fields)
+    }
+
+    /// The `user_config` keys the `Serve` library reads by convention (README, "Batching and
+    /// multiplexing"): checked here, so a wrong one is refused with its path rather than
+    /// ignored by every replica. Other keys are the deployment's own.
+    mutating func conventionalUserConfig(_ node: ConfigNode, at path: String) {
+        guard case .mapping(let entries) = node else { return }
+        for entry in entries {
+            let at = Self.join(path, entry.key)
+            switch entry.key {
+            case "max_batch_size", "max_concurrent_batches", "max_num_models_per_replica":
+                _ = self.integer(entry.value, at: at, .between(1, 1_000_000))
+            case "batch_wait_timeout_s":
+                _ = self.number(entry.value, at: at, .between(0, 3600))
+            default:
+                break
+            }
+        }
     }
 
     func unknownHandlerMessage(_ name: String) -> String {

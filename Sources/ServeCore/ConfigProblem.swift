@@ -6,10 +6,13 @@ public struct ConfigProblem: Sendable, Hashable, CustomStringConvertible {
     /// problem with the whole document, such as a YAML syntax error.
     public var path: String
     public var message: String
+    /// The deployment it concerns, where a warning names one (`ConfigParser.warnings`).
+    public var deployment: DeploymentID?
 
-    public init(path: String, message: String) {
+    public init(path: String, message: String, deployment: DeploymentID? = nil) {
         self.path = path
         self.message = message
+        self.deployment = deployment
     }
 
     /// "path: message", or just the message when it concerns the whole document.

@@ -11,6 +11,11 @@
 /// - a request that no replica can take waits, at most `max_queued_requests` of them (-1:
 ///   unbounded); a waiting request keeps the replicas it must avoid (those that refused it) and
 ///   is woken only with another;
+/// - a request for a multiplexed model (`serve_multiplexed_model_id`) goes to a replica holding
+///   the model, else to one of those holding the fewest models, then power of two choices and
+///   local first within that set: loading a model costs far more than a hop between nodes, so
+///   the model's preference comes before locality. Having sent a model to a replica, the router
+///   counts it as held there until the next table says what the replica reports;
 /// - a route from an older table than the one applied is ignored.
 public struct RequestRouter: Sendable {
     public struct Replica: Sendable, Hashable {
@@ -19,11 +24,15 @@ public struct RequestRouter: Sendable {
         public var isLocal: Bool
         /// The queue length it last reported (running plus queued, from every router).
         public var reported: Int
+        /// The multiplexed models it holds, as it last reported (plus those this router sent it
+        /// since).
+        public var models: Set<String>
 
-        public init(id: String, isLocal: Bool, reported: Int = 0) {
+        public init(id: String, isLocal: Bool, reported: Int = 0, models: Set<String> = []) {
             self.id = id
             self.isLocal = isLocal
             self.reported = reported
+            self.models = models
         }
     }
 
@@ -68,10 +77,16 @@ public struct RequestRouter: Sendable {
     public private(set) var version: UInt64
     private var inFlight: [String: Int] = [:]
     /// Waiting requests by number, and their order (numbers of finished waits are skipped).
-    private var waiters: [Int: Set<String>] = [:]
+    private var waiters: [Int: Waiter] = [:]
     private var order: [Int] = []
     private var orderStart = 0
     private var nextWaiter = 0
+
+    /// What a waiting request needs: replicas to avoid, and its model.
+    private struct Waiter: Sendable {
+        var excluded: Set<String>
+        var model: String?
+    }
 
     public init(replicas: [Replica], maxOngoing: Int, maxQueued: Int, unavailable: String? = nil, version: UInt64 = 0) {
         self.replicas = replicas
@@ -87,12 +102,13 @@ public struct RequestRouter: Sendable {
     /// This router's requests in flight on `replicaID`.
     public func inFlight(_ replicaID: String) -> Int { self.inFlight[replicaID] ?? 0 }
 
-    /// A replica for one request, avoiding `excluded`; or a number to wait under (`.mustWait`
-    /// instead, leaving the queue as it is, when `mayWait` is false); or why not.
+    /// A replica for one request (for multiplexed model `model`, if any), avoiding `excluded`;
+    /// or a number to wait under (`.mustWait` instead, leaving the queue as it is, when
+    /// `mayWait` is false); or why not.
     public mutating func acquire<G: RandomNumberGenerator>(
-        excluding excluded: Set<String> = [], mayWait: Bool = true, using generator: inout G
+        excluding excluded: Set<String> = [], model: String? = nil, mayWait: Bool = true, using generator: inout G
     ) -> Acquired {
-        if let index = self.pick(excluding: excluded, using: &generator) { return .replica(index) }
+        if let index = self.pick(excluding: excluded, model: model, using: &generator) { return .replica(index) }
         if let reason = self.unavailable, self.replicas.isEmpty { return .failed(.unavailable(reason)) }
         if !excluded.isEmpty && self.replicas.allSatisfy({ excluded.contains($0.id) }) { return .failed(.exhausted) }
         let limit = self.maxQueued >= 0 ? self.maxQueued : Self.unboundedQueueLimit
@@ -100,7 +116,7 @@ public struct RequestRouter: Sendable {
         guard mayWait else { return .mustWait }
         let number = self.nextWaiter
         self.nextWaiter += 1
-        self.waiters[number] = excluded
+        self.waiters[number] = Waiter(excluded: excluded, model: model)
         self.order.append(number)
         return .wait(number)
     }
@@ -142,7 +158,7 @@ public struct RequestRouter: Sendable {
             wakes += self.failAll(.unavailable(reason))
         } else {
             // A waiting request that every remaining replica refused has nowhere to go.
-            for number in self.pendingOrder where self.replicas.allSatisfy({ self.waiters[number]!.contains($0.id) }) && !self.replicas.isEmpty {
+            for number in self.pendingOrder where self.replicas.allSatisfy({ self.waiters[number]!.excluded.contains($0.id) }) && !self.replicas.isEmpty {
                 self.waiters[number] = nil
                 wakes.append(.failed(waiter: number, .exhausted))
             }
@@ -175,15 +191,15 @@ public struct RequestRouter: Sendable {
         var position = self.orderStart
         while position < self.order.count {
             let number = self.order[position]
-            guard let excluded = self.waiters[number] else {
+            guard let waiter = self.waiters[number] else {
                 if position == self.orderStart { self.orderStart += 1 }
                 position += 1
                 continue
             }
-            guard let index = self.pick(excluding: excluded, using: &generator) else {
+            guard let index = self.pick(excluding: waiter.excluded, model: waiter.model, using: &generator) else {
                 // Nothing has room for anyone: stop here. (With exclusions, a later request may
                 // still fit.)
-                if excluded.isEmpty { break }
+                if waiter.excluded.isEmpty { break }
                 position += 1
                 continue
             }
@@ -207,13 +223,17 @@ public struct RequestRouter: Sendable {
     }
 
     /// Reserves a slot: power of two choices among the local replicas with room, else among the
-    /// others.
-    private mutating func pick<G: RandomNumberGenerator>(excluding excluded: Set<String>, using generator: inout G) -> Int? {
+    /// others; for a model, only among the replicas with room that hold it, else among those
+    /// holding the fewest models.
+    private mutating func pick<G: RandomNumberGenerator>(excluding excluded: Set<String>, model: String?, using generator: inout G) -> Int? {
         var local: [Int] = []
         var remote: [Int] = []
         for (index, replica) in self.replicas.enumerated() where !excluded.contains(replica.id) {
             guard (self.inFlight[replica.id] ?? 0) < self.maxOngoing else { continue }
             if replica.isLocal { local.append(index) } else { remote.append(index) }
+        }
+        if let model {
+            (local, remote) = self.preferring(model, local: local, remote: remote)
         }
         let pool = local.isEmpty ? remote : local
         let chosen: Int
@@ -229,7 +249,19 @@ public struct RequestRouter: Sendable {
             chosen = self.load(pool[second]) < self.load(pool[first]) ? pool[second] : pool[first]
         }
         self.inFlight[self.replicas[chosen].id, default: 0] += 1
+        if let model { self.replicas[chosen].models.insert(model) }
         return chosen
+    }
+
+    /// The candidates holding `model`, else those holding the fewest models (each split into
+    /// local and remote as given).
+    private func preferring(_ model: String, local: [Int], remote: [Int]) -> (local: [Int], remote: [Int]) {
+        let holdsModel = { (index: Int) in self.replicas[index].models.contains(model) }
+        let holders = (local.filter(holdsModel), remote.filter(holdsModel))
+        if !holders.0.isEmpty || !holders.1.isEmpty { return holders }
+        guard let fewest = (local + remote).map({ self.replicas[$0].models.count }).min() else { return (local, remote) }
+        let holdsFewest = { (index: Int) in self.replicas[index].models.count == fewest }
+        return (local.filter(holdsFewest), remote.filter(holdsFewest))
     }
 
     /// The larger of what this router knows it sent and what the replica last said.

@@ -26,6 +26,10 @@ public enum ServeProcess {
             }
         }
         options.config = config
+        // Deployed, but not working as meant (also in the events).
+        for warning in config.map(ConfigParser.warnings(for:)) ?? [] {
+            FileHandle.standardError.write(Data("\(banner): warning: \(warning)\n".utf8))
+        }
         if let clusterConfigPath {
             let text = try String(contentsOfFile: clusterConfigPath, encoding: .utf8)
             do {

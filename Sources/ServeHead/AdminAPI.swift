@@ -54,7 +54,13 @@ struct AdminAPI: Sendable {
                 ])
             }
             guard try await self.deploy(config, writer) else { return }
-            try await self.json(writer, .ok, ["result": "deployed", "applications": .array(config.applications.map { .string($0.name) })])
+            // Allowed but not working as meant (a batch size max_ongoing_requests caps): said
+            // here and in the events.
+            let warnings = ConfigParser.warnings(for: config)
+            try await self.json(writer, .ok, [
+                "result": "deployed", "applications": .array(config.applications.map { .string($0.name) }),
+                "warnings": .array(warnings.map { .object(["path": .string($0.path), "message": .string($0.message)]) }),
+            ])
         case (.delete, "/api/serve/applications"):
             guard try await self.deploy(ServeConfig(httpOptions: await self.controller.config.httpOptions), writer) else { return }
             try await self.json(writer, .ok, ["result": "deleted all applications"])

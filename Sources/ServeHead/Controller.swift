@@ -25,6 +25,8 @@ public actor Controller {
         /// Requests running at each replica, as the node last reported (replicas queue nothing:
         /// requests past their limit wait at the router).
         var loads: [String: Int] = [:]
+        /// The multiplexed models each replica holds, as the node last reported (sorted).
+        var models: [String: [String]] = [:]
         /// Its proxy, as its last heartbeat described it.
         var proxy: PBProxyReport?
         /// Requests waiting at its proxy's routers, per deployment (autoscaling demand).
@@ -94,6 +96,8 @@ public actor Controller {
     private var lastPing: Double = 0
     /// A pass is due soon (`reconcileSoon`).
     private var reconcileScheduled = false
+    /// Routes are due soon (`publishRoutesSoon`).
+    private var routesScheduled = false
     /// The dashboard's timeline (`GET /api/serve/history`), sampled by the autoscaler's tick.
     private var history: DeploymentHistory
 
@@ -162,6 +166,9 @@ public actor Controller {
             self.deployments[id] = nil
             self.deletingApps.insert(id.app)
             self.record(.scale, id, before: before, after: 0, reason: "deleted")
+        }
+        for warning in ConfigParser.warnings(for: config) {
+            self.record(.warning, warning.deployment, before: 0, after: 0, reason: "config warning: \(warning)")
         }
         await self.reconcile()
     }
@@ -408,6 +415,10 @@ public actor Controller {
             from: id, connection: connection, draining: heartbeat.health.status == .draining, now: Self.seconds(.now))
         guard var node = self.nodes[id], node.connection == connection, node.state != .dead else { return }
         node.loads = Dictionary(heartbeat.replicas.map { ($0.replicaID, Int($0.runningRequests)) }, uniquingKeysWith: { a, _ in a })
+        let models = Dictionary(
+            heartbeat.replicas.compactMap { $0.modelIds.isEmpty ? nil : ($0.replicaID, $0.modelIds.sorted()) }, uniquingKeysWith: { a, _ in a })
+        let modelsChanged = models != node.models
+        node.models = models
         if heartbeat.hasProxy { node.proxy = heartbeat.proxy }
         node.waiting = [:]
         for demand in heartbeat.waiting where demand.waiting > 0 {
@@ -420,6 +431,9 @@ public actor Controller {
             self.deployments[deployment]?.metrics.record(
                 source: load.replicaID, value: Double(load.runningRequests), at: now)
         }
+        // Routers learn which replica holds which model now, not at the next pass (a replica
+        // reports a change at once: DESIGN.md asks for routes within 0.5 s of it).
+        if modelsChanged { self.publishRoutesSoon() }
         await self.apply(directives)
     }
 
@@ -538,6 +552,23 @@ public actor Controller {
     private func scheduledReconcile() async {
         self.reconcileScheduled = false
         await self.reconcile()
+    }
+
+    /// Routes for a change of the models replicas hold: one table `reportCoalescing` after the
+    /// first change of a burst (models thrashing on many nodes would otherwise rebuild the whole
+    /// table on every heartbeat), well within the 0.5 s DESIGN.md allows.
+    private func publishRoutesSoon() {
+        guard !self.routesScheduled else { return }
+        self.routesScheduled = true
+        Task {
+            try? await Task.sleep(for: Self.reportCoalescing)
+            self.scheduledPublish()
+        }
+    }
+
+    private func scheduledPublish() {
+        self.routesScheduled = false
+        self.publishRoutes()
     }
 
     // MARK: reconcile
@@ -754,7 +785,9 @@ public actor Controller {
                     // replacements run); a DEAD node's are gone.
                     guard let nodeID = entry.record.nodeID, let node = self.nodes[nodeID], node.state != .dead else { return nil }
                     let load = node.loads[entry.record.id]
-                    return ReplicaRoute(id: entry.record.id, nodeID: nodeID, host: node.address, port: node.port, reportedQueueLength: load ?? 0)
+                    return ReplicaRoute(
+                        id: entry.record.id, nodeID: nodeID, host: node.address, port: node.port, reportedQueueLength: load ?? 0,
+                        models: node.models[entry.record.id] ?? [])
                 }
                 .sorted { $0.id < $1.id }
             // Requests wait for a replica that is coming (cold start, PENDING), not for one that
@@ -899,6 +932,7 @@ public actor Controller {
                             "node_id": entry.record.nodeID.map { .string($0) } ?? .null,
                             "state": .string(entry.record.state.rawValue),
                             "ongoing_requests": .number(Double(load ?? 0)),
+                            "model_ids": .array((entry.record.nodeID.flatMap { self.nodes[$0]?.models[entry.record.id] } ?? []).map { .string($0) }),
                             "message": .string(entry.record.message),
                             "resources": .string(entry.grant.description),
                             "gpu_ids": .array(entry.gpuIDs.map { .string($0) }),
@@ -1027,7 +1061,7 @@ public actor Controller {
 
 /// One decision, as `GET /api/serve/events` shows it.
 public struct ServeEvent: Sendable {
-    public enum Kind: String, Sendable { case deploy, scale, autoscale, replica, node, nodeAutoscale = "node_autoscale" }
+    public enum Kind: String, Sendable { case deploy, scale, autoscale, replica, node, nodeAutoscale = "node_autoscale", warning }
     public var time: Date
     public var kind: Kind
     public var deployment: DeploymentID?

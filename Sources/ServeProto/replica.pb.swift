@@ -374,6 +374,10 @@ public nonisolated struct PBReplicaLoad: Sendable {
   /// Current state, so the head can catch up if a state report was lost.
   public var state: PBReplicaState = .unspecified
 
+  /// The multiplexed models it holds (serve_multiplexed_model_id), least recently used first:
+  /// a Swift replica's model cache, or for a process replica the last models sent to it.
+  public var modelIds: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -768,7 +772,7 @@ nonisolated extension PBReplicaStateReport: SwiftProtobuf.Message, SwiftProtobuf
 
 nonisolated extension PBReplicaLoad: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReplicaLoad"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}running_requests\0\u{2}\u{2}state\0\u{b}queued_requests\0\u{c}\u{3}\u{1}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}running_requests\0\u{2}\u{2}state\0\u{3}model_ids\0\u{b}queued_requests\0\u{c}\u{3}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -779,6 +783,7 @@ nonisolated extension PBReplicaLoad: SwiftProtobuf.Message, SwiftProtobuf._Messa
       case 1: try { try decoder.decodeSingularStringField(value: &self.replicaID) }()
       case 2: try { try decoder.decodeSingularUInt32Field(value: &self.runningRequests) }()
       case 4: try { try decoder.decodeSingularEnumField(value: &self.state) }()
+      case 5: try { try decoder.decodeRepeatedStringField(value: &self.modelIds) }()
       default: break
       }
     }
@@ -794,6 +799,9 @@ nonisolated extension PBReplicaLoad: SwiftProtobuf.Message, SwiftProtobuf._Messa
     if self.state != .unspecified {
       try visitor.visitSingularEnumField(value: self.state, fieldNumber: 4)
     }
+    if !self.modelIds.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.modelIds, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -801,6 +809,7 @@ nonisolated extension PBReplicaLoad: SwiftProtobuf.Message, SwiftProtobuf._Messa
     if lhs.replicaID != rhs.replicaID {return false}
     if lhs.runningRequests != rhs.runningRequests {return false}
     if lhs.state != rhs.state {return false}
+    if lhs.modelIds != rhs.modelIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

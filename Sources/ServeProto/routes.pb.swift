@@ -144,6 +144,9 @@ public nonisolated struct PBReplicaRouteEntry: Sendable {
   /// The queue length it last reported (running plus queued).
   public var reportedQueueLength: UInt32 = 0
 
+  /// The multiplexed models it holds (serve_multiplexed_model_id), as it last reported.
+  public var modelIds: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -280,7 +283,7 @@ nonisolated extension PBProxyStatus: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension PBReplicaRouteEntry: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReplicaRouteEntry"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}node_id\0\u{1}host\0\u{1}port\0\u{3}reported_queue_length\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}node_id\0\u{1}host\0\u{1}port\0\u{3}reported_queue_length\0\u{3}model_ids\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -293,6 +296,7 @@ nonisolated extension PBReplicaRouteEntry: SwiftProtobuf.Message, SwiftProtobuf.
       case 3: try { try decoder.decodeSingularStringField(value: &self.host) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
       case 5: try { try decoder.decodeSingularUInt32Field(value: &self.reportedQueueLength) }()
+      case 6: try { try decoder.decodeRepeatedStringField(value: &self.modelIds) }()
       default: break
       }
     }
@@ -314,6 +318,9 @@ nonisolated extension PBReplicaRouteEntry: SwiftProtobuf.Message, SwiftProtobuf.
     if self.reportedQueueLength != 0 {
       try visitor.visitSingularUInt32Field(value: self.reportedQueueLength, fieldNumber: 5)
     }
+    if !self.modelIds.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.modelIds, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -323,6 +330,7 @@ nonisolated extension PBReplicaRouteEntry: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.host != rhs.host {return false}
     if lhs.port != rhs.port {return false}
     if lhs.reportedQueueLength != rhs.reportedQueueLength {return false}
+    if lhs.modelIds != rhs.modelIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

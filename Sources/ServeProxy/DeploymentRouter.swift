@@ -32,7 +32,9 @@ final class DeploymentRouter: Sendable {
     }
 
     private static func views(_ replicas: [ReplicaRoute], localNode: String?) -> [RequestRouter.Replica] {
-        replicas.map { RequestRouter.Replica(id: $0.id, isLocal: $0.nodeID == localNode, reported: $0.reportedQueueLength) }
+        replicas.map {
+            RequestRouter.Replica(id: $0.id, isLocal: $0.nodeID == localNode, reported: $0.reportedQueueLength, models: Set($0.models))
+        }
     }
 
     /// Whether a replica of this deployment runs on `node` (its requests then stream their
@@ -68,11 +70,11 @@ final class DeploymentRouter: Sendable {
     }
 
     /// A replica with room for one more request (its slot reserved until `release`), waiting if
-    /// there is none.
-    func acquire(excluding excluded: Set<String> = []) async throws -> ReplicaRoute {
+    /// there is none; for multiplexed model `model`, one holding it if it can.
+    func acquire(excluding excluded: Set<String> = [], model: String? = nil) async throws -> ReplicaRoute {
         // Most requests find a replica at once: no continuation, no queue entry.
         let first = self.state.withLockedValue { state -> Result<ReplicaRoute, RequestRouter.Failure>? in
-            switch state.core.acquire(excluding: excluded, mayWait: false, using: &state.generator) {
+            switch state.core.acquire(excluding: excluded, model: model, mayWait: false, using: &state.generator) {
             case .replica(let index): return .success(state.routes[index])
             case .failed(let failure): return .failure(failure)
             case .wait, .mustWait: return nil
@@ -88,7 +90,7 @@ final class DeploymentRouter: Sendable {
                     case queued(cold: Bool)
                 }
                 let step = self.state.withLockedValue { state -> Step in
-                    switch state.core.acquire(excluding: excluded, using: &state.generator) {
+                    switch state.core.acquire(excluding: excluded, model: model, using: &state.generator) {
                     case .replica(let index): return .resume(.success(state.routes[index]))
                     case .failed(let failure): return .resume(.failure(failure))
                     case .mustWait: preconditionFailure("acquire with mayWait queues")

@@ -156,6 +156,9 @@ public final class Ingress: Sendable {
     /// this process refuses before reading anything, so its requests stream as they come).
     static let keptBodyBytes = ApplicationConfig.maxRetryBodyBytes
 
+    /// `serve_multiplexed_model_id`: the model a request is for (DESIGN.md "Batching, multiplexing").
+    static let multiplexedModelID = HTTPField.Name(Multiplexing.header)!
+
     // MARK: serving
 
     public func handle(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws {
@@ -380,10 +383,12 @@ public final class Ingress: Sendable {
             ? target.idempotent && kept != nil
             : (request.head.method == .get || request.head.method == .head || target.idempotent)
         var policy = RetryPolicy(idempotent: idempotent)
+        // A multiplexed model's request goes where the model is held (it passes on unchanged).
+        let model = head.headerFields[Self.multiplexedModelID].flatMap { $0.isEmpty ? nil : $0 }
         while true {
             let replica: ReplicaRoute
             do {
-                replica = try await router.acquire(excluding: policy.excluded)
+                replica = try await router.acquire(excluding: policy.excluded, model: model)
             } catch let failure as RequestRouter.Failure {
                 let (status, message) = policy.answer(for: failure, deployment: "\(target.deployment)", app: target.deployment.app)
                 throw IngressFailure(status: HTTPResponse.Status(code: status), message: message)

@@ -50,7 +50,9 @@ extension DeploymentRoute {
             maxOngoingRequests: Int(entry.maxOngoingRequests),
             maxQueuedRequests: Int(entry.maxQueuedRequests),
             replicas: entry.replicas.map {
-                ReplicaRoute(id: $0.replicaID, nodeID: $0.nodeID, host: $0.host, port: Int($0.port), reportedQueueLength: Int($0.reportedQueueLength))
+                ReplicaRoute(
+                    id: $0.replicaID, nodeID: $0.nodeID, host: $0.host, port: Int($0.port),
+                    reportedQueueLength: Int($0.reportedQueueLength), models: $0.modelIds)
             },
             unavailable: entry.unavailable.isEmpty ? nil : entry.unavailable
         )
@@ -71,6 +73,7 @@ extension PBDeploymentRouteEntry {
                 $0.host = replica.host
                 $0.port = UInt32(clamping: replica.port)
                 $0.reportedQueueLength = UInt32(clamping: replica.reportedQueueLength)
+                $0.modelIds = replica.models
             }
         }
     }

@@ -113,12 +113,15 @@ public struct ReplicaRoute: Sendable, Hashable {
     public var port: Int
     /// The queue length the replica last reported.
     public var reportedQueueLength: Int
+    /// The multiplexed models it holds, as it last reported.
+    public var models: [String]
 
-    public init(id: String, nodeID: String, host: String, port: Int, reportedQueueLength: Int = 0) {
+    public init(id: String, nodeID: String, host: String, port: Int, reportedQueueLength: Int = 0, models: [String] = []) {
         self.id = id
         self.nodeID = nodeID
         self.host = host
         self.port = port
         self.reportedQueueLength = reportedQueueLength
+        self.models = models
     }
 }

@@ -39,6 +39,9 @@ final class Replica: Sendable {
     /// The last change (`enqueueChange`) queued, which the next one waits for.
     private let lastChange = NIOLockedValueBox<Task<Void, Never>?>(nil)
     private let body: ReplicaBody
+    /// The multiplexed models it holds, for the heartbeats: a Swift replica's `ModelCache`
+    /// keeps them; for a process replica, the models last sent to it.
+    let models: ReplicaModels
     private let logger: Logger
     private let state: NIOLockedValueBox<State>
 
@@ -74,7 +77,7 @@ final class Replica: Sendable {
         case notRunning(ReplicaState)
     }
 
-    init(start: PBStartReplica, body: ReplicaBody, logger: Logger) {
+    init(start: PBStartReplica, body: ReplicaBody, models: ReplicaModels = ReplicaModels(), logger: Logger) {
         self.id = start.replicaID
         self.app = start.appName
         self.deployment = start.deploymentName
@@ -83,6 +86,7 @@ final class Replica: Sendable {
         self.gracefulShutdownTimeout = .milliseconds(Int(start.spec.gracefulShutdownTimeoutMs > 0 ? start.spec.gracefulShutdownTimeoutMs : 20_000))
         self.healthCheckTimeout = .milliseconds(Int(start.spec.healthCheckTimeoutMs > 0 ? start.spec.healthCheckTimeoutMs : 30_000))
         self.body = body
+        self.models = models
         self.logger = logger
         self.state = NIOLockedValueBox(State(maxOngoing: max(1, Int(start.spec.maxOngoingRequests))))
     }
@@ -155,6 +159,9 @@ final class Replica: Sendable {
             defer { self.untrack(number) }
             return .answered(try await box.serve(request, writer, logger: self.logger, replicaID: self.id))
         case .process(let process):
+            // The process cannot say which models it holds: it is taken to hold the last ones
+            // sent to it (the header passes through to it unchanged).
+            if let model = request.head.headerFields[.serveMultiplexedModelID], !model.isEmpty { self.models.use(model) }
             let capture = StatusCapture(writer)
             try await process.serve(request, capture)
             return .answered(capture.status)
@@ -252,8 +259,11 @@ final class Replica: Sendable {
     }
 
     func reconfigure(userConfig: JSONValue?) async throws {
-        if case .swift(let box) = self.body {
+        switch self.body {
+        case .swift(let box):
             try await box.instance.reconfigure(userConfig: userConfig)
+        case .process:
+            self.models.setCapacity(Multiplexing.maxModels(userConfig: userConfig))
         }
     }
 }

@@ -554,17 +554,22 @@ public final class WorkerNode: Sendable {
                     try await Task.sleep(for: interval)
                 }
             }
-            // A request waiting for a deployment with no replica: the head hears of it now.
-            let lastKick = NIOLockedValueBox(ContinuousClock.now - .seconds(1))
+            // A request waiting for a deployment with no replica, or a replica holding other
+            // multiplexed models: the head hears of it now. At most one every 20 ms; one asked
+            // for sooner is sent at the end of those 20 ms (it carries every change till then).
+            let lastKick = NIOLockedValueBox((at: ContinuousClock.now - .seconds(1), scheduled: false))
             self.sendHeartbeatNow.withLockedValue {
                 $0 = {
-                    let due = lastKick.withLockedValue { last -> Bool in
-                        guard ContinuousClock.now - last >= .milliseconds(20) else { return false }
-                        last = .now
-                        return true
+                    let delay = lastKick.withLockedValue { kick -> Duration? in
+                        guard !kick.scheduled else { return nil }
+                        kick.scheduled = true
+                        let since = ContinuousClock.now - kick.at
+                        return since >= .milliseconds(20) ? .zero : .milliseconds(20) - since
                     }
-                    guard due else { return }
+                    guard let delay else { return }
                     Task {
+                        if delay > .zero { try? await Task.sleep(for: delay) }
+                        lastKick.withLockedValue { $0 = (at: .now, scheduled: false) }
                         let heartbeat = await self.heartbeat(0)
                         try? await send(PBWorkerMessage.with { $0.heartbeat = heartbeat })
                     }
@@ -627,6 +632,7 @@ public final class WorkerNode: Sendable {
                 $0.replicaID = replica.id
                 $0.runningRequests = UInt32(status.running)
                 $0.state = status.state
+                $0.modelIds = replica.models.ids
             })
         }
         return heartbeat
@@ -718,6 +724,10 @@ public final class WorkerNode: Sendable {
         var logger = self.logger
         logger[metadataKey: "serve.replica"] = "\(id)"
         let environment = self.environment(for: start)
+        let userConfig = start.spec.userConfigJson.isEmpty
+            ? nil : try? JSONValue.parse(String(decoding: start.spec.userConfigJson, as: UTF8.self))
+        let kick = self.sendHeartbeatNow
+        let models = ReplicaModels(capacity: Multiplexing.maxModels(userConfig: userConfig)) { kick.withLockedValue { $0 }?() }
         do {
             let body: Replica.ReplicaBody
             switch start.spec.entrypoint {
@@ -730,9 +740,9 @@ public final class WorkerNode: Sendable {
                     grant: ResourceSet(quantitiesE4: start.grant.resources.quantitiesE4),
                     gpuIDs: start.grant.gpuIds,
                     environment: environment,
-                    userConfig: start.spec.userConfigJson.isEmpty
-                        ? nil : try? JSONValue.parse(String(decoding: start.spec.userConfigJson, as: UTF8.self)),
-                    caller: self.ingress
+                    userConfig: userConfig,
+                    caller: self.ingress,
+                    models: models
                 )
                 let instance = try await self.options.registry.make(name, context: context)
                 body = .swift(SwiftDeploymentBox(instance: instance))
@@ -762,7 +772,7 @@ public final class WorkerNode: Sendable {
             case .none:
                 throw DeploymentError("the replica spec names neither a handler nor a command")
             }
-            let replica = Replica(start: start, body: body, logger: logger)
+            let replica = Replica(start: start, body: body, models: models, logger: logger)
             replica.setState(.running)
             // In `replicas` before it leaves `starting`, so a stop always finds it in one.
             self.replicas.withLockedValue { $0[id] = replica }

@@ -82,6 +82,11 @@ struct Deploy: AsyncParsableCommand {
             throw ExitCode(1)
         }
         print("deployed \(self.config); see `serve status`")
+        // Deployed, but not working as meant (a batch size max_ongoing_requests caps).
+        for warning in (try? JSONValue.parse(body))?["warnings"]?.arrayValue ?? [] {
+            let line = "warning: \(warning["path"]?.stringValue ?? ""): \(warning["message"]?.stringValue ?? "")\n"
+            FileHandle.standardError.write(Data(line.utf8))
+        }
     }
 
     static func printRefusal(_ body: String) throws {
@@ -257,7 +262,8 @@ enum StatusTree {
                     let state = replica["state"]?.stringValue ?? "?"
                     let node = replica["node_id"]?.stringValue ?? "-"
                     let ongoing = Int(replica["ongoing_requests"]?.doubleValue ?? 0)
-                    out += "    \(id)  \(state)  node \(node)  ongoing \(ongoing)\n"
+                    let models = replica["model_ids"]?.arrayValue?.compactMap(\.stringValue) ?? []
+                    out += "    \(id)  \(state)  node \(node)  ongoing \(ongoing)\(models.isEmpty ? "" : "  models \(models.joined(separator: ","))")\n"
                 }
             }
         }

@@ -9,8 +9,7 @@ struct RouterTests {
     }
 
     private func id(_ router: RequestRouter, _ acquired: RequestRouter.Acquired) -> String? {
-        if case .replica(let index) = acquired { return router.replicas[index].id }
-        return nil
+        RequestRouter.chosen(router, acquired)
     }
 
     @Test("never more than max_ongoing_requests per replica by its own count, then a bounded queue")
