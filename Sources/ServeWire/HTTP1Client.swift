@@ -304,23 +304,6 @@ final class HTTP1PooledConnection: Sendable {
     }
 }
 
-extension NIOLoopBound where Value == HTTP1ClientConnection {
-    /// Runs `body` with the connection on its event loop: at once when already there, else
-    /// after a hop.
-    func perform<T: Sendable>(_ body: @escaping @Sendable (HTTP1ClientConnection) throws -> T) async throws -> T {
-        if self.eventLoop.inEventLoop { return try body(self.value) }
-        let bound = self
-        return try await self.eventLoop.submit { try body(bound.value) }.get()
-    }
-
-    /// Runs `body` with the connection on its event loop, without waiting for it.
-    func performLater(_ body: @escaping @Sendable (HTTP1ClientConnection) -> Void) {
-        if self.eventLoop.inEventLoop { return body(self.value) }
-        let bound = self
-        self.eventLoop.execute { body(bound.value) }
-    }
-}
-
 /// The client side of one HTTP/1.1 connection: one request at a time, its response body
 /// streamed through an `InboundBodySource` with reads paced by the caller (`autoRead` is off).
 /// Everything here runs on the channel's event loop.

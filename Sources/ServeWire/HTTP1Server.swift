@@ -87,23 +87,6 @@ public struct HTTP1ResponseWriter: HTTPResponseWriter {
     }
 }
 
-extension NIOLoopBound where Value == HTTP1ServerConnection {
-    /// Runs `body` with the connection on its event loop: at once when already there (handlers
-    /// are), else after a hop.
-    func perform<T: Sendable>(_ body: @escaping @Sendable (HTTP1ServerConnection) throws -> T) async throws -> T {
-        if self.eventLoop.inEventLoop { return try body(self.value) }
-        let bound = self
-        return try await self.eventLoop.submit { try body(bound.value) }.get()
-    }
-
-    /// Runs `body` with the connection on its event loop, without waiting for it.
-    func performLater(_ body: @escaping @Sendable (HTTP1ServerConnection) -> Void) {
-        if self.eventLoop.inEventLoop { return body(self.value) }
-        let bound = self
-        self.eventLoop.execute { body(bound.value) }
-    }
-}
-
 /// An HTTP/1.1 server (RFC 9112) on SwiftNIO's HTTP/1 codec. Each request runs its handler in
 /// its own task on its connection's event loop; requests on one connection are answered in
 /// order (pipelined requests wait for the response before them, RFC 9112 §9.3.2).

@@ -56,23 +56,6 @@ public struct HTTP2ResponseWriter: HTTPResponseWriter {
     }
 }
 
-extension NIOLoopBound where Value == HTTP2Connection {
-    /// Runs `body` with the connection on its event loop: at once when already there (handlers
-    /// are), else after a hop.
-    func perform<T: Sendable>(_ body: @escaping @Sendable (HTTP2Connection) throws -> T) async throws -> T {
-        if self.eventLoop.inEventLoop { return try body(self.value) }
-        let bound = self
-        return try await self.eventLoop.submit { try body(bound.value) }.get()
-    }
-
-    /// Runs `body` with the connection on its event loop, without waiting for it.
-    func performLater(_ body: @escaping @Sendable (HTTP2Connection) -> Void) {
-        if self.eventLoop.inEventLoop { return body(self.value) }
-        let bound = self
-        self.eventLoop.execute { body(bound.value) }
-    }
-}
-
 /// An HTTP/2 server (cleartext, prior knowledge: RFC 9113 §3.3) on SwiftNIO and libnghttp2.
 /// Each request runs its handler in its own task; many streams share a connection.
 public final class HTTP2Server: ListeningServer, @unchecked Sendable {
