@@ -370,8 +370,12 @@ struct NodeAutoscalerTests {
             #expect(launches.count >= 2)
             // The retry came after the backoff, not at once.
             #expect(launches[1].time - timeouts[0].time >= 1 - 0.2, "\(events)")
-            let terminated = (try? String(contentsOf: directory.appendingPathComponent("terminated"), encoding: .utf8)) ?? ""
-            #expect(terminated.split(separator: "\n").count >= 2, "\(terminated)")
+            // Each timed-out launch is terminated after its event is recorded (the provider's
+            // command runs then): wait for the second one's.
+            _ = try await self.waitFor("both timed-out launches to be terminated", timeout: .seconds(10)) {
+                let terminated = (try? String(contentsOf: directory.appendingPathComponent("terminated"), encoding: .utf8)) ?? ""
+                return (terminated.split(separator: "\n").count >= 2, terminated)
+            }
             // Never more than max_workers at a time.
             let nodes = try String(contentsOf: directory.appendingPathComponent("nodes"), encoding: .utf8)
             #expect(nodes.split(separator: "\n").count <= 1, "\(nodes)")
