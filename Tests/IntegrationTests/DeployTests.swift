@@ -204,6 +204,17 @@ struct KubernetesManifestTests {
         let data = try #require(configMaps[configMap]?["data"])
         let appConfig = try #require(data["serve.yaml"]?.stringValue)
         #expect(throws: Never.self) { try ConfigParser.parse(appConfig, knownHandlers: nil) }
+        let clusterConfig = try ClusterConfigParser.parse(try #require(data["cluster.yaml"]?.stringValue))
+        guard case .kubernetes(let provider) = clusterConfig.provider else {
+            Issue.record("the ConfigMap's cluster.yaml does not use the kubernetes provider")
+            return
+        }
+        // The provider's pods join with the token from the same Secret, through the head's Service.
+        let template = try #require(provider.podTemplate["spec"]?["containers"]?.arrayValue?.first)
+        let token = template["env"]?.arrayValue?.first { $0["name"] == "SERVE_TOKEN" }
+        #expect(secrets[token?["valueFrom"]?["secretKeyRef"]?["name"]?.stringValue ?? provider.tokenSecret] != nil)
+        #expect(provider.headAddress.hasPrefix("serve-head."))
+        #expect(template["readinessProbe"]?["httpGet"]?["path"] == "/-/healthz")
     }
 
     /// The Service clients use selects every pod with a proxy; each of those answers its
