@@ -28,12 +28,7 @@ struct KubernetesPodsTests {
         """
 
     func problems(_ text: String) -> [String] {
-        do {
-            _ = try ClusterConfigParser.parse(text)
-            return []
-        } catch {
-            return error.problems.map(\.description)
-        }
+        ClusterConfigTests().problems(text)
     }
 
     @Test("the kubernetes provider's config parses with its defaults")
