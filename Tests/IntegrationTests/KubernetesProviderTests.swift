@@ -371,4 +371,118 @@ struct KubernetesProviderTests {
             "\(error)".contains("found no API server")
         }
     }
+
+    /// A real `serve-head --cluster-config` with the kubernetes provider, against the stand-in.
+    /// The test plays the kubelet (nothing here runs pods): for each pod of this head it starts
+    /// `serve-worker` with the pod's arguments, `SERVE_TOKEN` as the Secret would give it, and
+    /// the head's Service name resolved to the test head's address; when a pod is deleted, it
+    /// sends its worker SIGTERM.
+    @Test("a head launches a pod for pending replicas, the replicas run on the worker started from it, and an idle node's pod is deleted")
+    func headEndToEnd() async throws {
+        try await self.withStandIn { standIn in
+            let kubeconfig = try standIn.kubeconfig(token: "api-token")
+            let config = """
+                provider:
+                  type: kubernetes
+                  kubeconfig: \(kubeconfig)
+                  cluster_name: e2e
+                  head_address: serve-head.serve.svc:6380
+                  pod_template:
+                    spec:
+                      containers:
+                        - name: serve-worker
+                          image: swift-serve:test
+                          args: [--listen-host=127.0.0.1, --http-host=127.0.0.1, --http-port=0]
+                idle_timeout_s: 1
+                node_types:
+                  cpu2: {resources: {CPU: 2}, max_workers: 2}
+                """
+            let autoscaler = NodeAutoscalerTests()
+            try await autoscaler.withAutoscaledCluster(config) { cluster in
+                let kubelet = Kubelet(standIn: standIn, clusterAddress: "127.0.0.1:\(cluster.clusterPort)", token: cluster.token)
+                let running = Task { try await kubelet.run() }
+                defer { running.cancel() }
+                do {
+                    try await cluster.deploy("""
+                        applications:
+                          - name: app
+                            route_prefix: /app
+                            deployments:
+                              - {name: D, handler: echo, num_replicas: 2, ray_actor_options: {num_cpus: 1}}
+                        """)
+                    _ = try await cluster.waitForRunning(app: "app", deployment: "D", replicas: 2, timeout: .seconds(90))
+                    let pods = try await standIn.pods().filter { $0["metadata"]?["labels"]?["swift-serve.io/cluster"] == "e2e" }
+                    #expect(pods.count == 1, "two 1-CPU replicas fit one 2-CPU node")
+                    let (code, body, _) = try await cluster.get("/app/ping")
+                    #expect(code == 200 && body == "/ping")
+                    let nodes = try await autoscaler.nodes(cluster)
+                    #expect(nodes["node_autoscaler"]?["provider"]?.stringValue == "kubernetes")
+
+                    let (deleted, _) = try await cluster.adminCall(.delete, "/api/serve/applications/app")
+                    #expect(deleted == 200)
+                    try await autoscaler.waitFor("the idle node's pod to be deleted", timeout: .seconds(30)) {
+                        let left = try await standIn.pods().filter { $0["metadata"]?["labels"]?["swift-serve.io/cluster"] == "e2e" }
+                        return (left.isEmpty, left.count)
+                    }
+                    let deletes = try await standIn.requests().filter { $0.method == "DELETE" }
+                    #expect(deletes.map(\.path) == pods.compactMap { $0["metadata"]?["name"]?.stringValue }.map { "/api/v1/namespaces/serve/pods/\($0)" })
+                    try await autoscaler.waitFor("the worker to exit after its pod was deleted", timeout: .seconds(30)) {
+                        let exited = await kubelet.allExited()
+                        return (exited, exited)
+                    }
+                } catch {
+                    print(await kubelet.logs())
+                    await kubelet.stop()
+                    throw error
+                }
+                await kubelet.stop()
+            }
+        }
+    }
+}
+
+/// The test's stand-in for a kubelet and the cluster's DNS (see `headEndToEnd`).
+actor Kubelet {
+    let standIn: KubernetesStandIn
+    let clusterAddress: String
+    let token: String
+    private var workers: [String: Child] = [:]
+
+    init(standIn: KubernetesStandIn, clusterAddress: String, token: String) {
+        self.standIn = standIn
+        self.clusterAddress = clusterAddress
+        self.token = token
+    }
+
+    func run() async throws {
+        while !Task.isCancelled {
+            let pods = try await self.standIn.pods().filter { $0["metadata"]?["labels"]?["swift-serve.io/cluster"] == "e2e" }
+            let names = Set(pods.compactMap { $0["metadata"]?["name"]?.stringValue })
+            for pod in pods {
+                guard let name = pod["metadata"]?["name"]?.stringValue, self.workers[name] == nil,
+                      let args = pod["spec"]?["containers"]?.arrayValue?.first?["args"]?.arrayValue?.compactMap(\.stringValue)
+                else { continue }
+                // The Service name resolves to the head (DNS); the Secret gives the token.
+                let resolved = args.map { $0 == "serve-head.serve.svc:6380" ? self.clusterAddress : $0 }
+                self.workers[name] = try Child("serve-worker", resolved, environment: ["SERVE_TOKEN": self.token])
+                try await self.standIn.setPhase(namespace: "serve", name: name, "Running")
+            }
+            for (name, worker) in self.workers where !names.contains(name) && worker.process.isRunning {
+                worker.signal(SIGTERM)
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+
+    func allExited() -> Bool {
+        !self.workers.isEmpty && self.workers.values.allSatisfy { !$0.process.isRunning }
+    }
+
+    func logs() -> String {
+        self.workers.map { "--- pod \($0.key) ---\n\($0.value.output)" }.joined(separator: "\n")
+    }
+
+    func stop() {
+        for worker in self.workers.values where worker.process.isRunning { worker.signal(SIGKILL) }
+    }
 }
