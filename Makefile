@@ -5,8 +5,11 @@ SWIFT ?= swift
 # Debian packages: build (libnghttp2-dev, zlib1g-dev, pkg-config), tests and benchmarks
 # (nghttp2-client: nghttp and h2load; nghttp2-server: nghttpd; gzip and python3 for zlib interop;
 # iproute2, nftables and curl for the partition tests, which run nodes in network namespaces;
-# chromium for the dashboard's browser test, which loads the page headless).
-APT_PACKAGES := libnghttp2-dev zlib1g-dev pkg-config nghttp2-client nghttp2-server gzip python3 iproute2 nftables curl chromium
+# chromium for the dashboard's browser test, which loads the page headless; systemd for
+# `systemd-analyze verify` of deploy/systemd's units; curl is also the kubernetes node provider's
+# HTTPS client).
+APT_PACKAGES := libnghttp2-dev zlib1g-dev pkg-config nghttp2-client nghttp2-server gzip python3 iproute2 nftables curl chromium systemd
+KUBERNETES_VALIDATE := 1.37.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Installs those of the Debian packages $(1) that are missing.
 apt_install = @missing=""; for p in $(1); do \
@@ -23,6 +26,9 @@ deps:
 	$(call apt_install,$(APT_PACKAGES))
 	@# The resource tests check that numpy's OpenBLAS pool follows OMP_NUM_THREADS (threadpoolctl).
 	@python3 -c 'import numpy, threadpoolctl' 2>/dev/null || python3 -m pip install -q numpy threadpoolctl
+	@# deploy/kubernetes's manifests are validated offline against pinned schemas (DeployTests).
+	@python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("kubernetes-validate") != "$(KUBERNETES_VALIDATE)")' 2>/dev/null \
+	  || python3 -m pip install -q kubernetes-validate==$(KUBERNETES_VALIDATE)
 
 build: deps
 	$(SWIFT) build

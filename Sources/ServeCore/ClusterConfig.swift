@@ -119,11 +119,14 @@ public enum NodeProviderConfig: Sendable, Hashable {
     case local(LocalProviderConfig)
     /// User commands that launch, terminate and list nodes.
     case command(CommandProviderConfig)
+    /// Worker pods created, listed and deleted through the Kubernetes API server.
+    case kubernetes(KubernetesProviderConfig)
 
     public var kind: String {
         switch self {
         case .local: "local"
         case .command: "command"
+        case .kubernetes: "kubernetes"
         }
     }
 }
@@ -163,6 +166,64 @@ public struct CommandProviderConfig: Sendable, Hashable {
         self.terminate = terminate
         self.list = list
         self.headAddress = headAddress
+        self.timeoutS = timeoutS
+    }
+}
+
+/// `provider: {type: kubernetes, head_address: …, pod_template: …}`: one pod per node, made from
+/// `pod_template` (a Pod's `metadata` and `spec`), through the API server's REST API
+/// (`KubernetesPods` builds and reads the pods; the driver is `ServeEmbedded`'s
+/// `KubernetesNodeProvider`).
+public struct KubernetesProviderConfig: Sendable, Hashable {
+    /// Where the pods go; nil: the namespace of the head's service account (in a pod), else the
+    /// kubeconfig context's, else "default".
+    public var namespace: String?
+    /// The value of the `swift-serve.io/cluster` label on this head's pods: `list` finds exactly
+    /// the pods that carry it, so several heads can share a namespace.
+    public var clusterName: String
+    /// What the worker pods dial (`serve-head.NAMESPACE.svc:6380`): required, since the head's
+    /// own listening address means nothing to another pod.
+    public var headAddress: String
+    /// A kubeconfig file to reach the API server with; nil: the in-cluster service account
+    /// (`/var/run/secrets/kubernetes.io/serviceaccount`).
+    public var kubeconfig: String?
+    /// The kubeconfig context to use; nil: its `current-context`.
+    public var context: String?
+    /// The API server's URL, overriding the kubeconfig's or the in-cluster one (e.g.
+    /// `http://127.0.0.1:8001` behind `kubectl proxy`).
+    public var apiServer: String?
+    /// The Secret (key `token`) that a pod's `SERVE_TOKEN` comes from when the template's
+    /// container sets none; the token itself is never written into a pod spec.
+    public var tokenSecret: String
+    /// The Pod every node is made from: `{metadata: {labels, annotations}, spec: {containers:
+    /// [{name: serve-worker, image: …}], …}}`.
+    public var podTemplate: JSONValue
+    /// How long one API call may take.
+    public var timeoutS: Double
+
+    public static let defaultClusterName = "default"
+    public static let defaultTokenSecret = "serve-token"
+    public static let defaultTimeoutS = 30.0
+
+    public init(
+        namespace: String? = nil,
+        clusterName: String = KubernetesProviderConfig.defaultClusterName,
+        headAddress: String,
+        kubeconfig: String? = nil,
+        context: String? = nil,
+        apiServer: String? = nil,
+        tokenSecret: String = KubernetesProviderConfig.defaultTokenSecret,
+        podTemplate: JSONValue,
+        timeoutS: Double = KubernetesProviderConfig.defaultTimeoutS
+    ) {
+        self.namespace = namespace
+        self.clusterName = clusterName
+        self.headAddress = headAddress
+        self.kubeconfig = kubeconfig
+        self.context = context
+        self.apiServer = apiServer
+        self.tokenSecret = tokenSecret
+        self.podTemplate = podTemplate
         self.timeoutS = timeoutS
     }
 }

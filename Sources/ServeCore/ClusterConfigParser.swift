@@ -28,7 +28,12 @@ extension ConfigValidator {
         FieldSpec("type"), FieldSpec("launch"), FieldSpec("terminate"), FieldSpec("list"), FieldSpec("head_address"),
         FieldSpec("timeout_s"),
     ]
-    static let providerTypes = ["local", "command"]
+    static let kubernetesProviderFields = [
+        FieldSpec("type"), FieldSpec("namespace"), FieldSpec("cluster_name"), FieldSpec("head_address"),
+        FieldSpec("kubeconfig"), FieldSpec("context"), FieldSpec("api_server"), FieldSpec("token_secret"),
+        FieldSpec("pod_template"), FieldSpec("timeout_s"),
+    ]
+    static let providerTypes = ["local", "command", "kubernetes"]
 
     /// Nil when the document is not a mapping or a required part is missing (already reported).
     mutating func clusterConfig(_ root: ConfigNode) -> ClusterConfig? {
@@ -219,6 +224,8 @@ extension ConfigValidator {
             return .command(CommandProviderConfig(
                 launch: launch, terminate: terminate, list: list, headAddress: address.value, timeoutS: timeout
             ))
+        case "kubernetes":
+            return self.kubernetesProvider(node, at: path)
         default:
             let hint = Suggestion.closest(to: type, in: Self.providerTypes).map { " (did you mean \($0)?)" } ?? ""
             self.report(typePath, "unknown provider \"\(type)\"\(hint); one of: \(Self.providerTypes.joined(separator: ", "))")
@@ -250,5 +257,74 @@ extension ConfigValidator {
             self.report(fields.path(name), "must be a non-empty command: a string for /bin/sh, or an argv list")
             return nil
         }
+    }
+}
+
+extension ConfigValidator {
+    /// `provider: {type: kubernetes, …}` (`KubernetesProviderConfig`). Names that end up in the
+    /// API (namespace, cluster label, Secret) are checked here, so a mistake stops the head
+    /// rather than failing every launch.
+    mutating func kubernetesProvider(_ node: ConfigNode, at path: String) -> NodeProviderConfig? {
+        guard let fields = self.fields(of: node, at: path, Self.kubernetesProviderFields) else { return nil }
+        let namespace = self.string(fields, "namespace")
+        if let value = namespace.value, !KubernetesPods.isDNSLabel(value) {
+            self.report(fields.path("namespace"), "must be a Kubernetes namespace name (lowercase letters, digits and -, at most 63), not \(ConfigNode.string(value).scalarText!)")
+        }
+        let clusterName = self.string(fields, "cluster_name")
+        if let value = clusterName.value, !KubernetesPods.isLabelValue(value) {
+            self.report(fields.path("cluster_name"), "must be a Kubernetes label value (letters, digits, -, _ and ., at most 63, starting and ending with a letter or digit), not \(ConfigNode.string(value).scalarText!)")
+        }
+        let headAddress = self.string(fields, "head_address")
+        if case .absent = headAddress {
+            self.report(fields.path("head_address"), "required field is missing: the address worker pods dial, e.g. serve-head.NAMESPACE.svc:6380")
+        }
+        let apiServer = self.string(fields, "api_server")
+        if let value = apiServer.value, !(value.hasPrefix("https://") || value.hasPrefix("http://")) {
+            self.report(fields.path("api_server"), "must be a URL (https://HOST:PORT, or http:// for kubectl proxy), not \(ConfigNode.string(value).scalarText!)")
+        }
+        let tokenSecret = self.string(fields, "token_secret")
+        if let value = tokenSecret.value, !KubernetesPods.isDNSSubdomain(value) {
+            self.report(fields.path("token_secret"), "must be a Kubernetes Secret name, not \(ConfigNode.string(value).scalarText!)")
+        }
+        let timeout = self.number(fields, "timeout_s", .greaterThan(0))
+        var template: JSONValue?
+        if let templateNode = fields["pod_template"] {
+            template = self.podTemplate(templateNode, at: fields.path("pod_template"))
+        } else {
+            self.report(fields.path("pod_template"), "required field is missing: a Pod's metadata and spec, with spec.containers[0] running serve-worker")
+        }
+        guard let template, let address = headAddress.value, let timeout = timeout.or(KubernetesProviderConfig.defaultTimeoutS),
+              let cluster = clusterName.or(KubernetesProviderConfig.defaultClusterName),
+              let secret = tokenSecret.or(KubernetesProviderConfig.defaultTokenSecret)
+        else { return nil }
+        return .kubernetes(KubernetesProviderConfig(
+            namespace: namespace.value, clusterName: cluster, headAddress: address,
+            kubeconfig: self.string(fields, "kubeconfig").value, context: self.string(fields, "context").value,
+            apiServer: apiServer.value, tokenSecret: secret, podTemplate: template, timeoutS: timeout))
+    }
+
+    /// A Pod template: a mapping with `spec.containers`, a non-empty list of containers that
+    /// each have a name and an image (the schema's own checks are the API server's).
+    mutating func podTemplate(_ node: ConfigNode, at path: String) -> JSONValue? {
+        guard case .mapping = node else {
+            self.report(path, Self.typeMessage("a mapping with metadata and spec", node))
+            return nil
+        }
+        let value = node.jsonValue
+        for key in value.objectValue?.keys.sorted() ?? [] where !["metadata", "spec"].contains(key) {
+            self.report(Self.join(path, key), "a pod template has metadata and spec only")
+        }
+        guard let containers = value["spec"]?["containers"]?.arrayValue, !containers.isEmpty else {
+            self.report(Self.join(path, "spec.containers"), "required: a list with the serve-worker container")
+            return nil
+        }
+        var valid = true
+        for (index, container) in containers.enumerated() {
+            if container["name"]?.stringValue?.isEmpty != false || container["image"]?.stringValue?.isEmpty != false {
+                self.report("\(Self.join(path, "spec.containers"))[\(index)]", "a container needs a name and an image")
+                valid = false
+            }
+        }
+        return valid ? value : nil
     }
 }

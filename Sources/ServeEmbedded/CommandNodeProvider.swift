@@ -29,9 +29,7 @@ public actor CommandNodeProvider: NodeProvider {
     private let context: NodeProviderContext
     private let scratch: URL
     /// Answers by request id: a launch asked again with the same id is not run again.
-    private var launched: [String: [ProviderNode]] = [:]
-    private var launchOrder: [String] = []
-    private var calls = 0
+    private var launched = LaunchAnswers()
 
     public init(config: CommandProviderConfig, context: NodeProviderContext) {
         self.config = config
@@ -61,7 +59,7 @@ public actor CommandNodeProvider: NodeProvider {
             answer = try Self.nodes(in: output, command: "launch", defaultType: request.nodeType.name)
                 .filter { request.nodeIDs.contains($0.nodeID) }
         }
-        self.remember(request.requestID, answer)
+        self.launched.remember(request.requestID, answer)
         return answer
     }
 
@@ -69,13 +67,6 @@ public actor CommandNodeProvider: NodeProvider {
         _ = try await self.run(
             "terminate", self.config.terminate, arguments: nodeIDs,
             environment: ["SERVE_REQUEST_ID": requestID, "SERVE_NODE_IDS": nodeIDs.joined(separator: " ")])
-    }
-
-    /// Keeps the answer for retries of the same request (the last 100 requests).
-    private func remember(_ requestID: String, _ answer: [ProviderNode]) {
-        self.launched[requestID] = answer
-        self.launchOrder.append(requestID)
-        if self.launchOrder.count > 100 { self.launched[self.launchOrder.removeFirst()] = nil }
     }
 
     public func nonTerminatedNodes() async throws -> [ProviderNode] {
@@ -107,54 +98,11 @@ public actor CommandNodeProvider: NodeProvider {
 
     /// Runs one command; returns its stdout, or throws with its stderr when it fails.
     private func run(_ name: String, _ argv: [String], arguments: [String], environment extra: [String: String]) async throws -> String {
-        try FileManager.default.createDirectory(at: self.scratch, withIntermediateDirectories: true)
-        self.calls += 1
-        let out = self.scratch.appendingPathComponent("\(name)-\(self.calls).out")
-        let err = self.scratch.appendingPathComponent("\(name)-\(self.calls).err")
-        defer {
-            try? FileManager.default.removeItem(at: out)
-            try? FileManager.default.removeItem(at: err)
-        }
         var environment = ProcessInfo.processInfo.environment
         environment["SERVE_ADDRESS"] = self.context.clusterAddress
         environment["SERVE_TOKEN"] = self.context.token
         environment.merge(extra) { _, new in new }
-        let process: ChildProcess
-        do {
-            process = try ChildProcess(argv: argv + arguments, environment: environment, workingDirectory: nil, logPath: out.path, errorPath: err.path)
-        } catch {
-            throw NodeProviderError("could not run the \(name) command \(argv.joined(separator: " ")): \(error)")
-        }
-        let status = await Self.exitStatus(process, timeout: .milliseconds(Int(self.config.timeoutS * 1000)))
-        let stdout = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
-        let stderr = ((try? String(contentsOf: err, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
-        guard let status else {
-            throw NodeProviderError("the \(name) command ran past timeout_s \(ResourceQuantity(self.config.timeoutS)) and was killed\(stderr.isEmpty ? "" : ": \(stderr.suffix(500))")")
-        }
-        guard status == 0 else {
-            throw NodeProviderError("the \(name) command exited with status \(status)\(stderr.isEmpty ? "" : ": \(stderr.suffix(500))")")
-        }
-        return stdout
-    }
-
-    /// The exit status, or nil when it ran past `timeout` (then its process group is killed).
-    static func exitStatus(_ process: ChildProcess, timeout: Duration) async -> Int32? {
-        let (statuses, continuation) = AsyncStream<Int32?>.makeStream()
-        process.onExit { continuation.yield($0) }
-        let timer = Task {
-            try? await Task.sleep(for: timeout)
-            if !Task.isCancelled { continuation.yield(nil) }
-        }
-        var first: Int32?? = nil
-        for await status in statuses {
-            first = status
-            break
-        }
-        timer.cancel()
-        if case .some(.none) = first {
-            process.signal(SIGKILL)
-        }
-        return first ?? nil
+        return try await ProviderCommand.run(name, argv: argv + arguments, environment: environment, timeout: self.config.timeoutS, scratch: self.scratch)
     }
 
     /// POSIX shell single quoting.

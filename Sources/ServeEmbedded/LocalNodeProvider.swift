@@ -25,8 +25,7 @@ public actor LocalNodeProvider: NodeProvider {
     private let logger: Logger
     private var workers: [String: Worker] = [:]
     /// Answers by request id (launches are idempotent per request).
-    private var launched: [String: [ProviderNode]] = [:]
-    private var launchOrder: [String] = []
+    private var launched = LaunchAnswers()
 
     /// How long a terminated worker may take to drain before it is killed.
     static let gracePeriod: Duration = .seconds(10)
@@ -81,7 +80,7 @@ public actor LocalNodeProvider: NodeProvider {
             started.append(ProviderNode(nodeID: id, nodeType: request.nodeType.name, state: "running"))
             self.logger.info("started a local worker", metadata: ["serve.node": "\(id)", "pid": "\(process.pid)", "log": "\(log)"])
         }
-        self.remember(request.requestID, started)
+        self.launched.remember(request.requestID, started)
         return started
     }
 
@@ -111,13 +110,6 @@ public actor LocalNodeProvider: NodeProvider {
             }
         }
         for id in nodeIDs { self.workers[id] = nil }
-    }
-
-    /// Keeps the answer for retries of the same request (the last 100 requests).
-    private func remember(_ requestID: String, _ answer: [ProviderNode]) {
-        self.launched[requestID] = answer
-        self.launchOrder.append(requestID)
-        if self.launchOrder.count > 100 { self.launched[self.launchOrder.removeFirst()] = nil }
     }
 
     public func nonTerminatedNodes() async throws -> [ProviderNode] {

@@ -97,7 +97,7 @@ struct ClusterConfigTests {
         #expect(
             found == [
                 "node_type: unknown field (did you mean node_types?)",
-                "provider.type: unknown provider \"comand\" (did you mean command?); one of: local, command",
+                "provider.type: unknown provider \"comand\" (did you mean command?); one of: local, command, kubernetes",
                 "idle_timeout_s: must be at least 0, not -1",
                 "upscaling_speed: must be a number, not a string (\"fast\")",
                 "max_concurrent_launches: must be at least 1, not 0",
