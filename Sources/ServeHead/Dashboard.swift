@@ -152,10 +152,13 @@ enum Dashboard {
           return apps.map(([name, app]) =>
             h("article", { class: "app", "data-app": name },
               h("h3", {}, name, " ", badge(app.status), " ", h("code", { class: "muted" }, app.route_prefix || "")),
-              byName(app.deployments).map(([deployment, detail]) => renderDeployment(name, deployment, detail, history))));
+              byName(app.deployments).map(([deployment, detail]) =>
+                renderDeployment(name, deployment, detail, history, deployment === app.ingress))));
         }
 
-        function renderDeployment(app, name, deployment, history) {
+        // `ingress`: whether this deployment takes the application's HTTP traffic (the others
+        // are reached through handles).
+        function renderDeployment(app, name, deployment, history, ingress) {
           const replicas = deployment.replicas || [];
           const running = replicas.filter((replica) => replica.state === "RUNNING").length;
           const autoscaling = deployment.autoscaling;
@@ -163,7 +166,8 @@ enum Dashboard {
           const last = autoscaling && autoscaling.last_decision;
           return h("div", { class: "deployment", "data-deployment": `${app}/${name}` },
             h("h4", {}, name, " ", badge(deployment.status),
-              h("span", { class: "muted" }, ` ${running} of ${number(deployment.target_replicas)} running · ${sizing}`)),
+              h("span", { class: "muted", "data-role": ingress ? "ingress" : "handles" },
+                ` ${ingress ? "ingress" : "via handles"} · ${running} of ${number(deployment.target_replicas)} running · ${sizing}`)),
             deployment.message ? h("p", { class: "message" }, deployment.message) : null,
             last ? h("p", { class: "muted" }, `last decision ${clock(last.time)}: ${last.before} → ${last.after}, ${last.reason}`) : null,
             h("div", { class: "row" },

@@ -234,6 +234,7 @@ struct DashboardTests {
         if !lines.contains(where: { $0.split(separator: " ").count >= 2 }) { missing.append("a timeline polyline with points") }
         if !dom.contains("class=\"decision\"") { missing.append("a marked target change") }
         if !dom.contains("data-node=") { missing.append("the nodes table") }
+        if !dom.contains("data-role=\"ingress\"") { missing.append("the ingress deployment marked") }
         if !dom.contains("config changed num_replicas") { missing.append("the event's reason") }
         return missing
     }
