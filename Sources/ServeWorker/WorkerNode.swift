@@ -472,27 +472,13 @@ public final class WorkerNode: Sendable {
         }
     }
 
-    private func connectOnce(dataPort: Int, onRegistered: () -> Void) async throws {
-        let connection = try await HTTP2ClientConnection.connect(host: self.options.headHost, port: self.options.headPort)
-        self.controlConnection.withLockedValue { $0 = connection }
-        defer { Task { await connection.closeNow() } }
-        if self.isStopping { return }
-        let client = RPCClient(connection: connection, metadata: [.authorization: "Bearer \(self.options.token)"])
-        let call = try await client.bidirectional(
-            ControlPaths.connect, requestType: PBWorkerMessage.self, responseType: PBHeadMessage.self)
-        let sequence = NIOLockedValueBox<UInt64>(0)
-        let send: @Sendable (PBWorkerMessage) async throws -> Void = { message in
-            var message = message
-            message.sequence = sequence.withLockedValue { $0 += 1; return $0 }
-            try await call.send(message)
-        }
-
+    /// What this node tells the head when it registers: where it serves, what it offers, what
+    /// it can run, and the replicas it still runs (a head that restarted adopts them).
+    private func registration(dataPort: Int, localAddress: String) -> PBRegisterNode {
         var register = PBRegisterNode()
         register.nodeID = self.options.nodeID
         register.protocolVersion = ControlPaths.protocolVersion
-        let localAddress = connection.localAddress?.ipAddress ?? "127.0.0.1"
         register.address = self.options.advertiseAddress ?? localAddress
-        self.advertisedHost.withLockedValue { $0 = register.address }
         register.port = UInt32(dataPort)
         register.totalResources = PBResourceSet.with { $0.quantitiesE4 = self.options.resources.quantitiesE4 }
         register.labels = self.options.labels
@@ -513,6 +499,49 @@ public final class WorkerNode: Sendable {
                 $0.grant = replica.grant
             })
         }
+        return register
+    }
+
+    /// Sends a heartbeat now, for news the head should not wait for: a request waiting for a
+    /// deployment with no replica, or a replica holding other multiplexed models. At most one
+    /// every 20 ms; one asked for sooner is sent at the end of those 20 ms (it carries every
+    /// change till then).
+    private func immediateHeartbeat(send: @escaping @Sendable (PBWorkerMessage) async throws -> Void) -> @Sendable () -> Void {
+        let lastKick = NIOLockedValueBox((at: ContinuousClock.now - .seconds(1), scheduled: false))
+        return {
+            let delay = lastKick.withLockedValue { kick -> Duration? in
+                guard !kick.scheduled else { return nil }
+                kick.scheduled = true
+                let since = ContinuousClock.now - kick.at
+                return since >= .milliseconds(20) ? .zero : .milliseconds(20) - since
+            }
+            guard let delay else { return }
+            Task {
+                if delay > .zero { try? await Task.sleep(for: delay) }
+                lastKick.withLockedValue { $0 = (at: .now, scheduled: false) }
+                let heartbeat = await self.heartbeat(0)
+                try? await send(PBWorkerMessage.with { $0.heartbeat = heartbeat })
+            }
+        }
+    }
+
+    private func connectOnce(dataPort: Int, onRegistered: () -> Void) async throws {
+        let connection = try await HTTP2ClientConnection.connect(host: self.options.headHost, port: self.options.headPort)
+        self.controlConnection.withLockedValue { $0 = connection }
+        defer { Task { await connection.closeNow() } }
+        if self.isStopping { return }
+        let client = RPCClient(connection: connection, metadata: [.authorization: "Bearer \(self.options.token)"])
+        let call = try await client.bidirectional(
+            ControlPaths.connect, requestType: PBWorkerMessage.self, responseType: PBHeadMessage.self)
+        let sequence = NIOLockedValueBox<UInt64>(0)
+        let send: @Sendable (PBWorkerMessage) async throws -> Void = { message in
+            var message = message
+            message.sequence = sequence.withLockedValue { $0 += 1; return $0 }
+            try await call.send(message)
+        }
+
+        let register = self.registration(dataPort: dataPort, localAddress: connection.localAddress?.ipAddress ?? "127.0.0.1")
+        self.advertisedHost.withLockedValue { $0 = register.address }
         try await send(PBWorkerMessage.with { $0.register = register })
 
         var responses = try await call.responses().makeAsyncIterator()
@@ -554,27 +583,8 @@ public final class WorkerNode: Sendable {
                     try await Task.sleep(for: interval)
                 }
             }
-            // A request waiting for a deployment with no replica, or a replica holding other
-            // multiplexed models: the head hears of it now. At most one every 20 ms; one asked
-            // for sooner is sent at the end of those 20 ms (it carries every change till then).
-            let lastKick = NIOLockedValueBox((at: ContinuousClock.now - .seconds(1), scheduled: false))
-            self.sendHeartbeatNow.withLockedValue {
-                $0 = {
-                    let delay = lastKick.withLockedValue { kick -> Duration? in
-                        guard !kick.scheduled else { return nil }
-                        kick.scheduled = true
-                        let since = ContinuousClock.now - kick.at
-                        return since >= .milliseconds(20) ? .zero : .milliseconds(20) - since
-                    }
-                    guard let delay else { return }
-                    Task {
-                        if delay > .zero { try? await Task.sleep(for: delay) }
-                        lastKick.withLockedValue { $0 = (at: .now, scheduled: false) }
-                        let heartbeat = await self.heartbeat(0)
-                        try? await send(PBWorkerMessage.with { $0.heartbeat = heartbeat })
-                    }
-                }
-            }
+            let immediate = self.immediateHeartbeat(send: send)
+            self.sendHeartbeatNow.withLockedValue { $0 = immediate }
             defer { self.sendHeartbeatNow.withLockedValue { $0 = nil } }
             let (wakes, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
             self.reports.withLockedValue { $0.wake = wake }
