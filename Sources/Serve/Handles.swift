@@ -49,12 +49,22 @@ public struct DeploymentHandle: Sendable {
     }
 
     /// Calls the deployment with `request` (its path is the one the callee sees) and returns the
-    /// whole response (a streamed one is gathered to its end).
+    /// whole response (a streamed one is gathered to its end). The call runs in this task: no
+    /// task or pipe of its own.
     public func call(_ request: ServeRequest) async throws -> ServeResponse {
-        let response = try await self.stream(request)
-        var body = ByteBuffer()
-        for try await var piece in response.body { body.writeBuffer(&piece) }
-        return ServeResponse(status: response.status, headers: response.headers, body: body)
+        let (caller, forwarded) = try self.prepare(request)
+        let collector = HandleCollector()
+        do {
+            try await caller.call(app: self.app, deployment: self.deployment, forwarded, collector)
+        } catch {
+            // Before the head, the call's own error; after it, a cut.
+            guard collector.response != nil else { throw error }
+            throw HandleResponseCut(description: "the response was cut short: \(error)")
+        }
+        guard let response = collector.response, collector.ended else {
+            throw HandleResponseCut(description: collector.response == nil ? "the call ended without an answer" : "the response ended before its body did")
+        }
+        return response
     }
 
     /// Calls the deployment and returns its response as soon as its head arrives, the body
@@ -62,15 +72,7 @@ public struct DeploymentHandle: Sendable {
     /// headers:_:)`, or read it). Letting the body go before its end, or cancelling the task
     /// waiting for the head, cancels the rest of the call.
     public func stream(_ request: ServeRequest) async throws -> ServeStreamingResponse {
-        guard let caller = self.caller else {
-            throw DeploymentError("this replica has no handles: it does not run on a node")
-        }
-        var headers = request.headers
-        if let model = self.multiplexedModelID { headers[.serveMultiplexedModelID] = model }
-        let forwarded = HTTPServerRequest(
-            head: HTTPRequest(method: request.method, scheme: "http", authority: nil, path: request.path, headerFields: headers),
-            body: request.body,
-            hasBody: request.hasBody)
+        let (caller, forwarded) = try self.prepare(request)
         let receiver = HandleReceiver()
         let (app, deployment) = (self.app, self.deployment)
         // The call outlives this function (its body streams on), so it runs in a task of its
@@ -91,6 +93,54 @@ public struct DeploymentHandle: Sendable {
             call.cancel()
         }
         return ServeStreamingResponse(status: head.status, headers: head.headerFields, body: receiver.pipe.takeBody())
+    }
+
+    /// The node's caller, and `request` as it goes to it (with the multiplexed model, if any).
+    private func prepare(_ request: ServeRequest) throws -> (any DeploymentCaller, HTTPServerRequest) {
+        guard let caller = self.caller else {
+            throw DeploymentError("this replica has no handles: it does not run on a node")
+        }
+        var headers = request.headers
+        if let model = self.multiplexedModelID { headers[.serveMultiplexedModelID] = model }
+        let forwarded = HTTPServerRequest(
+            head: HTTPRequest(method: request.method, scheme: "http", authority: nil, path: request.path, headerFields: headers),
+            body: request.body,
+            hasBody: request.hasBody)
+        return (caller, forwarded)
+    }
+}
+
+/// The writer a whole-answer handle call (`call`) answers through: it gathers the response.
+final class HandleCollector: HTTPResponseWriter {
+    private struct State {
+        var response: ServeResponse?
+        var ended = false
+    }
+    private let state = NIOLockedValueBox(State())
+
+    /// The head and what came of the body, once a head came.
+    var response: ServeResponse? { self.state.withLockedValue { $0.response } }
+    /// Whether the body ended (not cut).
+    var ended: Bool { self.state.withLockedValue { $0.ended } }
+
+    func respond(_ head: HTTPResponse, body: ByteBuffer?, trailers: HTTPFields?) async throws {
+        self.state.withLockedValue {
+            $0.response = ServeResponse(status: head.status, headers: head.headerFields, body: body ?? ByteBuffer())
+            $0.ended = true
+        }
+    }
+
+    func writeHead(_ head: HTTPResponse) async throws {
+        self.state.withLockedValue { $0.response = ServeResponse(status: head.status, headers: head.headerFields) }
+    }
+
+    func write(_ chunk: ByteBuffer) async throws {
+        var chunk = chunk
+        _ = self.state.withLockedValue { $0.response?.body.writeBuffer(&chunk) }
+    }
+
+    func finish(trailers: HTTPFields?) async throws {
+        self.state.withLockedValue { $0.ended = true }
     }
 }
 
