@@ -542,10 +542,7 @@ public final class Ingress: Sendable {
     }
 
     private func text(_ writer: any HTTPResponseWriter, _ status: HTTPResponse.Status, _ message: String) async throws {
-        try await writer.respond(
-            HTTPResponse(status: status, headerFields: [.contentType: "text/plain; charset=utf-8"]),
-            body: ByteBuffer(string: message + "\n")
-        )
+        try await writer.respond(status, text: message + "\n")
     }
 }
 

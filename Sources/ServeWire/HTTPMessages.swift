@@ -53,4 +53,10 @@ extension HTTPResponseWriter {
     public func finish() async throws {
         try await self.finish(trailers: nil)
     }
+
+    /// A plain-text answer (`text/plain; charset=utf-8`): what a proxy or a node says itself.
+    public func respond(_ status: HTTPResponse.Status, text: String) async throws {
+        try await self.respond(
+            HTTPResponse(status: status, headerFields: [.contentType: "text/plain; charset=utf-8"]), body: ByteBuffer(string: text), trailers: nil)
+    }
 }

@@ -40,10 +40,10 @@ final class HandleListener: Sendable {
 
     static func serve(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter, token: String, caller: any DeploymentCaller) async throws {
         guard ConstantTime.equals(request.head.headerFields[ServeHeaders.handleToken], token) else {
-            return try await Self.text(writer, .unauthorized, "a handle call needs the header serve-handle-token: $SERVE_HANDLE_TOKEN")
+            return try await writer.respond(.unauthorized, text: "a handle call needs the header serve-handle-token: $SERVE_HANDLE_TOKEN\n")
         }
         guard let target = Target(request.head.path ?? "/") else {
-            return try await Self.text(writer, .notFound, "call /APP/DEPLOYMENT/PATH (the application, the deployment, then the path it sees)")
+            return try await writer.respond(.notFound, text: "call /APP/DEPLOYMENT/PATH (the application, the deployment, then the path it sees)\n")
         }
         var head = request.head
         head.path = target.rest
@@ -73,16 +73,5 @@ final class HandleListener: Sendable {
             self.deployment = deployment
             self.rest = "/" + (names.count > 1 ? names[1] : "") + query
         }
-
-        init(app: String, deployment: String, rest: String) {
-            self.app = app
-            self.deployment = deployment
-            self.rest = rest
-        }
-    }
-
-    private static func text(_ writer: any HTTPResponseWriter, _ status: HTTPResponse.Status, _ message: String) async throws {
-        try await writer.respond(
-            HTTPResponse(status: status, headerFields: [.contentType: "text/plain; charset=utf-8"]), body: ByteBuffer(string: message + "\n"))
     }
 }

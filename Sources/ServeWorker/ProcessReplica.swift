@@ -264,15 +264,11 @@ final class ProcessReplica: Sendable {
             if self.terminating.withLockedValue({ $0 }) {
                 // `terminate` killed it: its stop ran past `graceful_shutdown_timeout_s`.
                 try await writer.respond(
-                    HTTPResponse(status: .serviceUnavailable, headerFields: [.contentType: "text/plain; charset=utf-8"]),
-                    body: ByteBuffer(string: "replica \(self.replicaID) was stopped before this request finished (graceful_shutdown_timeout_s passed)\n")
-                )
+                    .serviceUnavailable,
+                    text: "replica \(self.replicaID) was stopped before this request finished (graceful_shutdown_timeout_s passed)\n")
                 return
             }
-            try await writer.respond(
-                HTTPResponse(status: .badGateway, headerFields: [.contentType: "text/plain; charset=utf-8"]),
-                body: ByteBuffer(string: "replica \(self.replicaID) failed: \(error)\n")
-            )
+            try await writer.respond(.badGateway, text: "replica \(self.replicaID) failed: \(error)\n")
             return
         }
         try await writer.writeHead(response.head)

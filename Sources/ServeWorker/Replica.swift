@@ -289,16 +289,11 @@ struct SwiftDeploymentBox: Sendable {
             // Its replica stopped and `graceful_shutdown_timeout_s` ran out first, or the client
             // went away (then nobody reads this).
             try await writer.respond(
-                HTTPResponse(status: .serviceUnavailable, headerFields: [.contentType: "text/plain; charset=utf-8"]),
-                body: ByteBuffer(string: "replica \(replicaID) was stopped before this request finished (graceful_shutdown_timeout_s passed)\n")
-            )
+                .serviceUnavailable, text: "replica \(replicaID) was stopped before this request finished (graceful_shutdown_timeout_s passed)\n")
             return 503
         } catch {
             logger.warning("deployment raised an error", metadata: ["error": "\(error)"])
-            try await writer.respond(
-                HTTPResponse(status: .internalServerError, headerFields: [.contentType: "text/plain; charset=utf-8"]),
-                body: ByteBuffer(string: "the deployment failed: \(error)\n")
-            )
+            try await writer.respond(.internalServerError, text: "the deployment failed: \(error)\n")
             return 500
         }
         let head = HTTPResponse(status: response.status, headerFields: response.headers)

@@ -399,10 +399,7 @@ public final class WorkerNode: Sendable {
             self.logger.warning(
                 "refused a data-plane request with a wrong or missing cluster token",
                 metadata: ["peer": "\(request.remoteAddress.map { "\($0)" } ?? "?")"])
-            try await writer.respond(
-                HTTPResponse(status: .unauthorized, headerFields: [.contentType: "text/plain; charset=utf-8"]),
-                body: ByteBuffer(string: "this worker needs the cluster token\n")
-            )
+            try await writer.respond(.unauthorized, text: "this worker needs the cluster token\n")
             return
         }
         if let path = request.head.path, path.hasPrefix(ReplicaLogs.workerPath) {
