@@ -435,7 +435,8 @@ public final class WorkerNode: Sendable {
                 body: ByteBuffer(
                     string: "\(replicaID) is a Swift replica: its lines are in its worker's own log (serve-worker's output), with serve.replica=\(replicaID)\n"))
         }
-        let chunk = try ReplicaLogs.read(url, from: offset)
+        // File I/O on a thread made for blocking work, never on the connection's event loop.
+        let chunk = try await NIOThreadPool.singleton.runIfActive { try ReplicaLogs.read(url, from: offset) }
         var fields = HTTPFields()
         fields[.contentType] = "text/plain; charset=utf-8"
         fields[ReplicaLogs.offsetField] = String(chunk.start)

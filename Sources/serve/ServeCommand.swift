@@ -166,13 +166,14 @@ struct Logs: AsyncParsableCommand {
             guard status == 200 else {
                 // A followed replica that stopped has said all it will.
                 if self.follow && offset > 0 && status == 404 { return }
-                FileHandle.standardError.write(Data("serve logs: the head answered \(status): \(body)\n".utf8))
+                FileHandle.standardError.write(Data("serve logs: the head answered \(status): \(String(buffer: body))\n".utf8))
                 throw ExitCode(1)
             }
             if fields[ReplicaLogs.offsetField].flatMap(Int.init) == 0 && offset > 0 {
                 FileHandle.standardError.write(Data("serve logs: the log was rotated; reading it from its start\n".utf8))
             }
-            FileHandle.standardOutput.write(Data(body.utf8))
+            // The replica's output as the bytes it wrote.
+            FileHandle.standardOutput.write(Data(body.readableBytesView))
             let next = fields[ReplicaLogs.nextField].flatMap(Int.init) ?? offset
             // A full chunk means there is more now; otherwise wait for new lines, or stop.
             if next - offset >= ReplicaLogs.maxChunk || (next != offset && !self.follow) {
@@ -213,12 +214,12 @@ struct AdminClient {
     let token: String?
 
     func call(_ method: HTTPRequest.Method, _ path: String, body: String? = nil) async throws -> (Int, String) {
-        let (status, text, _) = try await self.send(method, path, body: body)
-        return (status, text)
+        let (status, bytes, _) = try await self.send(method, path, body: body)
+        return (status, String(buffer: bytes))
     }
 
-    /// The status, body and header fields of one admin call.
-    func send(_ method: HTTPRequest.Method, _ path: String, body: String? = nil) async throws -> (Int, String, HTTPFields) {
+    /// The status, body (as the bytes it is) and header fields of one admin call.
+    func send(_ method: HTTPRequest.Method, _ path: String, body: String? = nil) async throws -> (Int, ByteBuffer, HTTPFields) {
         let pool = HTTP1ConnectionPool(host: self.host, port: self.port)
         defer { Task { await pool.close() } }
         var fields = HTTPFields()
@@ -227,8 +228,8 @@ struct AdminClient {
         let head = HTTPRequest(method: method, scheme: "http", authority: "\(self.host):\(self.port)", path: path, headerFields: fields)
         do {
             let response = try await pool.send(head, body: body.map { ByteBuffer(string: $0) }, timeout: .seconds(60))
-            let text = String(buffer: try await response.body.collect(upTo: 64 << 20))
-            return (response.head.status.code, text, response.head.headerFields)
+            let bytes = try await response.body.collect(upTo: 64 << 20)
+            return (response.head.status.code, bytes, response.head.headerFields)
         } catch let error as HTTP2Error {
             throw CLIError(description: "cannot reach the head's admin API at http://\(self.host):\(self.port) (is a head running? --address or SERVE_ADDRESS say where): \(error)")
         }
