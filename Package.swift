@@ -148,7 +148,7 @@ let package = Package(
         .testTarget(
             name: "ServeProxyTests",
             dependencies: [
-                "ServeProxy", "ServeCore", "ServeWire",
+                "ServeProxy", "ServeCore", "ServeWire", "ServeProto",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

@@ -22,16 +22,13 @@ public struct RequestRouter: Sendable {
         public var id: String
         /// On the router's own node.
         public var isLocal: Bool
-        /// The queue length it last reported (running plus queued, from every router).
-        public var reported: Int
         /// The multiplexed models it holds, as it last reported (plus those this router sent it
         /// since).
         public var models: Set<String>
 
-        public init(id: String, isLocal: Bool, reported: Int = 0, models: Set<String> = []) {
+        public init(id: String, isLocal: Bool, models: Set<String> = []) {
             self.id = id
             self.isLocal = isLocal
-            self.reported = reported
             self.models = models
         }
     }
@@ -264,9 +261,10 @@ public struct RequestRouter: Sendable {
         return (local.filter(holdsFewest), remote.filter(holdsFewest))
     }
 
-    /// The larger of what this router knows it sent and what the replica last said.
+    /// What this router has in flight at the replica. Other routers' requests are not counted
+    /// (the head's tables carry no loads: they would change with every heartbeat); a replica
+    /// refuses past its own limit and the request is tried on another.
     private func load(_ index: Int) -> Int {
-        let replica = self.replicas[index]
-        return max(self.inFlight[replica.id] ?? 0, replica.reported)
+        self.inFlight[self.replicas[index].id] ?? 0
     }
 }

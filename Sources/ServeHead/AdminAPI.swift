@@ -169,6 +169,7 @@ enum Metrics {
     static func prometheusText(controller: Controller, ingress: Ingress) async -> String {
         // The head's own proxy (every worker's serves the same series on its --metrics-port).
         var lines = ingress.prometheusLines()
+        lines += controller.metrics.prometheusLines()
         lines.append("# HELP serve_replicas Replicas per deployment and state.")
         lines.append("# TYPE serve_replicas gauge")
         for (id, states) in await controller.replicaStates().sorted(by: { "\($0.key)" < "\($1.key)" }) {

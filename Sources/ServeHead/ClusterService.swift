@@ -48,7 +48,10 @@ enum ClusterService {
                 do {
                     while let message = try await rest.iterator.next() {
                         switch message.kind {
-                        case .heartbeat(let heartbeat): await controller.heartbeat(heartbeat, from: nodeID, connection: connection)
+                        case .heartbeat(let heartbeat):
+                            let arrived = ContinuousClock.now
+                            await controller.heartbeat(heartbeat, from: nodeID, connection: connection)
+                            controller.metrics.heartbeatHandled(seconds: (ContinuousClock.now - arrived).seconds)
                         case .replicaState(let report): await controller.replicaReport(report, from: nodeID, connection: connection)
                         case .pong, .ack: await controller.heard(from: nodeID, connection: connection)
                         case .register, .none: break

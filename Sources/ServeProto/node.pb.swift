@@ -265,7 +265,9 @@ public nonisolated struct PBHeartbeat: Sendable {
   /// When the worker sent it, Unix time in milliseconds (worker clock).
   public var sentAtUnixMs: Int64 = 0
 
-  /// Load of every replica on the node, one entry per replica.
+  /// The replicas whose load, state or models changed since the last heartbeat on this
+  /// stream; the first heartbeat on a stream lists every replica. A replica left out keeps what
+  /// it last reported (it leaves the head's books with its STOPPED or FAILED state report).
   public var replicas: [PBReplicaLoad] = []
 
   /// The node's health.

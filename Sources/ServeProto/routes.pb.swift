@@ -141,9 +141,6 @@ public nonisolated struct PBReplicaRouteEntry: Sendable {
 
   public var port: UInt32 = 0
 
-  /// The queue length it last reported (running plus queued).
-  public var reportedQueueLength: UInt32 = 0
-
   /// The multiplexed models it holds (serve_multiplexed_model_id), as it last reported.
   public var modelIds: [String] = []
 
@@ -170,6 +167,13 @@ public nonisolated struct PBDeploymentRouteEntry: Sendable {
   /// Why no replica is coming, when none runs (requests are answered 503 with it).
   public var unavailable: String = String()
 
+  /// In an incremental table (RouteTableUpdate.base_sequence set) inside a partial application:
+  /// true when `replicas` lists only the replicas added or changed since the base table, and
+  /// `removed_replicas` those gone. The other fields are always whole.
+  public var partial: Bool = false
+
+  public var removedReplicas: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -188,16 +192,25 @@ public nonisolated struct PBApplicationRouteEntry: Sendable {
   /// Any request to it may be retried once on another replica.
   public var idempotent: Bool = false
 
-  /// Every deployment of the application, its ingress first.
+  /// Every deployment of the application, its ingress first; in a partial entry only the
+  /// deployments that changed (their order then means nothing).
   public var deployments: [PBDeploymentRouteEntry] = []
+
+  /// In an incremental table: true when the application's own fields and its list of
+  /// deployments are unchanged, and `deployments` holds only the deployments that changed.
+  public var partial: Bool = false
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
-/// Head -> worker: the whole route table, as a snapshot. Tables are ordered by (epoch, sequence):
-/// a proxy never applies one older than a table it has applied.
+/// Head -> worker: the route table, whole (base_sequence 0) or as the changes since the table
+/// the node was sent last (base_sequence: that table's sequence, same epoch). Tables are ordered
+/// by (epoch, sequence): a proxy never applies one older than a table it has applied. The head
+/// sends a node the whole table when it registers, then only changes on the same stream (which
+/// delivers in order); a node that cannot apply a change (it does not hold the base) drops its
+/// stream and registers again, which brings the whole table.
 public nonisolated struct PBRouteTableUpdate: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -223,6 +236,17 @@ public nonisolated struct PBRouteTableUpdate: Sendable {
   public var httpHost: String = String()
 
   public var httpPort: UInt32 = 0
+
+  /// 0: `applications` is the whole table. Otherwise the sequence of the table this one changes:
+  /// `applications` holds only the applications added or changed (whole, or `partial`), and
+  /// `removed_applications` the names of those gone. The fields above are always whole.
+  public var baseSequence: UInt64 = 0
+
+  public var removedApplications: [String] = []
+
+  /// When the head made the table, Unix time in milliseconds (head clock): how long tables take
+  /// to reach the nodes.
+  public var madeAtUnixMs: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -283,7 +307,7 @@ nonisolated extension PBProxyStatus: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension PBReplicaRouteEntry: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ReplicaRouteEntry"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}node_id\0\u{1}host\0\u{1}port\0\u{3}reported_queue_length\0\u{3}model_ids\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}replica_id\0\u{3}node_id\0\u{1}host\0\u{1}port\0\u{4}\u{2}model_ids\0\u{b}reported_queue_length\0\u{c}\u{5}\u{1}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -295,7 +319,6 @@ nonisolated extension PBReplicaRouteEntry: SwiftProtobuf.Message, SwiftProtobuf.
       case 2: try { try decoder.decodeSingularStringField(value: &self.nodeID) }()
       case 3: try { try decoder.decodeSingularStringField(value: &self.host) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
-      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.reportedQueueLength) }()
       case 6: try { try decoder.decodeRepeatedStringField(value: &self.modelIds) }()
       default: break
       }
@@ -315,9 +338,6 @@ nonisolated extension PBReplicaRouteEntry: SwiftProtobuf.Message, SwiftProtobuf.
     if self.port != 0 {
       try visitor.visitSingularUInt32Field(value: self.port, fieldNumber: 4)
     }
-    if self.reportedQueueLength != 0 {
-      try visitor.visitSingularUInt32Field(value: self.reportedQueueLength, fieldNumber: 5)
-    }
     if !self.modelIds.isEmpty {
       try visitor.visitRepeatedStringField(value: self.modelIds, fieldNumber: 6)
     }
@@ -329,7 +349,6 @@ nonisolated extension PBReplicaRouteEntry: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.nodeID != rhs.nodeID {return false}
     if lhs.host != rhs.host {return false}
     if lhs.port != rhs.port {return false}
-    if lhs.reportedQueueLength != rhs.reportedQueueLength {return false}
     if lhs.modelIds != rhs.modelIds {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
@@ -338,7 +357,7 @@ nonisolated extension PBReplicaRouteEntry: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension PBDeploymentRouteEntry: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".DeploymentRouteEntry"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}deployment\0\u{3}max_ongoing_requests\0\u{3}max_queued_requests\0\u{1}replicas\0\u{1}unavailable\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}deployment\0\u{3}max_ongoing_requests\0\u{3}max_queued_requests\0\u{1}replicas\0\u{1}unavailable\0\u{1}partial\0\u{3}removed_replicas\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -351,6 +370,8 @@ nonisolated extension PBDeploymentRouteEntry: SwiftProtobuf.Message, SwiftProtob
       case 3: try { try decoder.decodeSingularInt32Field(value: &self.maxQueuedRequests) }()
       case 4: try { try decoder.decodeRepeatedMessageField(value: &self.replicas) }()
       case 5: try { try decoder.decodeSingularStringField(value: &self.unavailable) }()
+      case 6: try { try decoder.decodeSingularBoolField(value: &self.partial) }()
+      case 7: try { try decoder.decodeRepeatedStringField(value: &self.removedReplicas) }()
       default: break
       }
     }
@@ -372,6 +393,12 @@ nonisolated extension PBDeploymentRouteEntry: SwiftProtobuf.Message, SwiftProtob
     if !self.unavailable.isEmpty {
       try visitor.visitSingularStringField(value: self.unavailable, fieldNumber: 5)
     }
+    if self.partial != false {
+      try visitor.visitSingularBoolField(value: self.partial, fieldNumber: 6)
+    }
+    if !self.removedReplicas.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.removedReplicas, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -381,6 +408,8 @@ nonisolated extension PBDeploymentRouteEntry: SwiftProtobuf.Message, SwiftProtob
     if lhs.maxQueuedRequests != rhs.maxQueuedRequests {return false}
     if lhs.replicas != rhs.replicas {return false}
     if lhs.unavailable != rhs.unavailable {return false}
+    if lhs.partial != rhs.partial {return false}
+    if lhs.removedReplicas != rhs.removedReplicas {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -388,7 +417,7 @@ nonisolated extension PBDeploymentRouteEntry: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension PBApplicationRouteEntry: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ApplicationRouteEntry"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}route_prefix\0\u{1}idempotent\0\u{2}\u{6}deployments\0\u{c}\u{4}\u{5}")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{3}route_prefix\0\u{1}idempotent\0\u{2}\u{6}deployments\0\u{1}partial\0\u{c}\u{4}\u{5}")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -400,6 +429,7 @@ nonisolated extension PBApplicationRouteEntry: SwiftProtobuf.Message, SwiftProto
       case 2: try { try decoder.decodeSingularStringField(value: &self.routePrefix) }()
       case 3: try { try decoder.decodeSingularBoolField(value: &self.idempotent) }()
       case 9: try { try decoder.decodeRepeatedMessageField(value: &self.deployments) }()
+      case 10: try { try decoder.decodeSingularBoolField(value: &self.partial) }()
       default: break
       }
     }
@@ -418,6 +448,9 @@ nonisolated extension PBApplicationRouteEntry: SwiftProtobuf.Message, SwiftProto
     if !self.deployments.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.deployments, fieldNumber: 9)
     }
+    if self.partial != false {
+      try visitor.visitSingularBoolField(value: self.partial, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -426,6 +459,7 @@ nonisolated extension PBApplicationRouteEntry: SwiftProtobuf.Message, SwiftProto
     if lhs.routePrefix != rhs.routePrefix {return false}
     if lhs.idempotent != rhs.idempotent {return false}
     if lhs.deployments != rhs.deployments {return false}
+    if lhs.partial != rhs.partial {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -433,7 +467,7 @@ nonisolated extension PBApplicationRouteEntry: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension PBRouteTableUpdate: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RouteTableUpdate"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}epoch\0\u{1}sequence\0\u{1}applications\0\u{3}request_timeout_ms\0\u{3}max_body_bytes\0\u{3}proxy_location\0\u{3}http_host\0\u{3}http_port\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}epoch\0\u{1}sequence\0\u{1}applications\0\u{3}request_timeout_ms\0\u{3}max_body_bytes\0\u{3}proxy_location\0\u{3}http_host\0\u{3}http_port\0\u{3}base_sequence\0\u{3}removed_applications\0\u{3}made_at_unix_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -449,6 +483,9 @@ nonisolated extension PBRouteTableUpdate: SwiftProtobuf.Message, SwiftProtobuf._
       case 6: try { try decoder.decodeSingularEnumField(value: &self.proxyLocation) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.httpHost) }()
       case 8: try { try decoder.decodeSingularUInt32Field(value: &self.httpPort) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.baseSequence) }()
+      case 10: try { try decoder.decodeRepeatedStringField(value: &self.removedApplications) }()
+      case 11: try { try decoder.decodeSingularInt64Field(value: &self.madeAtUnixMs) }()
       default: break
       }
     }
@@ -479,6 +516,15 @@ nonisolated extension PBRouteTableUpdate: SwiftProtobuf.Message, SwiftProtobuf._
     if self.httpPort != 0 {
       try visitor.visitSingularUInt32Field(value: self.httpPort, fieldNumber: 8)
     }
+    if self.baseSequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.baseSequence, fieldNumber: 9)
+    }
+    if !self.removedApplications.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.removedApplications, fieldNumber: 10)
+    }
+    if self.madeAtUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.madeAtUnixMs, fieldNumber: 11)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -491,6 +537,9 @@ nonisolated extension PBRouteTableUpdate: SwiftProtobuf.Message, SwiftProtobuf._
     if lhs.proxyLocation != rhs.proxyLocation {return false}
     if lhs.httpHost != rhs.httpHost {return false}
     if lhs.httpPort != rhs.httpPort {return false}
+    if lhs.baseSequence != rhs.baseSequence {return false}
+    if lhs.removedApplications != rhs.removedApplications {return false}
+    if lhs.madeAtUnixMs != rhs.madeAtUnixMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

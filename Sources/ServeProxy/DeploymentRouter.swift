@@ -7,7 +7,10 @@ import ServeCore
 final class DeploymentRouter: Sendable {
     private struct State {
         var core: RequestRouter
-        var routes: [ReplicaRoute]
+        /// The route and local node the core was last given.
+        var route: DeploymentRoute
+        var localNode: String?
+        var routes: [ReplicaRoute] { self.route.replicas }
         var continuations: [Int: CheckedContinuation<ReplicaRoute, any Error>] = [:]
         var generator = SystemRandomNumberGenerator()
     }
@@ -28,12 +31,13 @@ final class DeploymentRouter: Sendable {
                 maxQueued: route.maxQueuedRequests,
                 unavailable: route.unavailable,
                 version: version),
-            routes: route.replicas))
+            route: route,
+            localNode: localNode))
     }
 
     private static func views(_ replicas: [ReplicaRoute], localNode: String?) -> [RequestRouter.Replica] {
         replicas.map {
-            RequestRouter.Replica(id: $0.id, isLocal: $0.nodeID == localNode, reported: $0.reportedQueueLength, models: Set($0.models))
+            RequestRouter.Replica(id: $0.id, isLocal: $0.nodeID == localNode, models: Set($0.models))
         }
     }
 
@@ -46,10 +50,12 @@ final class DeploymentRouter: Sendable {
     /// Requests waiting for a replica.
     var waiting: Int { self.state.withLockedValue { $0.core.waiting } }
 
-    /// Takes a newer route; one from an older table is ignored.
+    /// Takes a newer route; one from an older table is ignored, and so is the same route again
+    /// (a table where another deployment changed: the router keeps the models it assumes its
+    /// replicas hold until their own entry changes).
     func update(_ route: DeploymentRoute, localNode: String?, version: UInt64) {
         let resumes = self.state.withLockedValue { state -> [Resume] in
-            guard version >= state.core.version else { return [] }
+            guard version >= state.core.version, route != state.route || localNode != state.localNode else { return [] }
             let wakes = state.core.update(
                 replicas: Self.views(route.replicas, localNode: localNode),
                 maxOngoing: route.maxOngoingRequests,
@@ -57,7 +63,8 @@ final class DeploymentRouter: Sendable {
                 unavailable: route.unavailable,
                 version: version,
                 using: &state.generator)
-            state.routes = route.replicas
+            state.route = route
+            state.localNode = localNode
             return Self.resumes(wakes, &state)
         }
         Self.run(resumes)

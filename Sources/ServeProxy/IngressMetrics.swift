@@ -14,25 +14,17 @@ public final class IngressMetrics: Sendable {
 
     public struct Series: Sendable, Hashable {
         public var requestsByStatus: [Int: Int] = [:]
-        public var bucketCounts: [Int]
-        public var latencySum: Double = 0
-        public var count: Int = 0
-        init() { self.bucketCounts = Array(repeating: 0, count: IngressMetrics.buckets.count) }
+        public var latency = Histogram(bounds: IngressMetrics.buckets)
+        init() {}
 
         mutating func add(_ other: Series) {
             self.requestsByStatus.merge(other.requestsByStatus, uniquingKeysWith: +)
-            for index in self.bucketCounts.indices { self.bucketCounts[index] += other.bucketCounts[index] }
-            self.latencySum += other.latencySum
-            self.count += other.count
+            self.latency.add(other.latency)
         }
 
         mutating func record(status: Int, seconds: Double) {
             self.requestsByStatus[status, default: 0] += 1
-            self.count += 1
-            self.latencySum += seconds
-            for (index, bound) in IngressMetrics.buckets.enumerated() where seconds <= bound {
-                self.bucketCounts[index] += 1
-            }
+            self.latency.record(seconds)
         }
     }
 
@@ -112,12 +104,7 @@ extension Ingress {
         lines.append("# HELP serve_request_latency_seconds Proxy latency per request.")
         lines.append("# TYPE serve_request_latency_seconds histogram")
         for (id, series) in series {
-            for (index, bound) in IngressMetrics.buckets.enumerated() {
-                lines.append("serve_request_latency_seconds_bucket{\(labels(id)),le=\"\(bound)\"} \(series.bucketCounts[index])")
-            }
-            lines.append("serve_request_latency_seconds_bucket{\(labels(id)),le=\"+Inf\"} \(series.count)")
-            lines.append("serve_request_latency_seconds_sum{\(labels(id))} \(series.latencySum)")
-            lines.append("serve_request_latency_seconds_count{\(labels(id))} \(series.count)")
+            lines += series.latency.prometheusLines(name: "serve_request_latency_seconds", labels: labels(id))
         }
         lines.append("# HELP serve_request_retries_total Requests the proxy sent to another replica, by why.")
         lines.append("# TYPE serve_request_retries_total counter")

@@ -111,17 +111,14 @@ public struct ReplicaRoute: Sendable, Hashable {
     public var nodeID: String
     public var host: String
     public var port: Int
-    /// The queue length the replica last reported.
-    public var reportedQueueLength: Int
     /// The multiplexed models it holds, as it last reported.
     public var models: [String]
 
-    public init(id: String, nodeID: String, host: String, port: Int, reportedQueueLength: Int = 0, models: [String] = []) {
+    public init(id: String, nodeID: String, host: String, port: Int, models: [String] = []) {
         self.id = id
         self.nodeID = nodeID
         self.host = host
         self.port = port
-        self.reportedQueueLength = reportedQueueLength
         self.models = models
     }
 }

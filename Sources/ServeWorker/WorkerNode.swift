@@ -134,6 +134,8 @@ public final class WorkerNode: Sendable {
     /// Where this node's process replicas make their handle calls (bound by `run`).
     private let handleListener = NIOLockedValueBox<HandleListener?>(nil)
     private let proxyState = NIOLockedValueBox(ProxyState())
+    /// This node's copy of the head's route table (whole, then kept current from changes).
+    private let routeTables = NIOLockedValueBox(RouteTableMirror())
     /// Sends a heartbeat at once, while the control stream is up (a cold start waits for no timer).
     private let sendHeartbeatNow: NIOLockedValueBox<(@Sendable () -> Void)?>
     private let metricsServer = NIOLockedValueBox<HTTP1Server?>(nil)
@@ -500,29 +502,6 @@ public final class WorkerNode: Sendable {
         return register
     }
 
-    /// Sends a heartbeat now, for news the head should not wait for: a request waiting for a
-    /// deployment with no replica, or a replica holding other multiplexed models. At most one
-    /// every 20 ms; one asked for sooner is sent at the end of those 20 ms (it carries every
-    /// change till then).
-    private func immediateHeartbeat(send: @escaping @Sendable (PBWorkerMessage) async throws -> Void) -> @Sendable () -> Void {
-        let lastKick = NIOLockedValueBox((at: ContinuousClock.now - .seconds(1), scheduled: false))
-        return {
-            let delay = lastKick.withLockedValue { kick -> Duration? in
-                guard !kick.scheduled else { return nil }
-                kick.scheduled = true
-                let since = ContinuousClock.now - kick.at
-                return since >= .milliseconds(20) ? .zero : .milliseconds(20) - since
-            }
-            guard let delay else { return }
-            Task {
-                if delay > .zero { try? await Task.sleep(for: delay) }
-                lastKick.withLockedValue { $0 = (at: .now, scheduled: false) }
-                let heartbeat = await self.heartbeat(0)
-                try? await send(PBWorkerMessage.with { $0.heartbeat = heartbeat })
-            }
-        }
-    }
-
     private func connectOnce(dataPort: Int, onRegistered: () -> Void) async throws {
         let connection = try await HTTP2ClientConnection.connect(host: self.options.headHost, port: self.options.headPort)
         self.controlConnection.withLockedValue { $0 = connection }
@@ -572,17 +551,29 @@ public final class WorkerNode: Sendable {
                     }
                 }
             }
+            // Heartbeats: one every interval, and one at once for news the head should not
+            // wait for (a request waiting for a deployment with no replica, a replica holding
+            // other multiplexed models), at most one every 20 ms (a kick sooner is folded into
+            // the next). One task sends them all, so each carries the changes since the last.
+            let (kicks, kick) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
             group.addTask {
-                var number: UInt64 = 0
-                while !Task.isCancelled {
-                    number += 1
-                    let heartbeat = await self.heartbeat(number)
-                    try await send(PBWorkerMessage.with { $0.heartbeat = heartbeat })
+                while true {
                     try await Task.sleep(for: interval)
+                    kick.yield()
                 }
             }
-            let immediate = self.immediateHeartbeat(send: send)
-            self.sendHeartbeatNow.withLockedValue { $0 = immediate }
+            group.addTask {
+                var told = HeartbeatMemory()
+                var number: UInt64 = 0
+                kick.yield()
+                for await _ in kicks {
+                    number += 1
+                    let heartbeat = await self.heartbeat(number, since: &told)
+                    try await send(PBWorkerMessage.with { $0.heartbeat = heartbeat })
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+            }
+            self.sendHeartbeatNow.withLockedValue { $0 = { kick.yield() } }
             defer { self.sendHeartbeatNow.withLockedValue { $0 = nil } }
             let (wakes, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
             self.reports.withLockedValue { $0.wake = wake }
@@ -609,21 +600,32 @@ public final class WorkerNode: Sendable {
             defer { group.cancelAll() }
             while let message = try await responses.next() {
                 lastHeard.withLockedValue { $0 = .now }
-                await self.handle(message, send: send)
+                try await self.handle(message, send: send)
             }
         }
     }
 
-    /// Sends each state report on the current control stream, waiting for one while there is
-    /// none (reports keep their order; a report that cannot be sent waits for the next stream).
-    private func heartbeat(_ number: UInt64) async -> PBHeartbeat {
+    /// What the head has been told on the current control stream, so a heartbeat carries only
+    /// what changed.
+    struct HeartbeatMemory {
+        var replicas: [String: PBReplicaLoad] = [:]
+        var proxy: PBProxyReport?
+    }
+
+    /// The next heartbeat: health and waiting requests always; each replica whose load, state or
+    /// models changed, and the proxy when it changed, since `told` (all of them in the first).
+    private func heartbeat(_ number: UInt64, since told: inout HeartbeatMemory) async -> PBHeartbeat {
         var heartbeat = PBHeartbeat()
         heartbeat.nodeID = self.options.nodeID
         heartbeat.sequence = number
         heartbeat.sentAtUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
         let draining = self.isStopping || self.drain.withLockedValue { $0.isDraining || $0.isDone }
         heartbeat.health = PBNodeHealth.with { $0.status = draining ? .draining : .ok }
-        heartbeat.proxy = self.proxyReport()
+        let proxy = self.proxyReport()
+        if proxy != told.proxy {
+            heartbeat.proxy = proxy
+            told.proxy = proxy
+        }
         // A shared proxy's waiting requests are its own process's (the head counts them itself).
         let waiting: [DeploymentID: Int]
         if case .own = self.options.proxy { waiting = self.ingress.waitingRequests() } else { waiting = [:] }
@@ -634,19 +636,23 @@ public final class WorkerNode: Sendable {
                 $0.waiting = UInt32(clamping: count)
             }
         }
+        var live: [String: PBReplicaLoad] = [:]
         for replica in self.replicas.withLockedValue({ Array($0.values) }) {
             let status = replica.status
-            heartbeat.replicas.append(PBReplicaLoad.with {
+            let load = PBReplicaLoad.with {
                 $0.replicaID = replica.id
                 $0.runningRequests = UInt32(status.running)
                 $0.state = status.state
                 $0.modelIds = replica.models.ids
-            })
+            }
+            live[replica.id] = load
+            if told.replicas[replica.id] != load { heartbeat.replicas.append(load) }
         }
+        told.replicas = live
         return heartbeat
     }
 
-    private func handle(_ message: PBHeadMessage, send: @escaping @Sendable (PBWorkerMessage) async throws -> Void) async {
+    private func handle(_ message: PBHeadMessage, send: @escaping @Sendable (PBWorkerMessage) async throws -> Void) async throws {
         switch message.kind {
         case .startReplica(let start):
             // Starting can take long (a process replica waits for its port): do it aside.
@@ -681,7 +687,13 @@ public final class WorkerNode: Sendable {
         case .routes(let update):
             // A node whose process already has a proxy (the head's embedded worker) needs none.
             guard case .own = self.options.proxy else { break }
-            self.ingress.update(RouteTable(update), version: TableVersion(update))
+            // A change from a table this node does not hold ends the stream (`MissingBase`): it
+            // registers again and is sent the whole table.
+            let applied = try self.routeTables.withLockedValue { mirror -> (RouteTable, TableVersion)? in
+                guard try mirror.apply(update), let version = mirror.version else { return nil }
+                return (mirror.table, version)
+            }
+            if let (table, version) = applied { self.ingress.update(table, version: version) }
             Task { await self.configureProxy(update) }
         case .registerAnswer, .none:
             break

@@ -4,8 +4,8 @@ import Testing
 
 @Suite("Request router")
 struct RouterTests {
-    private func replicas(_ count: Int, local: Set<Int> = [], reported: [Int: Int] = [:]) -> [RequestRouter.Replica] {
-        (0..<count).map { RequestRouter.Replica(id: "r\($0)", isLocal: local.contains($0), reported: reported[$0] ?? 0) }
+    private func replicas(_ count: Int, local: Set<Int> = []) -> [RequestRouter.Replica] {
+        (0..<count).map { RequestRouter.Replica(id: "r\($0)", isLocal: local.contains($0)) }
     }
 
     private func id(_ router: RequestRouter, _ acquired: RequestRouter.Acquired) -> String? {
@@ -49,11 +49,19 @@ struct RouterTests {
         #expect(picks.count == 5 && picks.values.allSatisfy { $0 > 120 }, "picks: \(picks)")
     }
 
-    @Test("of two draws the less loaded wins, by the larger of its in-flight count and its report")
+    @Test("of two draws the less loaded wins, by what this router has in flight there")
     func lessLoaded() {
         var generator = SeededGenerator(seed: 3)
-        var router = RequestRouter(replicas: self.replicas(2, reported: [0: 9]), maxOngoing: 100, maxQueued: -1)
-        for _ in 0..<8 {
+        var router = RequestRouter(replicas: self.replicas(2), maxOngoing: 100, maxQueued: -1)
+        // Two replicas: both are drawn every time, so slots held (never released) alternate.
+        var held: [String: Int] = [:]
+        for _ in 0..<9 {
+            held[self.id(router, router.acquire(using: &generator))!, default: 0] += 1
+            #expect(abs((held["r0"] ?? 0) - (held["r1"] ?? 0)) <= 1, "held: \(held)")
+        }
+        // r1 frees its slots: the next requests go to it until it is as loaded as r0.
+        for _ in 0..<(held["r1"] ?? 0) { _ = router.release("r1", using: &generator) }
+        for _ in 0..<(held["r0"] ?? 0) {
             #expect(self.id(router, router.acquire(using: &generator)) == "r1")
         }
     }

@@ -29,7 +29,7 @@ struct RouteTableTests {
     @Test("a table survives the message the head sends, each replica's multiplexed models with it")
     func modelsRoundTrip() throws {
         let replicas = [
-            ReplicaRoute(id: "M#1", nodeID: "n1", host: "10.0.0.1", port: 7000, reportedQueueLength: 2, models: ["m1", "m7"]),
+            ReplicaRoute(id: "M#1", nodeID: "n1", host: "10.0.0.1", port: 7000, models: ["m1", "m7"]),
             ReplicaRoute(id: "M#2", nodeID: "n2", host: "10.0.0.2", port: 7000),
         ]
         let table = RouteTable(applications: [
@@ -38,9 +38,10 @@ struct RouteTableTests {
                 ingress: DeploymentRoute(id: DeploymentID(app: "models", name: "M"), maxOngoingRequests: 16, maxQueuedRequests: -1, replicas: replicas))
         ])
         let sent = table.update(version: TableVersion(epoch: 1, sequence: 2), proxyLocation: .everyNode, httpHost: "0.0.0.0", httpPort: 8000)
-        let received = RouteTable(try .init(serializedBytes: try sent.serializedBytes() as [UInt8]))
-        #expect(received == table)
-        #expect(received.applications.first?.ingress.replicas.first?.models == ["m1", "m7"])
+        var mirror = RouteTableMirror()
+        #expect(try mirror.apply(try .init(serializedBytes: try sent.serializedBytes() as [UInt8])))
+        #expect(mirror.table == table)
+        #expect(mirror.table.applications.first?.ingress.replicas.first?.models == ["m1", "m7"])
     }
 
     @Test("no route without a catch-all app")
