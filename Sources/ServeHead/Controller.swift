@@ -92,6 +92,8 @@ public actor Controller {
     var lastPing: Double = 0
     /// A pass is due soon (`reconcileSoon`).
     var reconcileScheduled = false
+    /// How long the last pass took (`reconcileSoon` waits at least twice that).
+    var lastPass: Duration = .zero
     /// Routes are due soon (`publishRoutesSoon`).
     var routesScheduled = false
     /// The dashboard's timeline (`GET /api/serve/history`), sampled by the autoscaler's tick.
@@ -115,6 +117,8 @@ public actor Controller {
 
     /// One pass: plan, act, publish routes.
     public func reconcile() async {
+        let started = ContinuousClock.now
+        defer { self.lastPass = .now - started }
         let views = self.nodeViews()
         let targets = self.deployments.map { id, runtime in
             DeploymentTarget(
@@ -320,12 +324,16 @@ public actor Controller {
     /// STARTING and then RUNNING. A whole pass (plan, routes for every application) per report
     /// made the burst quadratic, and kept this actor from the heartbeats and pings queued behind
     /// it long enough for the head's own node to be declared DEAD. One pass follows the burst
-    /// instead, `reportCoalescing` after the first report of it.
+    /// instead, `reportCoalescing` after the first report of it, or twice as long as the last
+    /// pass took if that is longer: in a large cluster (10,000 replicas starting, each reporting
+    /// twice) passes then take at most a third of the actor's time, and every route table
+    /// carries more of the burst.
     func reconcileSoon() {
         guard !self.reconcileScheduled else { return }
         self.reconcileScheduled = true
+        let delay = max(Self.reportCoalescing, self.lastPass * 2)
         Task {
-            try? await Task.sleep(for: Self.reportCoalescing)
+            try? await Task.sleep(for: delay)
             await self.scheduledReconcile()
         }
     }
