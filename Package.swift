@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "serve-worker", targets: ["serve-worker"]),
         .executable(name: "serve", targets: ["serve"]),
         .executable(name: "serve-wire-echo", targets: ["serve-wire-echo"]),
+        .executable(name: "serve-plot", targets: ["serve-plot"]),
         .library(name: "Serve", targets: ["Serve"]),
         .library(name: "ServeWorker", targets: ["ServeWorker"]),
     ],
@@ -60,6 +61,9 @@ let package = Package(
             dependencies: [.product(name: "Yams", package: "Yams")],
             swiftSettings: strict
         ),
+        /// Charts as SVG (presentation, not decisions): `serve simulate --plot` and `serve-plot`,
+        /// which draws the benchmarks' plots from JSON.
+        .target(name: "ServePlot", swiftSettings: strict),
         .target(
             name: "Serve",
             dependencies: [
@@ -117,10 +121,15 @@ let package = Package(
         .executableTarget(
             name: "serve",
             dependencies: [
-                "ServeEmbedded", "ServeHead", "ServeCore", "ServeWire", "ServeWorker",
+                "ServeEmbedded", "ServeHead", "ServeCore", "ServeWire", "ServeWorker", "ServePlot",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "serve-plot",
+            dependencies: ["ServePlot", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict
         ),
         .executableTarget(
@@ -145,6 +154,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "ServeCoreTests", dependencies: ["ServeCore"], swiftSettings: strict),
+        .testTarget(name: "ServePlotTests", dependencies: ["ServePlot"], swiftSettings: strict),
         .testTarget(
             name: "ServeProxyTests",
             dependencies: [

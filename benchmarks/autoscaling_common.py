@@ -1,7 +1,7 @@
 """Shared pieces of benchmarks/autoscaling (standard library only, so that both the system python3
 and the Ray virtual environment can import it): the closed-loop load generator, the step-response
 and cold-start procedures (given a function that reads replica counts), the swift-serve driver,
-and the report (markdown table + side-by-side SVG timelines).
+and the report (markdown table + side-by-side SVG timelines, drawn by serve-plot).
 
     python3 benchmarks/autoscaling_common.py swift ADMIN_PORT HTTP_PORT OUT.json
     python3 benchmarks/autoscaling_common.py report SWIFT.json RAY.json|- OUT.md OUT.svg HEADER
@@ -12,6 +12,8 @@ import statistics
 import sys
 import threading
 import time
+
+import serve_plot
 
 CLIENTS = 16
 LOAD_S = 10.0
@@ -226,57 +228,34 @@ def report(swift_path, ray_path, md_path, svg_path, header):
         lines += ["", f"Ray Serve failed: {ray['error']}"]
     lines += ["", f"Timelines: `{svg_path.split('/')[-1]}`."]
     open(md_path, "w").write("\n".join(lines) + "\n")
-    open(svg_path, "w").write(svg([("swift-serve", sw), ("Ray Serve", ray)]))
+    serve_plot.draw(timelines([("swift-serve", sw), ("Ray Serve", ray)]), svg_path)
     print("\n".join(lines))
 
 
-def svg(panels):
-    W, H, PAD, GAP = 460, 260, 40, 30
+def timelines(panels):
+    """The step responses side by side, as serve-plot's JSON (benchmarks/serve_plot.py): replicas
+    running and targeted against the time since the load step, the load's span shaded."""
     tmax = 5.0
     for _, r in panels:
         if r and r.get("step"):
             tmax = max(tmax, max((t for t, _, _ in r["step"]["timeline"]), default=0))
-    tmax = float(int(tmax) + 1)
-    ymax = MAX_REPLICAS + 1
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W + GAP}" height="{H}" '
-           f'font-family="sans-serif" font-size="11">',
-           f'<rect width="100%" height="100%" fill="white"/>']
-    for i, (name, r) in enumerate(panels):
-        ox = i * (W + GAP)
-        pw, ph = W - 2 * PAD, H - 2 * PAD
-        X = lambda t: ox + PAD + pw * t / tmax
-        Y = lambda v: PAD + ph - ph * v / ymax
-        out.append(f'<text x="{ox + W / 2}" y="18" text-anchor="middle" font-size="13">{name}: replicas vs time since load step</text>')
-        out.append(f'<rect x="{ox + PAD}" y="{PAD}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
-        for v in range(ymax + 1):
-            out.append(f'<line x1="{ox + PAD}" x2="{ox + PAD + pw}" y1="{Y(v)}" y2="{Y(v)}" stroke="#eee"/>')
-            out.append(f'<text x="{ox + PAD - 6}" y="{Y(v) + 4}" text-anchor="end">{v}</text>')
-        step = 2 if tmax <= 30 else 5
-        for t in range(0, int(tmax) + 1, step):
-            out.append(f'<text x="{X(t)}" y="{PAD + ph + 14}" text-anchor="middle">{t}</text>')
-        out.append(f'<text x="{ox + W / 2}" y="{H - 6}" text-anchor="middle">seconds</text>')
-        if not r or not r.get("step"):
-            out.append(f'<text x="{ox + W / 2}" y="{H / 2}" text-anchor="middle" fill="#c00">not measured</text>')
-            continue
-        s = r["step"]
-        out.append(f'<rect x="{X(0)}" y="{PAD}" width="{X(s["load_stop_s"]) - X(0)}" height="{ph}" fill="#fdf2e0"/>')
-        out.append(f'<text x="{X(s["load_stop_s"] / 2)}" y="{PAD + 12}" text-anchor="middle" fill="#a60">16 clients</text>')
-        for key, color, dash in ((2, "#e6550d", ' stroke-dasharray="6 4"'), (1, "#3182bd", "")):
-            pts = []
-            prev = None
-            for row in s["timeline"]:
-                t, v = row[0], row[key]
-                if prev is not None:
-                    pts.append(f"{X(t):.1f},{Y(prev):.1f}")
-                pts.append(f"{X(t):.1f},{Y(v):.1f}")
-                prev = v
-            out.append(f'<polyline points="{" ".join(pts)}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
-        out.append(f'<line x1="{ox + PAD + pw - 130}" x2="{ox + PAD + pw - 110}" y1="{PAD + 30}" y2="{PAD + 30}" stroke="#3182bd" stroke-width="2"/>'
-                   f'<text x="{ox + PAD + pw - 105}" y="{PAD + 34}">running</text>')
-        out.append(f'<line x1="{ox + PAD + pw - 130}" x2="{ox + PAD + pw - 110}" y1="{PAD + 46}" y2="{PAD + 46}" stroke="#e6550d" stroke-width="2" stroke-dasharray="6 4"/>'
-                   f'<text x="{ox + PAD + pw - 105}" y="{PAD + 50}">target</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    out = []
+    for name, r in panels:
+        panel = {"title": f"{name}: replicas vs time since load step", "height": 180,
+                 "x": {"label": "seconds", "min": 0, "max": float(int(tmax) + 1)},
+                 "y": {"label": "replicas", "min": 0, "max": MAX_REPLICAS + 1, "integer": True}}
+        if r and r.get("step"):
+            s = r["step"]
+            panel["bands"] = [{"from": 0, "to": s["load_stop_s"], "label": f"{CLIENTS} clients"}]
+            panel["series"] = [
+                {"name": "running", "kind": "step", "color": "#3182bd", "points": [[t, v] for t, v, _ in s["timeline"]]},
+                {"name": "target", "kind": "step", "color": "#e6550d", "dash": "6 4",
+                 "points": [[t, v] for t, _, v in s["timeline"]]},
+            ]
+        else:
+            panel["note"] = "not measured"
+        out.append(panel)
+    return {"columns": 2, "panels": out}
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
 """The report of `make bench` (benchmarks/bench.py): medians, ratios and targets from a results
-JSON, as a markdown table (benchmarks/results/bench-latest.md), SVG plots drawn here without
-matplotlib (benchmarks/results/bench-*.svg), and the latest section of benchmarks/README.md.
+JSON, as a markdown table (benchmarks/results/bench-latest.md), SVG plots (benchmarks/results/
+bench-*.svg, described here and drawn by serve-plot: benchmarks/serve_plot.py), and the latest
+section of benchmarks/README.md.
 
     python3 benchmarks/bench_report.py benchmarks/results/DATE.json   # redraw from a saved run
     python3 benchmarks/bench_report.py compare BEFORE.json AFTER.json  # a before/after table
 """
 import json
-import math
 import os
 import statistics
 import sys
+
+import serve_plot
 
 EMB, HW, RAY = "swift-serve embedded", "swift-serve head+worker", "Ray Serve"
 WP, AB, RAYH = "swift-serve worker proxy", "swift-serve proxy A→B", "Ray Serve (HAProxy)"
@@ -317,60 +319,19 @@ def head_kill_table(r):
 
 # --- plots --------------------------------------------------------------------------------------------
 
-def bar_chart(title, groups, series, values, unit, whiskers=None, width_per_bar=14):
-    """Grouped bars on a log scale; values[g][s] (None: not measured); whiskers[g][s] draws a tick (p99)."""
-    flat = [v for row in values for v in row if v] + [v for row in (whiskers or []) for v in row if v]
-    if not flat:
-        return "<svg xmlns='http://www.w3.org/2000/svg'/>"
-    lo = 10 ** math.floor(math.log10(min(flat)))
-    hi = 10 ** math.ceil(math.log10(max(flat)))
-    if hi <= lo:
-        hi = lo * 10
-    PAD_L, PAD_R, PAD_T, PAD_B = 70, 20, 56, 46
-    gw = max(len(series) * width_per_bar + 24, 84)
-    legend = sum(14 + 7 * len(name) + 16 for name in series)
-    W = max(PAD_L + PAD_R + len(groups) * gw, PAD_L + legend, 60 + 7 * len(title))
-    gw = (W - PAD_L - PAD_R) / len(groups)
-    H = 320
-    ph = H - PAD_T - PAD_B
-    Y = lambda v: PAD_T + ph - ph * (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
-           '<rect width="100%" height="100%" fill="white"/>',
-           f'<text x="{W / 2}" y="16" text-anchor="middle" font-size="13">{title}</text>']
-    x = PAD_L
-    for i, name in enumerate(series):
-        out.append(f'<rect x="{x}" y="26" width="10" height="10" fill="{COLORS.get(name, "#999")}"/>'
-                   f'<text x="{x + 14}" y="35">{name}</text>')
-        x += 14 + 7 * len(name) + 16
-    e = math.log10(lo)
-    while e <= math.log10(hi) + 1e-9:
-        v = 10 ** e
-        out.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="#ddd"/>')
-        label = f"{v:g}" if v < 1e6 else f"1e{e:.0f}"
-        out.append(f'<text x="{PAD_L - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{label}</text>')
-        e += 1
-    out.append(f'<text x="14" y="{PAD_T + ph / 2}" transform="rotate(-90 14 {PAD_T + ph / 2})" text-anchor="middle">{unit} (log scale)</text>')
-    for g, gname in enumerate(groups):
-        gx = PAD_L + g * gw + (gw - len(series) * width_per_bar) / 2
-        for s, sname in enumerate(series):
-            v = values[g][s]
-            bx = gx + s * width_per_bar
-            if v:
-                out.append(f'<rect x="{bx}" y="{Y(v):.1f}" width="{width_per_bar - 2}" height="{PAD_T + ph - Y(v):.1f}" '
-                           f'fill="{COLORS.get(sname, "#999")}"><title>{sname}, {gname}: {v:.4g} {unit}</title></rect>')
-                if width_per_bar >= 30:
-                    out.append(f'<text x="{bx + width_per_bar / 2 - 1}" y="{Y(v) - 3:.1f}" text-anchor="middle">{v:.4g}</text>')
-            else:
-                out.append(f'<text x="{bx + 5}" y="{PAD_T + ph - 4}" font-size="9" fill="#c00">n/a</text>')
-            w = whiskers[g][s] if whiskers else None
-            if w:
-                out.append(f'<line x1="{bx}" x2="{bx + width_per_bar - 2}" y1="{Y(w):.1f}" y2="{Y(w):.1f}" stroke="#000" stroke-width="2"/>'
-                           f'<line x1="{bx + width_per_bar / 2 - 1}" x2="{bx + width_per_bar / 2 - 1}" y1="{Y(w):.1f}" y2="{Y(v) if v else Y(w):.1f}" stroke="#000"/>')
-        for i, part in enumerate(gname.split("\n")):
-            out.append(f'<text x="{gx + len(series) * width_per_bar / 2}" y="{PAD_T + ph + 16 + 13 * i}" text-anchor="middle">{part}</text>')
-    out.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{PAD_T + ph}" y2="{PAD_T + ph}" stroke="#666"/>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+def bar_chart(title, groups, series, values, unit, whiskers=None):
+    """Grouped bars on a log scale, as serve-plot's JSON (benchmarks/serve_plot.py): values[g][s]
+    (None: not measured, drawn "n/a"); whiskers[g][s] marks a second value on a bar (p99)."""
+    def column(table, s):
+        return [(row[s] or None) for row in table] if table else None
+    bars = []
+    for s, name in enumerate(series):
+        bar = {"name": name, "kind": "bar", "color": COLORS.get(name, "#999"), "values": column(values, s)}
+        if whiskers:
+            bar["whiskers"] = column(whiskers, s)
+        bars.append(bar)
+    return {"title": title, "width": 960 if len(groups) > 1 else 640,
+            "panels": [{"height": 220, "y": {"label": unit, "log": True}, "categories": groups, "series": bars}]}
 
 
 def plots(r, sm, folder):
@@ -397,20 +358,20 @@ def plots(r, sm, folder):
                                                whiskers=[[(get(n, k, "p99") or 0) / 1000 or None for n in series] for k in keys])
         one = lambda f, nginx=None: [[sm[n][f] for n in present] + [nginx]]
         files["bench-startup.svg"] = bar_chart("start-up: launch to first 200", [""], series,
-                                               one("startup_s", r["nginx"]["startup_s"]), "seconds", width_per_bar=40)
+                                               one("startup_s", r["nginx"]["startup_s"]), "seconds")
         files["bench-memory.svg"] = bar_chart("memory: total RSS, idle with one deployment", [""], series,
-                                              one("idle_mib", r["nginx"]["idle_rss_mib"]), "MiB", width_per_bar=40)
+                                              one("idle_mib", r["nginx"]["idle_rss_mib"]), "MiB")
         files["bench-overhead.svg"] = bar_chart(f"per-request overhead: p50 of a {SLEEP_MS} ms sleep − {SLEEP_MS} ms", [""], present,
                                                 [[sm[n]["overhead_ms"] if sm[n]["overhead_ms"] > 0 else None for n in present]],
-                                                "ms", width_per_bar=40)
+                                                "ms")
     if "command" in r:
         cs = command_summary(r["command"])
         names = ["swift-serve proxy → child", "nginx → child", "child direct"]
         files["bench-command.svg"] = bar_chart("command replica (examples/model.py): throughput", [f"{m['connections']} conn." for m in cs],
                                                names, [[m[k]["rps"] for k in ("swift", "nginx", "direct")] for m in cs],
-                                               "requests/s", width_per_bar=40)
-    for name, text in files.items():
-        open(os.path.join(folder, name), "w").write(text)
+                                               "requests/s")
+    for name, chart in files.items():
+        serve_plot.draw(chart, os.path.join(folder, name))
     return list(files)
 
 

@@ -80,23 +80,13 @@ public enum AutoscalingPolicy {
         state: inout AutoscalingState,
         panicOngoing: Double? = nil
     ) -> AutoscalingDecision {
-        let lower = max(config.minReplicas, 0)
-        let upper = max(config.maxReplicas, lower)
-
-        // Cold start: requests wait and nothing is targeted; skip the delay (Ray's
-        // `_get_cold_start_scale_up_replicas`).
-        if currentTarget <= 0, latestOngoing.isFinite, latestOngoing > 0 {
-            let step = max(Self.roundUp(config.effectiveUpscalingFactor), 1)
-            let target = max(min(max(step, lower), upper), 1)
+        let bounds = Bounds(config)
+        if let decision = Self.coldStart(
+            config: config, bounds: bounds, currentTarget: currentTarget, latestOngoing: latestOngoing)
+        {
             state.pending = nil
-            return AutoscalingDecision(
-                target: target,
-                reason: "cold start: \(Self.format(latestOngoing)) request(s) waiting with no replica targeted "
-                    + "→ \(target) now, no delay",
-                coldStart: true
-            )
+            return decision
         }
-
         guard let total = totalOngoing, total.isFinite else {
             state.pending = nil
             return AutoscalingDecision(target: currentTarget, reason: "no metrics in the window: keeping \(currentTarget)")
@@ -109,17 +99,15 @@ public enum AutoscalingPolicy {
                 reason: "target_ongoing_requests \(Self.format(perReplica)) is not positive: keeping \(currentTarget)"
             )
         }
-
-        var panicEnded = ""
-        if let threshold = config.panicThreshold, let panicWindow = config.panicWindowS {
-            if let decision = Self.panic(
-                config: config, threshold: threshold, window: panicWindow, perReplica: perReplica, upper: upper,
+        var why = ""
+        if let threshold = config.panicThreshold, let window = config.panicWindowS {
+            switch Self.panic(
+                config: config, threshold: threshold, window: window, perReplica: perReplica, upper: bounds.upper,
                 currentTarget: currentTarget, running: running, panicOngoing: panicOngoing, now: now, state: &state
             ) {
-                return decision
-            }
-            if let last = state.panicLastTriggered, state.panicSince != nil {
-                panicEnded = "panic ended (calm for \(Self.format(now - last)) s); "
+            case .panicking(let decision): return decision
+            case .ended(let reason): why = reason
+            case .calm: break
             }
         }
         if state.panicSince != nil || state.panicLastTriggered != nil {
@@ -127,62 +115,105 @@ public enum AutoscalingPolicy {
             state.panicSince = nil
             state.panicLastTriggered = nil
         }
-
-        var why = panicEnded + "ongoing \(Self.format(max(total, 0))) / target \(Self.format(perReplica)) per replica"
         let desired = max(total, 0) / perReplica
-        why += " → desired \(Self.format(desired))"
+        why += "ongoing \(Self.format(max(total, 0))) / target \(Self.format(perReplica)) per replica"
+            + " → desired \(Self.format(desired))"
+        var proposal = Self.applyFactors(
+            config: config, desired: desired, running: running, currentTarget: currentTarget, why: &why)
+        proposal = Self.applyBounds(proposal, bounds, currentTarget: currentTarget, why: &why)
+        return Self.applyDelay(
+            config: config, proposal: proposal, currentTarget: currentTarget, now: now, state: &state, why: why)
+    }
 
-        // Scaling factors, applied to the running count (the current target while none runs).
-        let base = running > 0 ? running : max(currentTarget, 0)
-        var proposal: Int
-        if base == 0 {
-            proposal = Self.roundUp(desired)
-        } else {
-            let delta = desired - Double(base)
-            let factor = delta > 0 ? config.effectiveUpscalingFactor : config.effectiveDownscalingFactor
-            proposal = Self.roundUp(Double(base) + factor * delta)
-            let from = running > 0 ? "\(base) running" : "target \(base) (none running)"
-            if factor != 1 {
-                why += "; from \(from), \(delta > 0 ? "upscaling" : "downscaling") factor \(Self.format(factor)) → \(proposal)"
-            } else if running == 0 {
-                why += "; from \(from) → \(proposal)"
-            }
-            if delta < 0, Self.roundUp(desired) < base, proposal >= base {
-                proposal = base - 1
-                why += "; −1 so the downscale makes progress → \(proposal)"
-            }
+    /// `[min_replicas, max_replicas]`, a negative minimum read as 0 and a maximum below the
+    /// minimum as the minimum.
+    struct Bounds {
+        var lower: Int
+        var upper: Int
+
+        init(_ config: AutoscalingConfig) {
+            self.lower = max(config.minReplicas, 0)
+            self.upper = max(config.maxReplicas, self.lower)
         }
+    }
 
-        // Bounds, then the two-stage rule: only 1 → 0 may reach zero.
-        let clamped = min(max(proposal, lower), upper)
+    /// Cold start: requests wait and nothing is targeted; the delay is skipped (Ray's
+    /// `_get_cold_start_scale_up_replicas`). Nil when it does not apply.
+    private static func coldStart(
+        config: AutoscalingConfig,
+        bounds: Bounds,
+        currentTarget: Int,
+        latestOngoing: Double
+    ) -> AutoscalingDecision? {
+        guard currentTarget <= 0, latestOngoing.isFinite, latestOngoing > 0 else { return nil }
+        let step = max(Self.roundUp(config.effectiveUpscalingFactor), 1)
+        let target = max(min(max(step, bounds.lower), bounds.upper), 1)
+        return AutoscalingDecision(
+            target: target,
+            reason: "cold start: \(Self.format(latestOngoing)) request(s) waiting with no replica targeted "
+                + "→ \(target) now, no delay",
+            coldStart: true
+        )
+    }
+
+    /// The scaling factors, applied to the running count (the current target while none runs):
+    /// a gain on the step away from it, rounded up, and a forced −1 so a downscale progresses.
+    private static func applyFactors(
+        config: AutoscalingConfig,
+        desired: Double,
+        running: Int,
+        currentTarget: Int,
+        why: inout String
+    ) -> Int {
+        let base = running > 0 ? running : max(currentTarget, 0)
+        guard base > 0 else { return Self.roundUp(desired) }
+        let delta = desired - Double(base)
+        let factor = delta > 0 ? config.effectiveUpscalingFactor : config.effectiveDownscalingFactor
+        var proposal = Self.roundUp(Double(base) + factor * delta)
+        let from = running > 0 ? "\(base) running" : "target \(base) (none running)"
+        if factor != 1 {
+            why += "; from \(from), \(delta > 0 ? "upscaling" : "downscaling") factor \(Self.format(factor)) → \(proposal)"
+        } else if running == 0 {
+            why += "; from \(from) → \(proposal)"
+        }
+        if delta < 0, Self.roundUp(desired) < base, proposal >= base {
+            proposal = base - 1
+            why += "; −1 so the downscale makes progress → \(proposal)"
+        }
+        return proposal
+    }
+
+    /// The bounds, then the two-stage rule: only 1 → 0 may reach zero.
+    private static func applyBounds(_ proposal: Int, _ bounds: Bounds, currentTarget: Int, why: inout String) -> Int {
+        var proposal = proposal
+        let clamped = min(max(proposal, bounds.lower), bounds.upper)
         if clamped != proposal {
-            why += "; bounds [\(lower), \(upper)] → \(clamped)"
+            why += "; bounds [\(bounds.lower), \(bounds.upper)] → \(clamped)"
             proposal = clamped
         }
         if proposal < 1, currentTarget > 1 {
             proposal = 1
             why += "; → 1 first (reaching 0 takes two steps)"
         }
+        return proposal
+    }
 
-        // Delays, in wall time, against the current target.
+    /// The delays, in wall time, against the current target: a change is made once the same
+    /// change (direction and starting target) has been proposed for its whole delay.
+    private static func applyDelay(
+        config: AutoscalingConfig,
+        proposal: Int,
+        currentTarget: Int,
+        now: Double,
+        state: inout AutoscalingState,
+        why: String
+    ) -> AutoscalingDecision {
         guard proposal != currentTarget else {
             state.pending = nil
             return AutoscalingDecision(target: currentTarget, reason: why + "; steady at \(currentTarget)")
         }
         let direction: AutoscalingState.Direction = proposal > currentTarget ? .up : .down
-        let delay: Double
-        let delayName: String
-        switch direction {
-        case .up:
-            delay = config.upscaleDelayS
-            delayName = "upscale"
-        case .down where proposal == 0 && config.downscaleToZeroDelayS != nil:
-            delay = config.downscaleToZeroDelayS ?? config.downscaleDelayS
-            delayName = "downscale to zero"
-        case .down:
-            delay = config.downscaleDelayS
-            delayName = "downscale"
-        }
+        let (delay, delayName) = Self.delay(config: config, direction: direction, toZero: proposal == 0)
         if let pending = state.pending, pending.direction == direction, pending.from == currentTarget, pending.since <= now {
             // The same change is still wanted: keep its start.
         } else {
@@ -200,9 +231,33 @@ public enum AutoscalingPolicy {
         )
     }
 
-    /// Panic mode's part of a decision: nil when not panicking (or panic just ended), so the
-    /// normal decision follows; else the panic decision, which skips the delays and never
-    /// lowers the target.
+    /// The delay a change in `direction` waits out, and its name in reasons.
+    private static func delay(
+        config: AutoscalingConfig,
+        direction: AutoscalingState.Direction,
+        toZero: Bool
+    ) -> (seconds: Double, name: String) {
+        switch direction {
+        case .up:
+            (config.upscaleDelayS, "upscale")
+        case .down where toZero && config.downscaleToZeroDelayS != nil:
+            (config.downscaleToZeroDelayS ?? config.downscaleDelayS, "downscale to zero")
+        case .down:
+            (config.downscaleDelayS, "downscale")
+        }
+    }
+
+    /// Panic mode's part of a decision.
+    private enum PanicOutcome {
+        /// Not panicking, and not just ended: the normal decision follows.
+        case calm
+        /// Panic just ended: the normal decision follows, its reason starting with this.
+        case ended(String)
+        /// Panicking: this decision, which skips the delays and never lowers the target.
+        case panicking(AutoscalingDecision)
+    }
+
+    /// Panic mode's part of a decision (`panic_threshold` and `panic_window_s` set).
     private static func panic(
         config: AutoscalingConfig,
         threshold: Double,
@@ -214,7 +269,7 @@ public enum AutoscalingPolicy {
         panicOngoing: Double?,
         now: Double,
         state: inout AutoscalingState
-    ) -> AutoscalingDecision? {
+    ) -> PanicOutcome {
         let capacity = max(running, 1)
         var desired: Int?
         var triggered = false
@@ -231,9 +286,9 @@ public enum AutoscalingPolicy {
         } else if let last = state.panicLastTriggered, state.panicSince != nil,
             now - last + Self.tolerance >= config.lookBackPeriodS
         {
-            return nil
+            return .ended("panic ended (calm for \(Self.format(now - last)) s); ")
         }
-        guard let since = state.panicSince, state.panicLastTriggered != nil else { return nil }
+        guard let since = state.panicSince, state.panicLastTriggered != nil else { return .calm }
 
         // Panicking: the normal delays restart once it ends.
         state.pending = nil
@@ -266,7 +321,7 @@ public enum AutoscalingPolicy {
         } else {
             why += "; steady at \(currentTarget)"
         }
-        return AutoscalingDecision(target: target, reason: why)
+        return .panicking(AutoscalingDecision(target: target, reason: why))
     }
 
     /// `ceil`, forgiving binary rounding just above an integer, saturating instead of trapping.

@@ -533,7 +533,18 @@ struct ConfigValidator {
     mutating func deployment(_ node: ConfigNode, at path: String) -> (DeploymentConfig, ConfigFields)? {
         guard let fields = self.fields(of: node, at: path, Self.deploymentFields) else { return nil }
         var deployment = DeploymentConfig(name: "")
+        self.readName(fields, into: &deployment)
+        self.readWhatRuns(fields, at: path, into: &deployment)
+        self.readReplicaCount(fields, into: &deployment)
+        self.readQueueing(fields, into: &deployment)
+        self.readOptions(fields, into: &deployment)
+        self.readTimings(fields, into: &deployment)
+        self.readPlacement(fields, into: &deployment)
+        return (deployment, fields)
+    }
 
+    /// `name`: required; no "#" or "/" (they separate replica ids and application names).
+    private mutating func readName(_ fields: ConfigFields, into deployment: inout DeploymentConfig) {
         switch self.string(fields, "name") {
         case .absent: self.report(fields.path("name"), "required field is missing")
         case .invalid: break
@@ -547,8 +558,15 @@ struct ConfigValidator {
                 deployment.name = name
             }
         }
+    }
 
-        // What a replica runs: exactly one of handler and command.
+    /// What a replica runs: exactly one of `handler` (a known Swift deployment) and `command`,
+    /// and `health_path` for a command.
+    private mutating func readWhatRuns(
+        _ fields: ConfigFields,
+        at path: String,
+        into deployment: inout DeploymentConfig
+    ) {
         let handler = self.string(fields, "handler")
         let command = self.command(fields)
         if handler.isPresent && command.isPresent {
@@ -576,8 +594,11 @@ struct ConfigValidator {
                 deployment.healthPath = healthPath
             }
         }
+    }
 
-        // How many replicas.
+    /// How many replicas: `num_replicas` (a count, or "auto"), or `autoscaling_config`, whose
+    /// defaults "auto" sets; a count and `autoscaling_config` together are refused.
+    private mutating func readReplicaCount(_ fields: ConfigFields, into deployment: inout DeploymentConfig) {
         let numReplicas = self.numReplicas(fields)
         var autoscalingBase = AutoscalingConfig()
         if case .value(.auto) = numReplicas { autoscalingBase = .auto }
@@ -599,8 +620,10 @@ struct ConfigValidator {
             case .absent, .invalid: deployment.numReplicas = .fixed(1)
             }
         }
+    }
 
-        // Queueing.
+    /// `max_ongoing_requests` (at least 1) and `max_queued_requests` (-1: unbounded, 0: no queue).
+    private mutating func readQueueing(_ fields: ConfigFields, into deployment: inout DeploymentConfig) {
         if let limit = self.integer(fields, "max_ongoing_requests", .atLeast(1)).value {
             deployment.maxOngoingRequests = limit
         }
@@ -614,6 +637,10 @@ struct ConfigValidator {
                 }
             }
         }
+    }
+
+    /// `user_config` (its conventional keys checked) and `ray_actor_options`.
+    private mutating func readOptions(_ fields: ConfigFields, into deployment: inout DeploymentConfig) {
         if let node = fields["user_config"] {
             deployment.userConfig = node.jsonValue
             self.conventionalUserConfig(node, at: fields.path("user_config"))
@@ -621,8 +648,10 @@ struct ConfigValidator {
         if let node = fields["ray_actor_options"] {
             deployment.actorOptions = self.actorOptions(node, at: fields.path("ray_actor_options"))
         }
+    }
 
-        // Timings.
+    /// The graceful shutdown and health check timings.
+    private mutating func readTimings(_ fields: ConfigFields, into deployment: inout DeploymentConfig) {
         if let value = self.number(fields, "graceful_shutdown_timeout_s", .atLeast(0)).value {
             deployment.gracefulShutdownTimeoutS = value
         }
@@ -637,8 +666,10 @@ struct ConfigValidator {
         if let value = self.number(fields, "health_check_timeout_s", .greaterThan(0)).value {
             deployment.healthCheckTimeoutS = value
         }
+    }
 
-        // Placement.
+    /// `placement_strategy` (PACK or SPREAD, any case) and `max_replicas_per_node`.
+    private mutating func readPlacement(_ fields: ConfigFields, into deployment: inout DeploymentConfig) {
         if let value = self.string(fields, "placement_strategy").value {
             if let strategy = PlacementStrategy(rawValue: value.uppercased()) {
                 deployment.placementStrategy = strategy
@@ -651,7 +682,6 @@ struct ConfigValidator {
         if let limit = self.integer(fields, "max_replicas_per_node", .atLeast(1)).value {
             deployment.maxReplicasPerNode = limit
         }
-        return (deployment, fields)
     }
 
     /// The `user_config` keys the `Serve` library reads by convention (README, "Batching and

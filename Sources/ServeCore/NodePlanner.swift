@@ -238,142 +238,162 @@ public struct NodePlanner: Sendable {
         var directives: [NodeDirective] = []
         let observedByID = Dictionary(observed.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
         self.updateLifecycle(now: now, observedByID: observedByID, providerNodes: providerNodes, into: &directives)
+        var pass = self.beginPass(observed: observed)
+        self.openMinWorkers(&pass, now: now)
+        self.pack(demands, into: &pass, now: now)
+        directives += self.launchOpened(&pass, now: now)
+        directives += self.recordUnmet(pass)
+        directives += self.terminateIdle(active: pass.active, used: pass.used, now: now)
+        return directives
+    }
 
-        // Counts per type: our nodes not yet terminated, plus workers someone started by hand
-        // with a configured type (they count toward the maxima; they are not ours to stop).
-        var count: [String: Int] = [:]
-        var active: [String: Int] = [:]
+    /// The pass's starting counts and bins: every node there is and every launch in flight.
+    private func beginPass(observed: [ObservedNode]) -> PlannerPass {
+        let launching = self.nodes.values.filter { $0.state == .requested || $0.state == .booting }
+        var pass = PlannerPass(
+            bins: Bins(observed: observed, inFlight: launching, config: self.config),
+            maxWorkers: self.config.maxWorkers
+        )
         for node in self.nodes.values {
-            count[node.nodeType, default: 0] += 1
-            if node.state != .draining { active[node.nodeType, default: 0] += 1 }
+            pass.count[node.nodeType, default: 0] += 1
+            if node.state != .draining { pass.active[node.nodeType, default: 0] += 1 }
         }
         for node in observed where self.nodes[node.id] == nil && !node.isHead && node.view.state != .dead
             && self.config.nodeType(named: node.nodeType) != nil && !self.terminatedIDs.contains(node.id)
         {
-            count[node.nodeType, default: 0] += 1
-            if node.view.state == .alive { active[node.nodeType, default: 0] += 1 }
+            pass.count[node.nodeType, default: 0] += 1
+            if node.view.state == .alive { pass.active[node.nodeType, default: 0] += 1 }
         }
-        var total = count.values.reduce(0, +)
-        let inFlight = self.nodes.values.filter { $0.state == .requested || $0.state == .booting }.count
-        let running = observed.filter { $0.view.state == .alive }.count
-        let allowed = self.allowedInFlight(running: running)
-        let budget = max(0, allowed - inFlight)
+        pass.total = pass.count.values.reduce(0, +)
+        pass.allowed = self.allowedInFlight(running: observed.filter { $0.view.state == .alive }.count)
+        pass.budget = max(0, pass.allowed - launching.count)
+        return pass
+    }
 
-        // Nodes this pass opens, in order: min_workers ones first, then those for demands.
-        var newBins: [(type: String, reason: String?, demands: [ResourceDemand])] = []
-        var bins = Bins(
-            observed: observed,
-            inFlight: self.nodes.values.filter { $0.state == .requested || $0.state == .booting },
-            config: self.config
-        )
-        func headroom(_ type: NodeTypeConfig) -> Bool {
-            count[type.name, default: 0] < type.maxWorkers && total < (self.config.maxWorkers ?? Int.max)
-        }
-        func open(_ type: NodeTypeConfig, reason: String?) {
-            count[type.name, default: 0] += 1
-            total += 1
-            newBins.append((type.name, reason, []))
-            bins.open(type)
-        }
-
-        // min_workers.
+    /// Opens nodes up to each type's `min_workers` (types backing off after a failed launch wait).
+    private func openMinWorkers(_ pass: inout PlannerPass, now: Double) {
         for type in self.config.nodeTypes where self.backoffRemaining(type.name, now: now) == nil {
-            while active[type.name, default: 0] < type.minWorkers && headroom(type) {
-                active[type.name, default: 0] += 1
-                open(type, reason: "min_workers \(type.minWorkers) for \(type.name)")
+            while pass.active[type.name, default: 0] < type.minWorkers && pass.hasHeadroom(type) {
+                pass.active[type.name, default: 0] += 1
+                pass.open(type, reason: "min_workers \(type.minWorkers) for \(type.name)")
             }
         }
+    }
 
-        // Demands, largest first.
-        var waiting: [String: UnmetDemand] = [:]
-        var infeasible: [String: UnmetDemand] = [:]
-        var used: Set<String> = []
-        func unmet(_ table: inout [String: UnmetDemand], _ demand: ResourceDemand, _ reason: String) {
-            let key = Self.key(demand)
-            if table[key] == nil {
-                table[key] = UnmetDemand(resources: demand.resources, group: demand.group, count: 0, reason: reason)
-            }
-            table[key]!.count += 1
-        }
-        func packOnLaunching(_ demand: ResourceDemand) -> Bool {
-            guard let index = bins.placeOnLaunching(demand) else { return false }
-            if index >= bins.firstNewBin { newBins[index - bins.firstNewBin].demands.append(demand) }
-            return true
-        }
+    /// Demands, largest first: onto free room on the nodes there are, then onto launches in
+    /// flight (the ones this pass opened included), then onto a new node of the best type that
+    /// may launch; the rest are waiting or infeasible.
+    private func pack(_ demands: [ResourceDemand], into pass: inout PlannerPass, now: Double) {
         for demand in demands.sorted(by: Self.largestFirst) {
-            if let nodeID = bins.placeOnExisting(demand) {
-                used.insert(nodeID)
+            if let nodeID = pass.bins.placeOnExisting(demand) {
+                pass.used.insert(nodeID)
                 continue
             }
-            if packOnLaunching(demand) { continue }
+            if pass.packOnLaunching(demand) { continue }
             let candidates = self.typesThatFit(demand)
             guard !candidates.isEmpty else {
-                unmet(&infeasible, demand, self.infeasibleReason(demand))
+                PlannerPass.note(demand, self.infeasibleReason(demand), in: &pass.infeasible)
                 continue
             }
-            var reasons: [String] = []
-            var chosen: NodeTypeConfig?
-            for type in candidates {
-                if let remaining = self.backoffRemaining(type.name, now: now) {
-                    reasons.append("\(type.name): a launch failed, retrying in \(Self.seconds(remaining))")
-                } else if count[type.name, default: 0] >= type.maxWorkers {
-                    reasons.append("\(type.name) at max_workers \(type.maxWorkers)")
-                } else if let global = self.config.maxWorkers, total >= global {
-                    reasons.append("the cluster at max_workers \(global)")
-                } else {
-                    chosen = type
-                    break
-                }
-            }
+            let (chosen, reasons) = self.typeToLaunch(candidates, pass: pass, now: now)
             guard let type = chosen else {
-                unmet(&waiting, demand, "no node can be launched: " + reasons.joined(separator: "; "))
+                let reason = "no node can be launched: " + reasons.joined(separator: "; ")
+                PlannerPass.note(demand, reason, in: &pass.waiting)
                 continue
             }
-            open(type, reason: nil)
-            _ = packOnLaunching(demand)
+            pass.open(type, reason: nil)
+            _ = pass.packOnLaunching(demand)
         }
+    }
 
-        // The launch-rate limit: nodes beyond the budget wait for a later pass.
+    /// The first of `candidates` (best first) that may launch a node now; else nil, with why
+    /// each may not.
+    private func typeToLaunch(
+        _ candidates: [NodeTypeConfig],
+        pass: PlannerPass,
+        now: Double
+    ) -> (NodeTypeConfig?, reasons: [String]) {
+        var reasons: [String] = []
+        for type in candidates {
+            if let remaining = self.backoffRemaining(type.name, now: now) {
+                reasons.append("\(type.name): a launch failed, retrying in \(Self.seconds(remaining))")
+            } else if pass.count[type.name, default: 0] >= type.maxWorkers {
+                reasons.append("\(type.name) at max_workers \(type.maxWorkers)")
+            } else if let global = self.config.maxWorkers, pass.total >= global {
+                reasons.append("the cluster at max_workers \(global)")
+            } else {
+                return (type, reasons)
+            }
+        }
+        return (nil, reasons)
+    }
+
+    /// The launch-rate limit, then one launch per type: nodes this pass opened beyond the budget
+    /// wait for a later pass (their demands are reported waiting); the others are REQUESTED.
+    private mutating func launchOpened(_ pass: inout PlannerPass, now: Double) -> [NodeDirective] {
         var launches: [String: (ids: [String], reasons: [String], demands: [ResourceDemand])] = [:]
         var typeOrder: [String] = []
-        for (index, bin) in newBins.enumerated() {
-            guard index < budget else {
-                for demand in bin.demands {
-                    unmet(&waiting, demand, "launch rate limit: at most \(allowed) launch(es) in flight")
-                }
+        for (index, node) in pass.opened.enumerated() {
+            guard index < pass.budget else {
+                let reason = "launch rate limit: at most \(pass.allowed) launch(es) in flight"
+                for demand in node.demands { PlannerPass.note(demand, reason, in: &pass.waiting) }
                 continue
             }
             self.sequence += 1
-            if launches[bin.type] == nil { typeOrder.append(bin.type) }
-            launches[bin.type, default: ([], [], [])].ids.append("\(bin.type)-\(self.idPrefix)-\(self.sequence)")
-            if let reason = bin.reason { launches[bin.type]!.reasons.append(reason) }
-            launches[bin.type]!.demands += bin.demands
+            if launches[node.type] == nil { typeOrder.append(node.type) }
+            launches[node.type, default: ([], [], [])].ids.append("\(node.type)-\(self.idPrefix)-\(self.sequence)")
+            if let reason = node.reason { launches[node.type]!.reasons.append(reason) }
+            launches[node.type]!.demands += node.demands
         }
-        for type in typeOrder {
+        return typeOrder.map { type in
             let launch = launches[type]!
-            self.sequence += 1
-            let requestID = "launch-\(self.idPrefix)-\(self.sequence)"
-            let reason = Self.mergeReasons(launch.reasons + (launch.demands.isEmpty ? [] : [Self.describe(launch.demands)]))
-            for id in launch.ids {
-                self.nodes[id] = ManagedNode(
-                    id: id, nodeType: type, state: .requested, requestID: requestID, reason: reason, launchedAt: now)
-            }
-            directives.append(.launch(NodeLaunch(requestID: requestID, nodeType: type, nodeIDs: launch.ids, reason: reason)))
+            return self.requestLaunch(
+                of: type, ids: launch.ids, reasons: launch.reasons, demands: launch.demands, now: now)
         }
+    }
 
-        // Infeasible demands: reported once while they last.
-        for key in infeasible.keys.sorted() where !self.reportedInfeasible.contains(key) {
+    /// Records the nodes of one launch as REQUESTED and returns the launch to ask of the provider.
+    private mutating func requestLaunch(
+        of type: String,
+        ids: [String],
+        reasons: [String],
+        demands: [ResourceDemand],
+        now: Double
+    ) -> NodeDirective {
+        self.sequence += 1
+        let requestID = "launch-\(self.idPrefix)-\(self.sequence)"
+        let reason = Self.mergeReasons(reasons + (demands.isEmpty ? [] : [Self.describe(demands)]))
+        for id in ids {
+            self.nodes[id] = ManagedNode(
+                id: id, nodeType: type, state: .requested, requestID: requestID, reason: reason, launchedAt: now)
+        }
+        return .launch(NodeLaunch(requestID: requestID, nodeType: type, nodeIDs: ids, reason: reason))
+    }
+
+    /// Keeps the pass's unmet demands for the status; infeasible ones are reported once while
+    /// they last.
+    private mutating func recordUnmet(_ pass: PlannerPass) -> [NodeDirective] {
+        let infeasible = pass.infeasible
+        let fresh = infeasible.keys.sorted().filter { !self.reportedInfeasible.contains($0) }
+        let directives: [NodeDirective] = fresh.map { key in
             let demand = infeasible[key]!
-            directives.append(.report("infeasible: \(demand.count) pending replica(s) of \(demand.group) need \(demand.resources); \(demand.reason)"))
+            return .report(
+                "infeasible: \(demand.count) pending replica(s) of \(demand.group) need \(demand.resources); \(demand.reason)")
         }
         self.reportedInfeasible = Set(infeasible.keys)
         self.infeasible = infeasible.keys.sorted().map { infeasible[$0]! }
-        self.waiting = waiting.keys.sorted().map { waiting[$0]! }
+        self.waiting = pass.waiting.keys.sorted().map { pass.waiting[$0]! }
+        return directives
+    }
 
-        // Idle nodes past their timeout, longest idle first.
+    /// Terminates nodes idle past `idle_timeout_s`, longest idle first, while their type keeps
+    /// `min_workers` (`active` counts them); nodes in `used` just had a demand packed onto them.
+    private mutating func terminateIdle(active: [String: Int], used: Set<String>, now: Double) -> [NodeDirective] {
+        var active = active
         let idle = self.nodes.values
             .filter { $0.state == .joined && !used.contains($0.id) && $0.idleSince.map { now - $0 >= self.config.idleTimeoutS } == true }
             .sorted { ($0.idleSince!, $0.id) < ($1.idleSince!, $1.id) }
+        var directives: [NodeDirective] = []
         for node in idle {
             let minimum = self.config.nodeType(named: node.nodeType)?.minWorkers ?? 0
             guard active[node.nodeType, default: 0] > minimum else { continue }
@@ -386,6 +406,8 @@ public struct NodePlanner: Sendable {
 
     // MARK: lifecycle
 
+    /// Launched nodes that joined, left, vanished from the provider's list or timed out; DRAINING
+    /// ones whose termination is due again; nodes the provider runs that this head did not know.
     private mutating func updateLifecycle(
         now: Double,
         observedByID: [String: ObservedNode],
@@ -394,64 +416,70 @@ public struct NodePlanner: Sendable {
     ) {
         let listed = providerNodes.map { Set($0.map(\.nodeID)) }
         for id in self.nodes.keys.sorted() {
-            var node = self.nodes[id]!
-            let seen = observedByID[id]
-            if let listed {
-                if listed.contains(id) {
-                    node.seenByProvider = true
-                } else if node.seenByProvider && !node.terminating && (node.state == .booting || node.state == .joined) {
-                    let wasBooting = node.state == .booting
-                    self.forget(id)
-                    if wasBooting {
-                        let delay = self.backOff(node.nodeType, now: now)
-                        directives.append(.report("node \(id) (\(node.nodeType)) exited before joining; launching a replacement in \(Self.seconds(delay))"))
-                    } else {
-                        directives.append(.report("node \(id) (\(node.nodeType)) is gone: the provider no longer lists it"))
-                    }
-                    continue
-                }
+            if let listed, let gone = self.checkListing(id, listed: listed, now: now) {
+                directives.append(gone)
+                continue
             }
-            switch node.state {
-            case .requested, .terminated:
-                break
-            case .booting:
-                if let seen, seen.view.state == .alive {
-                    node.move(to: .joined)
-                    node.joinedAt = now
-                    node.idleSince = seen.view.replicaCount == 0 ? now : nil
-                    self.failures[node.nodeType] = nil
-                    directives.append(.report("node \(id) (\(node.nodeType)) joined \(Self.seconds(now - node.launchedAt)) after its launch"))
-                } else if now - node.launchedAt >= self.config.launchTimeoutS {
-                    self.nodes[id] = node
-                    let delay = self.backOff(node.nodeType, now: now)
-                    let reason = "did not join within launch_timeout_s \(Self.seconds(self.config.launchTimeoutS)); a replacement follows in \(Self.seconds(delay))"
-                    directives.append(.terminate(self.beginTermination(id, reason: reason)))
-                    continue
-                }
-            case .joined:
-                guard let seen, seen.view.state != .dead else {
-                    self.nodes[id] = node
-                    directives.append(.terminate(self.beginTermination(id, reason: "it left the cluster")))
-                    continue
-                }
-                if seen.view.replicaCount == 0 {
-                    node.idleSince = node.idleSince ?? now
-                } else {
-                    node.idleSince = nil
-                }
-            case .draining:
-                if !node.terminating, node.retryTerminateAt.map({ now >= $0 }) ?? true {
-                    self.nodes[id] = node
-                    directives.append(.terminate(self.beginTermination(id, reason: "retrying its termination")))
-                    continue
-                }
+            if let directive = self.advance(id, seen: observedByID[id], now: now) {
+                directives.append(directive)
             }
-            self.nodes[id] = node
         }
-        // Nodes the provider runs that this head does not know (a head restarted beside a
-        // command provider's machines): adopted, so they are counted and, if they never join,
-        // given back.
-        for record in providerNodes ?? [] where self.nodes[record.nodeID] == nil && !self.terminatedIDs.contains(record.nodeID)
+        directives += self.adoptUnknown(providerNodes ?? [], now: now)
+    }
+
+    /// A node the provider listed before and lists no more is gone (unless its termination is
+    /// under way): it is dropped, and a booting one backs its type off. Returns the event then.
+    private mutating func checkListing(_ id: String, listed: Set<String>, now: Double) -> NodeDirective? {
+        let node = self.nodes[id]!
+        if listed.contains(id) {
+            self.nodes[id]!.seenByProvider = true
+            return nil
+        }
+        guard node.seenByProvider && !node.terminating && (node.state == .booting || node.state == .joined) else { return nil }
+        self.forget(id)
+        guard node.state == .booting else {
+            return .report("node \(id) (\(node.nodeType)) is gone: the provider no longer lists it")
+        }
+        let delay = self.backOff(node.nodeType, now: now)
+        return .report("node \(id) (\(node.nodeType)) exited before joining; launching a replacement in \(Self.seconds(delay))")
+    }
+
+    /// One node's step in its lifecycle, from what the controller sees of it (`seen`).
+    private mutating func advance(_ id: String, seen: ObservedNode?, now: Double) -> NodeDirective? {
+        var node = self.nodes[id]!
+        switch node.state {
+        case .requested, .terminated:
+            return nil
+        case .booting:
+            if let seen, seen.view.state == .alive {
+                node.move(to: .joined)
+                node.joinedAt = now
+                node.idleSince = seen.view.replicaCount == 0 ? now : nil
+                self.nodes[id] = node
+                self.failures[node.nodeType] = nil
+                return .report("node \(id) (\(node.nodeType)) joined \(Self.seconds(now - node.launchedAt)) after its launch")
+            }
+            guard now - node.launchedAt >= self.config.launchTimeoutS else { return nil }
+            let delay = self.backOff(node.nodeType, now: now)
+            let reason = "did not join within launch_timeout_s \(Self.seconds(self.config.launchTimeoutS)); a replacement follows in \(Self.seconds(delay))"
+            return .terminate(self.beginTermination(id, reason: reason))
+        case .joined:
+            guard let seen, seen.view.state != .dead else {
+                return .terminate(self.beginTermination(id, reason: "it left the cluster"))
+            }
+            self.nodes[id]!.idleSince = seen.view.replicaCount == 0 ? (node.idleSince ?? now) : nil
+            return nil
+        case .draining:
+            guard !node.terminating, node.retryTerminateAt.map({ now >= $0 }) ?? true else { return nil }
+            return .terminate(self.beginTermination(id, reason: "retrying its termination"))
+        }
+    }
+
+    /// Nodes the provider runs that this head does not know (a head restarted beside a command
+    /// provider's machines): adopted, so they are counted and, if they never join, given back.
+    private mutating func adoptUnknown(_ providerNodes: [ProviderNodeRecord], now: Double) -> [NodeDirective] {
+        var directives: [NodeDirective] = []
+        for record in providerNodes where self.nodes[record.nodeID] == nil && !self.terminatedIDs.contains(record.nodeID)
             && self.config.nodeType(named: record.nodeType) != nil
         {
             var node = ManagedNode(
@@ -461,6 +489,7 @@ public struct NodePlanner: Sendable {
             self.nodes[record.nodeID] = node
             directives.append(.report("adopted node \(record.nodeID) (\(record.nodeType)) that the provider lists"))
         }
+        return directives
     }
 
     private mutating func beginTermination(_ id: String, reason: String) -> NodeTermination {
@@ -573,6 +602,61 @@ public struct NodePlanner: Sendable {
     /// "2 s", "0.5 s", "300 s".
     static func seconds(_ value: Double) -> String {
         "\(ResourceQuantity((value * 10).rounded() / 10)) s"
+    }
+}
+
+/// One `NodePlanner.tick`'s working state: nodes per type, the nodes the pass opens, the packing
+/// and the demands it leaves unmet.
+private struct PlannerPass {
+    /// Nodes per type that count toward `max_workers`: ours not yet terminated, plus workers
+    /// someone started by hand with a configured type (they count; they are not ours to stop).
+    var count: [String: Int] = [:]
+    /// Of those, the ones not draining: what `min_workers` and idle termination count.
+    var active: [String: Int] = [:]
+    var total = 0
+    /// Launches that may be in flight, and how many this pass may add.
+    var allowed = 0
+    var budget = 0
+    /// Nodes this pass opens, in order: `min_workers` ones first, then those for demands.
+    var opened: [(type: String, reason: String?, demands: [ResourceDemand])] = []
+    var bins: Bins
+    let maxWorkers: Int?
+    var waiting: [String: UnmetDemand] = [:]
+    var infeasible: [String: UnmetDemand] = [:]
+    /// Nodes there are that a demand was packed onto: not idle, whatever their timer says.
+    var used: Set<String> = []
+
+    init(bins: Bins, maxWorkers: Int?) {
+        self.bins = bins
+        self.maxWorkers = maxWorkers
+    }
+
+    /// Whether a node of `type` stays within its `max_workers` and the cluster's.
+    func hasHeadroom(_ type: NodeTypeConfig) -> Bool {
+        self.count[type.name, default: 0] < type.maxWorkers && self.total < (self.maxWorkers ?? Int.max)
+    }
+
+    mutating func open(_ type: NodeTypeConfig, reason: String?) {
+        self.count[type.name, default: 0] += 1
+        self.total += 1
+        self.opened.append((type.name, reason, []))
+        self.bins.open(type)
+    }
+
+    /// Packs onto a launch in flight; one this pass opened carries the demand into its reason.
+    mutating func packOnLaunching(_ demand: ResourceDemand) -> Bool {
+        guard let index = self.bins.placeOnLaunching(demand) else { return false }
+        if index >= self.bins.firstNewBin { self.opened[index - self.bins.firstNewBin].demands.append(demand) }
+        return true
+    }
+
+    /// Counts `demand` as unmet in `table`, under the reason the first of its shape got.
+    static func note(_ demand: ResourceDemand, _ reason: String, in table: inout [String: UnmetDemand]) {
+        let key = NodePlanner.key(demand)
+        if table[key] == nil {
+            table[key] = UnmetDemand(resources: demand.resources, group: demand.group, count: 0, reason: reason)
+        }
+        table[key]!.count += 1
     }
 }
 

@@ -196,8 +196,23 @@ private struct ReconcilePass {
         replicas: [ReplicaRecord],
         makeReplicaID: (DeploymentID) -> String
     ) {
-        let wantedCount = max(0, target.replicas)
-        let batch = Reconciler.rollingBatchSize(target: wantedCount)
+        let wanted = max(0, target.replicas)
+        let batch = Reconciler.rollingBatchSize(target: wanted)
+        let (all, outdated) = self.partition(replicas, by: target)
+        let current = self.scaleDown(all, to: wanted)
+        let outdatedLeft = self.stopOutdated(outdated, current: current, wanted: wanted, batch: batch)
+        self.retryPending(current, of: target)
+        let count = Self.newReplicaCount(
+            wanted: wanted, batch: batch, current: current, outdated: outdated.count, outdatedLeft: outdatedLeft)
+        self.startNew(count, of: target, makeReplicaID: makeReplicaID)
+    }
+
+    /// Current replicas (the target's spec, not on a draining node) and outdated ones (to be
+    /// replaced).
+    private func partition(
+        _ replicas: [ReplicaRecord],
+        by target: DeploymentTarget
+    ) -> (current: [ReplicaRecord], outdated: [ReplicaRecord]) {
         var current: [ReplicaRecord] = []
         var outdated: [ReplicaRecord] = []
         for replica in replicas {
@@ -207,42 +222,53 @@ private struct ReconcilePass {
                 outdated.append(replica)
             }
         }
+        return (current, outdated)
+    }
 
-        // Too many current-version replicas: the usual scale-down.
-        if current.count > wantedCount {
-            let excess = Placement.chooseReplicasToStop(
-                count: current.count - wantedCount,
-                replicas: current,
-                replicaCountByNode: self.replicaCountByID
-            )
-            self.stop(excess)
-            let stopped = Set(excess)
-            current.removeAll { stopped.contains($0.id) }
-        }
+    /// Too many current replicas: the usual scale-down, emptiest nodes first. Returns those kept.
+    private mutating func scaleDown(_ current: [ReplicaRecord], to wanted: Int) -> [ReplicaRecord] {
+        guard current.count > wanted else { return current }
+        let excess = Placement.chooseReplicasToStop(
+            count: current.count - wanted,
+            replicas: current,
+            replicaCountByNode: self.replicaCountByID
+        )
+        self.stop(excess)
+        let stopped = Set(excess)
+        return current.filter { !stopped.contains($0.id) }
+    }
 
-        // Outdated replicas that serve nothing yet are stopped at once: no capacity is lost.
+    /// Stops outdated replicas: at once those that serve nothing yet (no capacity is lost);
+    /// RUNNING ones as replacements reach RUNNING, or, only when replacements fit nowhere, ahead
+    /// of them down to `wanted - batch` serving. Returns how many outdated RUNNING ones are left.
+    private mutating func stopOutdated(
+        _ outdated: [ReplicaRecord],
+        current: [ReplicaRecord],
+        wanted: Int,
+        batch: Int
+    ) -> Int {
         self.stop(outdated.filter { $0.state != .running }.map(\.id).sorted())
-
-        // Outdated RUNNING replicas are stopped as replacements reach RUNNING; only when
-        // replacements fit nowhere, ahead of them, down to `target - batch` serving.
         let outdatedRunning = outdated.filter { $0.state == .running }
         let newRunning = current.filter { $0.state == .running }.count
         let newPending = current.filter { $0.state == .pending }.count
         let serving = outdatedRunning.count + newRunning
-        var stopCount = max(0, serving - wantedCount)
+        var stopCount = max(0, serving - wanted)
         if newPending > 0 {
-            stopCount += min(newPending, max(0, serving - stopCount - (wantedCount - batch)))
+            stopCount += min(newPending, max(0, serving - stopCount - (wanted - batch)))
         }
         stopCount = min(stopCount, outdatedRunning.count)
-        let outdatedStops = Placement.chooseReplicasToStop(
+        let stops = Placement.chooseReplicasToStop(
             count: stopCount,
             replicas: outdatedRunning,
             replicaCountByNode: self.replicaCountByID
         )
-        self.stop(outdatedStops)
-        let outdatedLeft = outdatedRunning.count - outdatedStops.count
+        self.stop(stops)
+        return outdatedRunning.count - stops.count
+    }
 
-        // PENDING replicas first: they have waited longest.
+    /// PENDING replicas, before any new one (they have waited longest): placed where they now
+    /// fit, or re-pended when the reason they wait changed.
+    private mutating func retryPending(_ current: [ReplicaRecord], of target: DeploymentTarget) {
         for replica in current where replica.state == .pending {
             switch self.choose(target) {
             case .node(let nodeID):
@@ -254,19 +280,27 @@ private struct ReconcilePass {
                 }
             }
         }
+    }
 
-        // New replicas: all that are missing, except that replacements for outdated ones are
-        // limited to `batch` in flight.
-        let missing = wantedCount - current.count
-        let toStart: Int
-        if outdated.isEmpty {
-            toStart = missing
-        } else {
-            let inFlight = current.count - newRunning
-            let shortOfTarget = wantedCount - (outdatedLeft + current.count)
-            toStart = min(missing, max(0, shortOfTarget) + max(0, batch - inFlight))
-        }
-        for _ in 0..<max(0, toStart) {
+    /// New replicas to start: all that are missing, except that replacements for outdated ones
+    /// are limited to `batch` in flight.
+    private static func newReplicaCount(
+        wanted: Int,
+        batch: Int,
+        current: [ReplicaRecord],
+        outdated: Int,
+        outdatedLeft: Int
+    ) -> Int {
+        let missing = wanted - current.count
+        guard outdated > 0 else { return missing }
+        let inFlight = current.count - current.filter { $0.state == .running }.count
+        let shortOfTarget = wanted - (outdatedLeft + current.count)
+        return min(missing, max(0, shortOfTarget) + max(0, batch - inFlight))
+    }
+
+    /// Starts `count` new replicas where they fit, or records them PENDING with the reason.
+    private mutating func startNew(_ count: Int, of target: DeploymentTarget, makeReplicaID: (DeploymentID) -> String) {
+        for _ in 0..<max(0, count) {
             let replicaID = makeReplicaID(target.id)
             switch self.choose(target) {
             case .node(let nodeID):

@@ -27,9 +27,7 @@ struct AdminAPI: Sendable {
         let method = request.head.method
         let mutating = method != .get && method != .head
         self.logger.debug("admin call", metadata: ["method": "\(method)", "path": "\(path)"])
-        if mutating, let token = self.requiredToken,
-            !ConstantTime.isBearer(request.head.headerFields[.authorization], token: token)
-        {
+        if mutating, !self.isAuthorized(request) {
             self.logger.warning(
                 "refused an admin call with a wrong or missing cluster token",
                 metadata: ["method": "\(method)", "path": "\(path)", "peer": "\(request.remoteAddress.map { "\($0)" } ?? "?")"])
@@ -40,39 +38,12 @@ struct AdminAPI: Sendable {
         case (.get, "/api/serve/applications"):
             try await self.json(writer, .ok, await self.controller.statusJSON())
         case (.put, "/api/serve/applications"):
-            let body = try await request.body.collect(upTo: Self.maxConfigBytes)
-            let text = String(buffer: body)
-            let config: ServeConfig
-            do {
-                let known = self.knownHandlers.union(await self.controller.knownHandlerNames())
-                config = try ConfigParser.parse(text, knownHandlers: known)
-            } catch {
-                self.logger.info("refused a config", metadata: ["problems": "\(error.problems.count)"])
-                return try await self.json(writer, .badRequest, [
-                    "error": .string("the config was refused; nothing changed"),
-                    "problems": .array(error.problems.map { .object(["path": .string($0.path), "message": .string($0.message)]) }),
-                ])
-            }
-            guard try await self.deploy(config, writer) else { return }
-            // Allowed but not working as meant (a batch size max_ongoing_requests caps): said
-            // here and in the events.
-            let warnings = ConfigParser.warnings(for: config)
-            try await self.json(writer, .ok, [
-                "result": "deployed", "applications": .array(config.applications.map { .string($0.name) }),
-                "warnings": .array(warnings.map { .object(["path": .string($0.path), "message": .string($0.message)]) }),
-            ])
+            try await self.putApplications(request, writer)
         case (.delete, "/api/serve/applications"):
             guard try await self.deploy(ServeConfig(httpOptions: await self.controller.config.httpOptions), writer) else { return }
             try await self.json(writer, .ok, ["result": "deleted all applications"])
         case (.delete, _) where trimmed.hasPrefix("/api/serve/applications/"):
-            let name = String(trimmed.dropFirst("/api/serve/applications/".count))
-            var config = await self.controller.config
-            guard config.applications.contains(where: { $0.name == name }) else {
-                return try await self.json(writer, .notFound, ["error": .string("no application named '\(name)'")])
-            }
-            config.applications.removeAll { $0.name == name }
-            guard try await self.deploy(config, writer) else { return }
-            try await self.json(writer, .ok, ["result": .string("deleted \(name)")])
+            try await self.deleteApplication(String(trimmed.dropFirst("/api/serve/applications/".count)), writer)
         case (.get, "/api/cluster/nodes"):
             try await self.json(writer, .ok, await self.clusterNodesJSON())
         case (.get, "/api/serve/events"):
@@ -80,7 +51,7 @@ struct AdminAPI: Sendable {
         case (.get, _) where trimmed.hasPrefix(Self.replicasPath) && trimmed.hasSuffix("/logs"):
             // A process replica's output, which can hold anything its program printed: the token
             // is asked for, as for the mutating calls.
-            if let token = self.requiredToken, !ConstantTime.isBearer(request.head.headerFields[.authorization], token: token) {
+            if !self.isAuthorized(request) {
                 return try await self.json(writer, .unauthorized, ["error": "a replica's logs need Authorization: Bearer <cluster token> (serve logs sends SERVE_TOKEN)"])
             }
             try await self.relayLogs(request.head.path ?? "/", writer)
@@ -110,6 +81,48 @@ struct AdminAPI: Sendable {
         default:
             try await self.json(writer, .notFound, ["error": .string("no endpoint \(method) \(path)")])
         }
+    }
+
+    /// Whether the call carries the token the head requires (always, when it requires none).
+    private func isAuthorized(_ request: HTTPServerRequest) -> Bool {
+        guard let token = self.requiredToken else { return true }
+        return ConstantTime.isBearer(request.head.headerFields[.authorization], token: token)
+    }
+
+    /// `PUT /api/serve/applications`: the whole config, checked (every problem with its field
+    /// path, and nothing changed), saved and deployed; allowed but not working as meant (a
+    /// batch size max_ongoing_requests caps) comes back as warnings, as in the events.
+    private func putApplications(_ request: HTTPServerRequest, _ writer: any HTTPResponseWriter) async throws {
+        let body = try await request.body.collect(upTo: Self.maxConfigBytes)
+        let text = String(buffer: body)
+        let config: ServeConfig
+        do {
+            let known = self.knownHandlers.union(await self.controller.knownHandlerNames())
+            config = try ConfigParser.parse(text, knownHandlers: known)
+        } catch {
+            self.logger.info("refused a config", metadata: ["problems": "\(error.problems.count)"])
+            return try await self.json(writer, .badRequest, [
+                "error": .string("the config was refused; nothing changed"),
+                "problems": .array(error.problems.map { .object(["path": .string($0.path), "message": .string($0.message)]) }),
+            ])
+        }
+        guard try await self.deploy(config, writer) else { return }
+        let warnings = ConfigParser.warnings(for: config)
+        try await self.json(writer, .ok, [
+            "result": "deployed", "applications": .array(config.applications.map { .string($0.name) }),
+            "warnings": .array(warnings.map { .object(["path": .string($0.path), "message": .string($0.message)]) }),
+        ])
+    }
+
+    /// `DELETE /api/serve/applications/NAME`: the config without that application, deployed.
+    private func deleteApplication(_ name: String, _ writer: any HTTPResponseWriter) async throws {
+        var config = await self.controller.config
+        guard config.applications.contains(where: { $0.name == name }) else {
+            return try await self.json(writer, .notFound, ["error": .string("no application named '\(name)'")])
+        }
+        config.applications.removeAll { $0.name == name }
+        guard try await self.deploy(config, writer) else { return }
+        try await self.json(writer, .ok, ["result": .string("deleted \(name)")])
     }
 
     /// The largest config body accepted (a larger one gets 413).

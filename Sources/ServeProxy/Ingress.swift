@@ -354,35 +354,10 @@ public final class Ingress: Sendable {
         table: RouteTable,
         progress: ForwardProgress
     ) async throws -> Int {
-        var head = request.head
-        head.headerFields = head.headerFields.removingConnectionSpecific
-        head.headerFields[ServeHeaders.forwardedPrefix] = target.routePrefix
-        if let prefix = target.routePrefix {
-            head.path = RouteTable.strip(prefix: prefix, from: request.head.path ?? "/")
-            head.addForwardedFields(client: request.remoteAddress)
-        }
-        // HTTP/2 requests may carry a body with neither Content-Length nor Transfer-Encoding
-        // (RFC 9113 §8.1): whether one comes is what the connection saw, not a header.
-        let hasBody = request.hasBody
+        let head = Self.forwardedHead(request, to: target)
         let local = self.local.withLockedValue { $0 }
-
-        // A small body is read first and kept, so that the request can go to another replica
-        // if the first refuses it or cannot be reached (a streamed body is consumed by the
-        // first attempt).
-        var kept: ByteBuffer?
-        if hasBody, let length = request.head.headerFields[.contentLength].flatMap(Int.init), length <= Self.keptBodyBytes,
-            local.map({ !router.hasReplica(on: $0.nodeID) }) ?? true
-        {
-            do {
-                kept = try await request.body.collect(upTo: Self.keptBodyBytes)
-            } catch {
-                throw IngressFailure(status: .badRequest, message: "the request body could not be read: \(error)")
-            }
-        }
-        let idempotent = hasBody
-            ? target.idempotent && kept != nil
-            : (request.head.method == .get || request.head.method == .head || target.idempotent)
-        var policy = RetryPolicy(idempotent: idempotent)
+        let kept = try await Self.keptBody(of: request, router: router, local: local)
+        var policy = RetryPolicy(idempotent: Self.isIdempotent(request, target: target, kept: kept))
         // A multiplexed model's request goes where the model is held (it passes on unchanged).
         let model = head.headerFields[Self.multiplexedModelID].flatMap { $0.isEmpty ? nil : $0 }
         while true {
@@ -393,57 +368,152 @@ public final class Ingress: Sendable {
                 let (status, message) = policy.answer(for: failure, deployment: "\(target.deployment)", app: target.deployment.app)
                 throw IngressFailure(status: HTTPResponse.Status(code: status), message: message)
             }
-            let outcome: RetryPolicy.Outcome
+            let tried: Tried
             if let local, replica.nodeID == local.nodeID {
-                defer { router.release(replica.id) }
-                // A local replica refuses before reading anything: the client's body streams to it
-                // as it arrives (a kept one was read for an earlier try elsewhere).
-                let body = kept.map { HTTPBody(bytes: $0) } ?? request.body
-                let forwarded = HTTPServerRequest(head: head, body: body, remoteAddress: request.remoteAddress, hasBody: hasBody)
-                switch try await local.serve(replica: replica.id, forwarded, progress) {
-                case .answered(let status):
-                    return status
-                case .refused(let reason):
-                    outcome = .refused(replica: replica.id, reason: reason, bodyStarted: false)
-                }
+                tried = try await self.tryLocal(replica, local, head: head, request: request, kept: kept, router: router, progress: progress)
             } else {
-                var remoteHead = head
-                remoteHead.headerFields[ServeHeaders.token] = self.token
-                remoteHead.headerFields[ServeHeaders.replica] = replica.id
-                let attempt: Attempt
-                do {
-                    attempt = try await self.attempt(
-                        remoteHead, request: request, hasBody: hasBody, kept: kept, replica: replica, table: table, progress: progress)
-                } catch {
-                    router.release(replica.id)
-                    throw error
-                }
-                router.release(replica.id)
-                switch attempt {
-                case .answered(let status):
-                    return status
-                case .refused(let reason, let bodyStarted):
-                    outcome = .refused(replica: replica.id, reason: reason, bodyStarted: bodyStarted)
-                case .unreachable(let error):
-                    self.connections.forget(host: replica.host, port: replica.port)
-                    let reason = "replica \(replica.id) on node \(replica.nodeID) is unreachable: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
-                    self.logger.info("retrying a request on another replica", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
-                    outcome = .unreachable(replica: replica.id, reason: reason)
-                case .failed(let error):
-                    let reason = "replica \(replica.id) on node \(replica.nodeID) failed before answering: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
-                    outcome = .failed(replica: replica.id, reason: reason)
-                }
+                tried = try await self.tryRemote(
+                    replica, head: head, request: request, kept: kept, router: router, table: table, progress: progress)
             }
-            switch policy.decide(outcome, deployment: "\(target.deployment)") {
-            case .retry(let reason):
-                self.metrics.recordRetry(deployment: target.deployment, reason)
-                if let pause = policy.pauseBeforeRetry { try await Task.sleep(for: pause) }
-                if reason == .failed {
-                    self.logger.info("retrying an idempotent request on another replica", metadata: ["serve.replica": "\(replica.id)"])
-                }
-            case .fail(let status, let message):
-                throw IngressFailure(status: HTTPResponse.Status(code: status), message: message)
+            switch tried {
+            case .answered(let status):
+                return status
+            case .notAnswered(let outcome):
+                try await self.retryOrFail(outcome, policy: &policy, target: target, replica: replica)
             }
+        }
+    }
+
+    /// The request as a replica gets it: no connection-specific fields, and under a route
+    /// prefix, the prefix stripped from the path and the client named in `Forwarded` fields.
+    private static func forwardedHead(_ request: HTTPServerRequest, to target: Target) -> HTTPRequest {
+        var head = request.head
+        head.headerFields = head.headerFields.removingConnectionSpecific
+        head.headerFields[ServeHeaders.forwardedPrefix] = target.routePrefix
+        if let prefix = target.routePrefix {
+            head.path = RouteTable.strip(prefix: prefix, from: request.head.path ?? "/")
+            head.addForwardedFields(client: request.remoteAddress)
+        }
+        return head
+    }
+
+    /// A small body, read first and kept so that the request can go to another replica if the
+    /// first refuses it or cannot be reached (a streamed body is consumed by the first attempt);
+    /// nil when there is none, it is large, or a replica on this node can take it as it streams.
+    private static func keptBody(
+        of request: HTTPServerRequest,
+        router: DeploymentRouter,
+        local: (any LocalReplicas)?
+    ) async throws -> ByteBuffer? {
+        // HTTP/2 requests may carry a body with neither Content-Length nor Transfer-Encoding
+        // (RFC 9113 §8.1): whether one comes is what the connection saw, not a header.
+        guard request.hasBody, let length = request.head.headerFields[.contentLength].flatMap(Int.init),
+            length <= Self.keptBodyBytes, local.map({ !router.hasReplica(on: $0.nodeID) }) ?? true
+        else { return nil }
+        do {
+            return try await request.body.collect(upTo: Self.keptBodyBytes)
+        } catch {
+            throw IngressFailure(status: .badRequest, message: "the request body could not be read: \(error)")
+        }
+    }
+
+    /// Whether a failure mid-request may be retried: a request without a body when its method
+    /// is GET or HEAD or its route says so; one with a body only when its route says so and the
+    /// body was kept.
+    private static func isIdempotent(_ request: HTTPServerRequest, target: Target, kept: ByteBuffer?) -> Bool {
+        request.hasBody
+            ? target.idempotent && kept != nil
+            : (request.head.method == .get || request.head.method == .head || target.idempotent)
+    }
+
+    /// How one try on one replica ended.
+    private enum Tried {
+        /// The response went to the client, with this status.
+        case answered(Int)
+        /// It did not: the retry policy decides what follows.
+        case notAnswered(RetryPolicy.Outcome)
+    }
+
+    /// One try on a replica on this node: a function call away. It refuses before reading
+    /// anything, so the client's body streams to it as it arrives (a kept one was read for an
+    /// earlier try elsewhere).
+    private func tryLocal(
+        _ replica: ReplicaRoute,
+        _ local: any LocalReplicas,
+        head: HTTPRequest,
+        request: HTTPServerRequest,
+        kept: ByteBuffer?,
+        router: DeploymentRouter,
+        progress: ForwardProgress
+    ) async throws -> Tried {
+        defer { router.release(replica.id) }
+        let body = kept.map { HTTPBody(bytes: $0) } ?? request.body
+        let forwarded = HTTPServerRequest(head: head, body: body, remoteAddress: request.remoteAddress, hasBody: request.hasBody)
+        switch try await local.serve(replica: replica.id, forwarded, progress) {
+        case .answered(let status):
+            return .answered(status)
+        case .refused(let reason):
+            return .notAnswered(.refused(replica: replica.id, reason: reason, bodyStarted: false))
+        }
+    }
+
+    /// One try on a replica on another node, through its worker's data plane.
+    private func tryRemote(
+        _ replica: ReplicaRoute,
+        head: HTTPRequest,
+        request: HTTPServerRequest,
+        kept: ByteBuffer?,
+        router: DeploymentRouter,
+        table: RouteTable,
+        progress: ForwardProgress
+    ) async throws -> Tried {
+        var remoteHead = head
+        remoteHead.headerFields[ServeHeaders.token] = self.token
+        remoteHead.headerFields[ServeHeaders.replica] = replica.id
+        let attempt: Attempt
+        do {
+            attempt = try await self.attempt(
+                remoteHead, request: request, hasBody: request.hasBody, kept: kept, replica: replica, table: table,
+                progress: progress)
+        } catch {
+            router.release(replica.id)
+            throw error
+        }
+        router.release(replica.id)
+        let node = "replica \(replica.id) on node \(replica.nodeID)"
+        switch attempt {
+        case .answered(let status):
+            return .answered(status)
+        case .refused(let reason, let bodyStarted):
+            return .notAnswered(.refused(replica: replica.id, reason: reason, bodyStarted: bodyStarted))
+        case .unreachable(let error):
+            self.connections.forget(host: replica.host, port: replica.port)
+            let reason = "\(node) is unreachable: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
+            self.logger.info("retrying a request on another replica", metadata: ["serve.replica": "\(replica.id)", "error": "\(error)"])
+            return .notAnswered(.unreachable(replica: replica.id, reason: reason))
+        case .failed(let error):
+            let reason = "\(node) failed before answering: \(error)\(self.connections.reason(host: replica.host, port: replica.port))"
+            return .notAnswered(.failed(replica: replica.id, reason: reason))
+        }
+    }
+
+    /// What the retry policy makes of a try that did not answer: a pause and another try, or
+    /// the answer it says (thrown).
+    private func retryOrFail(
+        _ outcome: RetryPolicy.Outcome,
+        policy: inout RetryPolicy,
+        target: Target,
+        replica: ReplicaRoute
+    ) async throws {
+        switch policy.decide(outcome, deployment: "\(target.deployment)") {
+        case .retry(let reason):
+            self.metrics.recordRetry(deployment: target.deployment, reason)
+            if let pause = policy.pauseBeforeRetry { try await Task.sleep(for: pause) }
+            if reason == .failed {
+                self.logger.info("retrying an idempotent request on another replica", metadata: ["serve.replica": "\(replica.id)"])
+            }
+        case .fail(let status, let message):
+            throw IngressFailure(status: HTTPResponse.Status(code: status), message: message)
         }
     }
 
@@ -470,7 +540,6 @@ public final class Ingress: Sendable {
         table: RouteTable,
         progress: ForwardProgress
     ) async throws -> Attempt {
-        let writer = progress
         let stream: HTTP2ClientStream
         let response: HTTP2Response
         var bodyStarted = false
@@ -485,25 +554,7 @@ public final class Ingress: Sendable {
             if hasBody && kept == nil {
                 bodyStarted = true
                 // The body streams to the replica while its response streams back.
-                Task {
-                    do {
-                        var sent = 0
-                        for try await chunk in request.body {
-                            sent += chunk.readableBytes
-                            guard sent <= table.maxBodyBytes else { throw HTTP2Error.bodyTooLarge(limit: table.maxBodyBytes) }
-                            try await stream.write(chunk)
-                        }
-                        try await stream.finish()
-                    } catch HTTP2Error.badBody(let reason) {
-                        // A body that cannot be read (not the gzip it claims) fails the request
-                        // with that error, so it is answered 400 as the client's fault.
-                        stream.cancel(error: .badBody(reason))
-                    } catch HTTP2Error.bodyTooLarge(let limit) {
-                        stream.cancel(error: .bodyTooLarge(limit: limit))
-                    } catch {
-                        stream.cancel()
-                    }
-                }
+                Task { await Self.send(request.body, to: stream, limit: table.maxBodyBytes) }
             }
             response = try await stream.response()
         } catch HTTP2Error.timeout {
@@ -521,6 +572,34 @@ public final class Ingress: Sendable {
             _ = try? await response.body.collect(upTo: 1 << 16)
             return .refused(refusal, bodyStarted: bodyStarted)
         }
+        try await Self.relay(response, to: progress)
+        return .answered(response.head.status.code)
+    }
+
+    /// Streams a client's body to a replica's stream, within the route's body limit; a body
+    /// that cannot be read, or one over the limit, fails the stream with that error.
+    private static func send(_ body: HTTPBody, to stream: HTTP2ClientStream, limit: Int) async {
+        do {
+            var sent = 0
+            for try await chunk in body {
+                sent += chunk.readableBytes
+                guard sent <= limit else { throw HTTP2Error.bodyTooLarge(limit: limit) }
+                try await stream.write(chunk)
+            }
+            try await stream.finish()
+        } catch HTTP2Error.badBody(let reason) {
+            // A body that cannot be read (not the gzip it claims) fails the request
+            // with that error, so it is answered 400 as the client's fault.
+            stream.cancel(error: .badBody(reason))
+        } catch HTTP2Error.bodyTooLarge(let limit) {
+            stream.cancel(error: .bodyTooLarge(limit: limit))
+        } catch {
+            stream.cancel()
+        }
+    }
+
+    /// Passes a replica's response to the client.
+    private static func relay(_ response: HTTP2Response, to writer: ForwardProgress) async throws {
         if let (body, trailers) = response.body.takeIfEnded() {
             // The usual small answer arrived whole with its head: one write, not three.
             if trailers?.isEmpty ?? true {
@@ -530,7 +609,7 @@ public final class Ingress: Sendable {
                 if body.readableBytes > 0 { try await writer.write(body) }
                 try await writer.finish(trailers: trailers)
             }
-            return .answered(response.head.status.code)
+            return
         }
         try await writer.writeHead(response.head)
         // From here an error can only cut the body short (the head went out already).
@@ -538,7 +617,6 @@ public final class Ingress: Sendable {
             try await writer.write(chunk)
         }
         try await writer.finish(trailers: response.body.trailers)
-        return .answered(response.head.status.code)
     }
 
     private func text(_ writer: any HTTPResponseWriter, _ status: HTTPResponse.Status, _ message: String) async throws {

@@ -272,13 +272,29 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
         // While shutting down or closing, a pipelined request is left unanswered: the connection
         // closes after the response before it (RFC 9112 §9.6), and the client retries elsewhere.
         guard self.lifecycle == .open, self.exchange == nil else { return }
+        let hasBody = head.headers.isChunked || (head.headers.contentLength ?? 0) > 0
+        let exchange = self.beginExchange(head, hasBody: hasBody, context: context)
+        guard let method = HTTPRequest.Method(head.method.rawValue) else {
+            self.refuse(exchange, status: .badRequest, message: "malformed request method\n")
+            return
+        }
+        if let problem = self.framingProblem(head) {
+            self.refuse(exchange, status: problem.status, message: problem.message)
+            return
+        }
+        guard let request = self.serverRequest(head, method: method, hasBody: hasBody, exchange: exchange) else { return }
+        self.startHandler(request, exchange: exchange, context: context)
+    }
+
+    /// The exchange of a new request: the connection's timers stop, and a body is read into the
+    /// exchange's source (with the body timer running) as its handler consumes it.
+    private func beginExchange(_ head: HTTPRequestHead, hasBody: Bool, context: ChannelHandlerContext) -> Exchange {
         self.idleTimer?.cancel()
         self.idleTimer = nil
         self.headTimer?.cancel()
         self.headTimer = nil
         self.nextExchangeID &+= 1
         let id = self.nextExchangeID
-        let hasBody = head.headers.isChunked || (head.headers.contentLength ?? 0) > 0
         let source: InboundBodySource
         if hasBody {
             let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
@@ -296,36 +312,46 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
         let exchange = Exchange(id: id, head: head, source: source, expectsContinue: expectsContinue)
         self.exchange = exchange
         if hasBody { self.armBodyTimer(id) }
+        return exchange
+    }
 
-        guard let method = HTTPRequest.Method(head.method.rawValue) else {
-            exchange.handlerDone = true
-            exchange.closeAfterResponse = true
-            self.respondNow(exchange, status: .badRequest, message: "malformed request method\n")
-            return
+    /// Why a request cannot be framed or served at all, with its status: too many header
+    /// fields; more than one Host (RFC 9112 §3.2); a transfer coding that does not end in
+    /// chunked, an empty one included, which leaves the body's length unknown (RFC 9112 §6.3).
+    private func framingProblem(_ head: HTTPRequestHead) -> (status: HTTPResponse.Status, message: String)? {
+        if head.headers.count > self.configuration.maxHeaderCount {
+            return (.requestHeaderFieldsTooLarge, "more than \(self.configuration.maxHeaderCount) header fields\n")
         }
-        guard head.headers.count <= self.configuration.maxHeaderCount else {
-            exchange.handlerDone = true
-            exchange.closeAfterResponse = true
-            self.respondNow(
-                exchange, status: .requestHeaderFieldsTooLarge,
-                message: "more than \(self.configuration.maxHeaderCount) header fields\n")
-            return
+        if head.headers["host"].count > 1 {
+            return (.badRequest, "more than one Host header field\n")
         }
-        // RFC 9112 §3.2: more than one Host is a bad request; RFC 9112 §6.3: a transfer coding
-        // that does not end in chunked (an empty one included) leaves the body's length unknown.
-        let hosts = head.headers["host"]
-        if hosts.count > 1 || !Self.hasUsableTransferCoding(head.headers) {
-            exchange.handlerDone = true
-            exchange.closeAfterResponse = true
-            let message = hosts.count > 1 ? "more than one Host header field\n" : "a Transfer-Encoding that does not end in chunked\n"
-            self.respondNow(exchange, status: .badRequest, message: message)
-            return
+        if !Self.hasUsableTransferCoding(head.headers) {
+            return (.badRequest, "a Transfer-Encoding that does not end in chunked\n")
         }
+        return nil
+    }
+
+    /// Answers a request that is refused before its handler runs, and closes the connection
+    /// after the answer (what follows it on the connection cannot be trusted).
+    private func refuse(_ exchange: Exchange, status: HTTPResponse.Status, message: String) {
+        exchange.handlerDone = true
+        exchange.closeAfterResponse = true
+        self.respondNow(exchange, status: status, message: message)
+    }
+
+    /// The request as handlers see it, whichever protocol carried it; nil when its body's
+    /// content coding is unsupported (then it is answered 415 here).
+    private func serverRequest(
+        _ head: HTTPRequestHead,
+        method: HTTPRequest.Method,
+        hasBody: Bool,
+        exchange: Exchange
+    ) -> HTTPServerRequest? {
         var fields = HTTPFields(converting: head.headers)
         // The authority travels as the request's `authority` (HTTP/2's :authority), not as a
         // field, so that a request reads the same whichever protocol carried it.
         fields[values: HTTPField.Name("host")!] = []
-        var authority = hosts.first
+        var authority = head.headers["host"].first
         var path = head.uri
         if let absolute = Self.absoluteForm(head.uri) {
             // RFC 9112 §3.2.2: a server accepts the absolute form, and its authority wins over Host.
@@ -341,13 +367,13 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
                 self.respondNow(
                     exchange, status: .unsupportedMediaType,
                     message: "unsupported content-encoding '\(encoding)'; send gzip, deflate or identity\n")
-                return
+                return nil
             }
             decoding = coding
             fields[.contentEncoding] = nil
             fields[.contentLength] = nil
         }
-        let request = HTTPServerRequest(
+        return HTTPServerRequest(
             head: HTTPRequest(
                 method: method,
                 scheme: "http",
@@ -355,10 +381,16 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
                 path: path,
                 headerFields: fields
             ),
-            body: HTTPBody(source: source, decoding: decoding, decodeLimit: self.configuration.maxDecompressedBodySize),
+            body: HTTPBody(source: exchange.source, decoding: decoding, decodeLimit: self.configuration.maxDecompressedBodySize),
             remoteAddress: self.remoteAddress,
             hasBody: hasBody
         )
+    }
+
+    /// Runs the handler in a task of its own (on this loop's executor), and asks for the body
+    /// with 100 Continue if the client waits for that and the handler has not answered first.
+    private func startHandler(_ request: HTTPServerRequest, exchange: Exchange, context: ChannelHandlerContext) {
+        let id = exchange.id
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let writer = HTTP1ResponseWriter(connection: loopBound, exchangeID: id)
         let handler = self.handler
@@ -372,7 +404,7 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
                 loopBound.performLater { $0.handlerFailed(id, error: error) }
             }
         }
-        if expectsContinue {
+        if case .pending = exchange.continueState {
             // The handler's task runs first on this loop, until it first waits: for a handler
             // that wants the body, that is its first read. If by then it has not answered, the
             // client is told to send the body (RFC 9110 §10.1.1). A handler that answers at once

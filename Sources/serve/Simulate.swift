@@ -96,7 +96,7 @@ struct Simulate: ParsableCommand {
             do {
                 // Drawn from rows at tick resolution (the same run), so steps show where they happen.
                 let fine = simulator.run(step: simulator.tick)
-                try SimulationReport.svg(fine, mode: trace.mode, title: title)
+                try SimulationChart.chart(fine, mode: trace.mode, title: title).svg()
                     .write(toFile: plot, atomically: true, encoding: .utf8)
             } catch {
                 throw SimulateError(message: "cannot write \(plot): \(error.localizedDescription)")

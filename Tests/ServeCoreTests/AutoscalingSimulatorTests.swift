@@ -3,10 +3,6 @@ import Testing
 
 @testable import ServeCore
 
-#if canImport(FoundationXML)
-import FoundationXML
-#endif
-
 @Suite("Autoscaling simulator")
 struct AutoscalingSimulatorTests {
     /// The deployment of examples/autoscale.yaml (and of the integration test), with overrides.
@@ -298,78 +294,5 @@ struct AutoscalingSimulatorTests {
         #expect(SimulationFormat.fixed(0.05, 2) == "0.05")
         #expect(SimulationFormat.seconds(4.0) == "4")
         #expect(SimulationFormat.seconds(1.26) == "1.3")
-        #expect(SimulationReport.ticks(upTo: 52, whole: false, count: 10) == [0, 10, 20, 30, 40, 50, 60])
-        #expect(SimulationReport.ticks(upTo: 4, whole: true) == [0, 1, 2, 3, 4])
-        #expect(SimulationReport.ticks(upTo: 0, whole: true) == [0, 1])
-    }
-
-    @Test("the SVG is well-formed XML with the five series and both charts")
-    func svg() throws {
-        let trace = try LoadTrace.parse(csv: Self.stepTrace)
-        let simulator = AutoscalingSimulator(deployment: try self.deployment(), trace: trace, startup: 0)
-        let rows = simulator.run(step: simulator.tick)
-        let svg = SimulationReport.svg(rows, mode: trace.mode, title: "busy/B <step> & co")
-        let collector = SVGCollector()
-        let parser = XMLParser(data: Data(svg.utf8))
-        parser.delegate = collector
-        #expect(parser.parse(), "\(parser.parserError.map { "\($0)" } ?? "")")
-        #expect(collector.root == "svg")
-        #expect(collector.groups.isSuperset(of: ["requests", "replicas"]))
-        #expect(Set(collector.polylines.keys) == ["load", "ongoing", "queued", "target", "running"])
-        for (id, points) in collector.polylines {
-            #expect(points.count >= rows.count, "\(id): \(points.count) points")
-            #expect(points.allSatisfy { $0.x >= 0 && $0.x <= 960 && $0.y >= 0 && $0.y <= 620 }, "\(id)")
-        }
-        // Step lines: two points per change after the first.
-        #expect(collector.polylines["target"]?.count == 2 * rows.count - 1)
-        // The target's highest point (4 replicas) sits above its lowest (1).
-        let targetYs = collector.polylines["target"]?.map(\.y) ?? []
-        #expect((targetYs.min() ?? 0) < (targetYs.max() ?? 0))
-        #expect(collector.texts.contains("time (s)"))
-        #expect(collector.texts.contains("replicas"))
-        #expect(collector.texts.contains("load (clients)"))
-        #expect(collector.texts.contains("busy/B <step> & co"))
-    }
-}
-
-/// Collects what the SVG test checks: the root, group ids, polylines' points, texts.
-private final class SVGCollector: NSObject, XMLParserDelegate {
-    var root: String?
-    var groups: Set<String> = []
-    var polylines: [String: [(x: Double, y: Double)]] = [:]
-    var texts: Set<String> = []
-    private var text: String?
-
-    func parser(
-        _ parser: XMLParser, didStartElement elementName: String, namespaceURI: String?,
-        qualifiedName qName: String?, attributes attributeDict: [String: String] = [:]
-    ) {
-        if self.root == nil { self.root = elementName }
-        switch elementName {
-        case "g":
-            if let id = attributeDict["id"] { self.groups.insert(id) }
-        case "polyline":
-            let points = (attributeDict["points"] ?? "").split(separator: " ").compactMap { pair -> (x: Double, y: Double)? in
-                let parts = pair.split(separator: ",")
-                guard parts.count == 2, let x = Double(parts[0]), let y = Double(parts[1]) else { return nil }
-                return (x, y)
-            }
-            self.polylines[attributeDict["id"] ?? "?"] = points
-        case "text":
-            self.text = ""
-        default:
-            break
-        }
-    }
-
-    func parser(_ parser: XMLParser, foundCharacters string: String) {
-        self.text? += string
-    }
-
-    func parser(_ parser: XMLParser, didEndElement elementName: String, namespaceURI: String?, qualifiedName qName: String?) {
-        if elementName == "text", let text = self.text {
-            self.texts.insert(text)
-            self.text = nil
-        }
     }
 }
