@@ -80,7 +80,11 @@ let package = Package(
         ),
         .target(
             name: "ServeHead",
-            dependencies: ["ServeCore", "ServeWire", "ServeProto", "ServeProxy", "Serve"],
+            dependencies: [
+                "ServeCore", "ServeWire", "ServeProto", "ServeProxy", "Serve",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: strict
         ),
         /// Forks a replica's child with every descriptor close-on-exec and a parent-death signal
@@ -92,12 +96,18 @@ let package = Package(
                 "ServeCore", "ServeWire", "ServeProto", "Serve", "ServeProxy", "CServeSpawn",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
         ),
         .target(
             name: "ServeEmbedded",
-            dependencies: ["ServeHead", "ServeWorker", "ServeCore"],
+            dependencies: [
+                "ServeHead", "ServeWorker", "ServeCore",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: strict
         ),
         .executableTarget(
@@ -166,6 +176,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict
         ),
