@@ -3,15 +3,17 @@ import Logging
 import ServeCore
 import ServeHead
 import ServeWorker
+import ServiceLifecycle
+import UnixSignals
 
 /// A head plus, unless it gets no CPUs, a worker in the same process that hosts replicas with
 /// the machine's resources, like a Ray head node: one process is a whole working cluster. The
 /// worker reaches the head over loopback like any other worker, so the two still meet only on
-/// the wire (this is the one module that links both).
+/// the wire (this is the one module that links both). `run` runs both in the head's
+/// `ServiceGroup`.
 public final class EmbeddedCluster: Sendable {
     public let head: HeadRuntime
     public let worker: WorkerNode?
-    private let workerTask: Task<Void, Never>?
 
     /// The head node's own resources (the flags of `serve-head`).
     public struct LocalResources: Sendable {
@@ -32,7 +34,7 @@ public final class EmbeddedCluster: Sendable {
     ) async throws -> EmbeddedCluster {
         let head = try await HeadRuntime.start(options, logger: logger)
         guard resources.numCPUs != 0 else {
-            return EmbeddedCluster(head: head, worker: nil, workerTask: nil)
+            return EmbeddedCluster(head: head, worker: nil)
         }
         let detected = NodeResources.detectedGPUs()
         let offered = NodeResources.make(
@@ -60,30 +62,26 @@ public final class EmbeddedCluster: Sendable {
         let shownHost = options.httpHost == "0.0.0.0" || options.httpHost == "::" ? "127.0.0.1" : options.httpHost
         workerOptions.proxy = .shared(address: "\(shownHost):\(head.httpPort)")
         let worker = WorkerNode(options: workerOptions, logger: Logger(label: "serve.worker"), sharedIngress: head.ingress)
-        let task = Task {
-            do {
-                try await worker.run()
-            } catch {
-                logger.error("the head's worker stopped", metadata: ["error": "\(error)"])
-            }
-        }
-        return EmbeddedCluster(head: head, worker: worker, workerTask: task)
+        return EmbeddedCluster(head: head, worker: worker)
     }
 
-    private init(head: HeadRuntime, worker: WorkerNode?, workerTask: Task<Void, Never>?) {
+    private init(head: HeadRuntime, worker: WorkerNode?) {
         self.head = head
         self.worker = worker
-        self.workerTask = workerTask
     }
 
-    /// Stops the ingress (requests in flight finish), the applications (gracefully), the
-    /// worker, then the head.
-    public func shutdown() async {
-        await self.head.stopIngress()
-        await self.head.controller.deploy(ServeConfig(applications: []))
-        // The worker's run drains its replicas and returns.
-        self.worker?.stop()
-        await self.workerTask?.value
-        await self.head.shutdown()
+    /// Runs the head with its worker until the head shuts down gracefully (a signal in
+    /// `gracefulShutdownSignals`, `head.requestShutdown()`, `POST /api/serve/shutdown`): the
+    /// ingress stops (requests in flight finish), the applications stop (gracefully), the worker
+    /// drains and leaves, then the rest of the head stops (`HeadRuntime.run`). A part that fails
+    /// stops the others and its error is thrown.
+    /// `onReady` and `onShutdown`: as `HeadRuntime.run`'s.
+    public func run(
+        gracefulShutdownSignals: [UnixSignal] = [],
+        onReady: @escaping @Sendable () -> Void = {},
+        onShutdown: @escaping @Sendable () -> Void = {}
+    ) async throws {
+        try await self.head.run(
+            hosting: self.worker, gracefulShutdownSignals: gracefulShutdownSignals, onReady: onReady, onShutdown: onShutdown)
     }
 }

@@ -4,8 +4,9 @@ import ServeHead
 import ServeWorker
 
 /// The foreground life of a head process (`serve-head`, `serve run`): start, say where
-/// everything is, deploy a config if given, then stop cleanly on SIGINT/SIGTERM or
-/// `POST /api/serve/shutdown`.
+/// everything is, deploy a config if given, then run its parts in one `ServiceGroup` until
+/// SIGTERM, SIGINT or `POST /api/serve/shutdown` stops them gracefully (`HeadRuntime.run` says
+/// in what order). A second signal changes nothing: the shutdown already under way goes on.
 public enum ServeProcess {
     public static func runHead(
         options: HeadOptions,
@@ -41,31 +42,33 @@ public enum ServeProcess {
         let cluster = try await EmbeddedCluster.start(head: options, resources: resources)
         let head = cluster.head
         let out = FileHandle.standardOutput
-        func say(_ line: String) { out.write(Data((line + "\n").utf8)) }
-        say("\(banner) running")
-        say("  cluster port  \(options.clusterHost):\(head.clusterPort)   (serve-worker --address HOST:\(head.clusterPort))")
-        say("  HTTP ingress  http://\(displayHost(options.httpHost)):\(head.httpPort)")
-        say("  admin API     http://\(displayHost(options.adminHost)):\(head.adminPort)")
-        say("  token         \(head.tokenWasGiven ? "(given)" : head.token)")
-        say("  state dir     \(head.store.directory.path)")
+        @Sendable func say(_ line: String) { out.write(Data((line + "\n").utf8)) }
+        // Said once the head runs: its signals are trapped by then.
+        var lines = ["\(banner) running"]
+        lines.append("  cluster port  \(options.clusterHost):\(head.clusterPort)   (serve-worker --address HOST:\(head.clusterPort))")
+        lines.append("  HTTP ingress  http://\(displayHost(options.httpHost)):\(head.httpPort)")
+        lines.append("  admin API     http://\(displayHost(options.adminHost)):\(head.adminPort)")
+        lines.append("  token         \(head.tokenWasGiven ? "(given)" : head.token)")
+        lines.append("  state dir     \(head.store.directory.path)")
         if let restored = head.restoredConfig {
             for app in restored.applications {
-                say("  restored \(app.name) from the state dir: curl http://\(displayHost(options.httpHost)):\(head.httpPort)\(app.routePrefix)")
+                lines.append("  restored \(app.name) from the state dir: curl http://\(displayHost(options.httpHost)):\(head.httpPort)\(app.routePrefix)")
             }
         }
         if let nodes = options.nodeAutoscaling {
-            say("  node autoscaler  \(nodes.config.provider.kind) provider; node types \(nodes.config.nodeTypes.map(\.name).joined(separator: ", "))")
+            lines.append("  node autoscaler  \(nodes.config.provider.kind) provider; node types \(nodes.config.nodeTypes.map(\.name).joined(separator: ", "))")
         }
         if let config {
             for app in config.applications {
-                say("  deployed \(app.name): curl http://\(displayHost(options.httpHost)):\(head.httpPort)\(app.routePrefix)")
+                lines.append("  deployed \(app.name): curl http://\(displayHost(options.httpHost)):\(head.httpPort)\(app.routePrefix)")
             }
         }
-        let signals = SignalWatcher(signals: [SIGINT, SIGTERM]) { head.requestShutdown() }
-        await head.waitUntilShutdownRequested()
-        say("\(banner): shutting down (draining replicas)")
-        await cluster.shutdown()
-        withExtendedLifetime(signals) {}
+        let whereEverythingIs = lines.joined(separator: "\n")
+        try await cluster.run(
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            onReady: { say(whereEverythingIs) },
+            onShutdown: { say("\(banner): shutting down (draining replicas)") }
+        )
         say("\(banner): stopped")
     }
 

@@ -18,7 +18,8 @@ struct AdminAPI: Sendable {
     let store: StateStore
     let knownHandlers: Set<String>
     let logger: Logger
-    let onShutdown: @Sendable () -> Void
+    /// Shuts the head down gracefully (as SIGTERM does).
+    let onShutdown: @Sendable () async -> Void
     /// The node autoscaler, when the head has a cluster config.
     var nodeAutoscaler: NodeAutoscaler? = nil
 
@@ -75,7 +76,7 @@ struct AdminAPI: Sendable {
             // the state dir starts empty. (SIGTERM stops the head but keeps the config.)
             guard try await self.deploy(ServeConfig(httpOptions: await self.controller.config.httpOptions), writer) else { return }
             try await self.json(writer, .ok, ["result": "shutting down"])
-            self.onShutdown()
+            await self.onShutdown()
         case (.get, "/-/healthz"):
             try await self.json(writer, .ok, ["result": "ok"])
         default:

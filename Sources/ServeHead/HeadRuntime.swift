@@ -6,6 +6,8 @@ import Serve
 import ServeCore
 import ServeProxy
 import ServeWire
+import ServiceLifecycle
+import UnixSignals
 
 /// How a head starts (the flags of `serve-head`).
 public struct HeadOptions: Sendable {
@@ -46,8 +48,10 @@ public struct HeadOptions: Sendable {
     }
 }
 
-/// A running head: the cluster port (workers' control streams), the HTTP ingress, the admin
-/// API and the Serve controller. (`ServeEmbedded` adds the head's own worker.)
+/// A head: the cluster port (workers' control streams), the HTTP ingress, the admin API and the
+/// Serve controller. `start` binds the ports and restores the config; `run` runs the parts as
+/// services of one `ServiceGroup` until the head shuts down. (`ServeEmbedded` adds the head's
+/// own worker to that group.)
 public final class HeadRuntime: Sendable {
     public let controller: Controller
     public let ingress: Ingress
@@ -65,11 +69,8 @@ public final class HeadRuntime: Sendable {
     private let clusterServer: HTTP2Server
     private let httpServer: HTTPServer
     private let adminServer: HTTP1Server
-    private let tasks: NIOLockedValueBox<[Task<Void, Never>]>
     private let shutdownTimeout: Double
-    private let ingressStopped = NIOLockedValueBox(false)
-    private let stopped: AsyncStream<Void>
-    private let stop: AsyncStream<Void>.Continuation
+    private let shutdownRequests: ShutdownRequests
     private let logger: Logger
 
     public static func start(_ options: HeadOptions, logger: Logger = Logger(label: "serve.head")) async throws -> HeadRuntime {
@@ -96,19 +97,27 @@ public final class HeadRuntime: Sendable {
             await controller.deploy(saved)
             restored = saved
         }
-        let (stopped, stop) = AsyncStream<Void>.makeStream()
+        let shutdownRequests = ShutdownRequests()
 
         let cluster = ClusterService.router(controller: controller, token: token, logger: logger)
-        let clusterServer = try await HTTP2Server.bind(host: options.clusterHost, port: options.clusterPort) { request, writer in
-            if try await !cluster.handle(request, writer) { try await RPCRouter.unimplemented(request, writer) }
+        let clusterServer = try await ListenError.naming(
+            "the cluster port (--port)", host: options.clusterHost, port: options.clusterPort
+        ) {
+            try await HTTP2Server.bind(host: options.clusterHost, port: options.clusterPort) { request, writer in
+                if try await !cluster.handle(request, writer) { try await RPCRouter.unimplemented(request, writer) }
+            }
         }
         let clusterHost = options.clusterHost == "0.0.0.0" || options.clusterHost == "::" ? "127.0.0.1" : options.clusterHost
         let nodeAutoscaler = try options.nodeAutoscaling.map { setup in
             let context = NodeProviderContext(clusterAddress: "\(clusterHost):\(clusterServer.port)", token: token, stateDirectory: options.stateDirectory)
             return NodeAutoscaler(config: setup.config, provider: try setup.makeProvider(context), controller: controller, logger: logger)
         }
-        let httpServer = try await HTTPServer.bind(host: options.httpHost, port: options.httpPort) { request, writer in
-            try await ingress.handle(request, writer)
+        let httpServer = try await ListenError.naming(
+            "the HTTP ingress (--http-port)", host: options.httpHost, port: options.httpPort
+        ) {
+            try await HTTPServer.bind(host: options.httpHost, port: options.httpPort) { request, writer in
+                try await ingress.handle(request, writer)
+            }
         }
         let admin = AdminAPI(
             controller: controller,
@@ -118,11 +127,15 @@ public final class HeadRuntime: Sendable {
             store: store,
             knownHandlers: options.registry.names,
             logger: logger,
-            onShutdown: { stop.yield() },
+            onShutdown: { await shutdownRequests.request() },
             nodeAutoscaler: nodeAutoscaler
         )
-        let adminServer = try await HTTP1Server.bind(host: options.adminHost, port: options.adminPort) { request, writer in
-            try await admin.handle(request, writer)
+        let adminServer = try await ListenError.naming(
+            "the admin API (--admin-port)", host: options.adminHost, port: options.adminPort
+        ) {
+            try await HTTP1Server.bind(host: options.adminHost, port: options.adminPort) { request, writer in
+                try await admin.handle(request, writer)
+            }
         }
 
         let runtime = HeadRuntime(
@@ -136,12 +149,10 @@ public final class HeadRuntime: Sendable {
             clusterServer: clusterServer,
             httpServer: httpServer,
             adminServer: adminServer,
-            stopped: stopped,
-            stop: stop,
+            shutdownRequests: shutdownRequests,
             shutdownTimeout: options.shutdownTimeout,
             logger: logger
         )
-        runtime.startBackgroundTasks()
         return runtime
     }
 
@@ -156,8 +167,7 @@ public final class HeadRuntime: Sendable {
         clusterServer: HTTP2Server,
         httpServer: HTTPServer,
         adminServer: HTTP1Server,
-        stopped: AsyncStream<Void>,
-        stop: AsyncStream<Void>.Continuation,
+        shutdownRequests: ShutdownRequests,
         shutdownTimeout: Double,
         logger: Logger
     ) {
@@ -175,79 +185,99 @@ public final class HeadRuntime: Sendable {
         self.clusterPort = clusterServer.port
         self.httpPort = httpServer.port
         self.adminPort = adminServer.port
-        self.stopped = stopped
-        self.stop = stop
+        self.shutdownRequests = shutdownRequests
         self.logger = logger
-        self.tasks = NIOLockedValueBox([])
     }
 
-    private func startBackgroundTasks() {
-        let controller = self.controller
-        // The controller loop's tick: retries PENDING replicas, rolls updates forward.
-        let tick = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .seconds(1))
-                await controller.reconcile()
-            }
+    /// Runs the head until it shuts down gracefully (a signal in `gracefulShutdownSignals`,
+    /// `requestShutdown()`, `POST /api/serve/shutdown`), or until one of its parts fails (then
+    /// the others are cancelled and the error is thrown). Once per head.
+    ///
+    /// Its parts are the services of one `ServiceGroup`, which starts them together and stops
+    /// them one at a time in the reverse of this order (`services(hosting:)`):
+    ///
+    /// 1. the HTTP ingress stops accepting; open connections close after their current request,
+    ///    and requests in flight get up to `--shutdown-timeout-s`;
+    /// 2. the applications' replicas stop, on every node, each finishing its requests within
+    ///    `graceful_shutdown_timeout_s`; the config stays in the state dir;
+    /// 3. `node`, the node of this process (the embedded worker): it drains and leaves;
+    /// 4. the controller's timers (failure detector, application autoscaler, reconcile tick);
+    /// 5. the node autoscaler, which terminates the nodes it launched;
+    /// 6. the admin API, then the cluster port (workers' control streams).
+    ///
+    /// Then the ingress's connections to other nodes close. `onReady` runs once the group runs
+    /// (its signals trapped), `onShutdown` when its graceful shutdown begins (`Announcements`).
+    public func run(
+        hosting node: (any Service)? = nil,
+        gracefulShutdownSignals: [UnixSignal] = [],
+        onReady: @escaping @Sendable () -> Void = {},
+        onShutdown: @escaping @Sendable () -> Void = {}
+    ) async throws {
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: self.services(hosting: node) + [Announcements(ready: onReady, stopping: onShutdown)],
+                gracefulShutdownSignals: gracefulShutdownSignals,
+                logger: self.logger
+            )
+        )
+        await self.shutdownRequests.attach(group)
+        do {
+            try await group.run()
+        } catch {
+            self.logger.error("a part of the head failed; the others were stopped", metadata: ["error": "\(error)"])
+            await self.ingress.close()
+            throw error
         }
-        // The application autoscaler's loop: decisions in wall time, so a slow pass does not
-        // stretch the delays (Ray issue #62004).
-        let ingress = self.ingress
-        let autoscaler = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .milliseconds(100))
-                await controller.autoscale(waitingAtRouter: ingress.waitingRequests())
-            }
-        }
-        // The failure detector's timer, woken for the next ping or deadline: a silent node is
-        // declared DEAD within milliseconds of its heartbeat timeout.
-        let liveness = Task {
-            while !Task.isCancelled {
-                let wait = await controller.checkLiveness()
-                try? await Task.sleep(for: .milliseconds(Int(min(500, max(5, (wait * 1000).rounded(.up))))))
-            }
-        }
-        // The node autoscaler's loop (its own pace: a provider call can take seconds).
-        let nodeAutoscaler = self.nodeAutoscaler.map { nodes in Task { await nodes.run() } }
-        self.tasks.withLockedValue { $0 = [tick, autoscaler, liveness] + (nodeAutoscaler.map { [$0] } ?? []) }
-    }
-
-    /// Waits until `shutdown()` or `POST /api/serve/shutdown`.
-    public func waitUntilShutdownRequested() async {
-        for await _ in self.stopped { return }
-    }
-
-    public func requestShutdown() {
-        self.stop.yield()
-    }
-
-    /// The first step of a graceful shutdown (SIGTERM): the HTTP ingress stops accepting
-    /// connections, each open one closes after the request it is serving, and requests in
-    /// flight get up to `--shutdown-timeout-s` to finish (then their connections are closed).
-    /// Replicas keep serving until then.
-    public func stopIngress() async {
-        let first = self.ingressStopped.withLockedValue { stopped in
-            defer { stopped = true }
-            return !stopped
-        }
-        guard first else { return }
-        self.logger.info("no longer accepting HTTP requests; letting those in flight finish", metadata: ["timeout_s": "\(self.shutdownTimeout)"])
-        await self.httpServer.shutdown(gracePeriod: .milliseconds(Int64(self.shutdownTimeout * 1000)))
-    }
-
-    /// Stops everything: the ingress (in-flight requests finish), the replicas (gracefully),
-    /// then the other servers. The config stays in the state dir: a head started again on it
-    /// serves the same applications.
-    public func shutdown() async {
-        await self.stopIngress()
-        await self.controller.deploy(ServeConfig(httpOptions: await self.controller.config.httpOptions, applications: []))
-        let tasks = self.tasks.withLockedValue { $0 }
-        for task in tasks { task.cancel() }
-        await self.nodeAutoscaler?.shutdown()
-        await self.adminServer.shutdown(gracePeriod: .seconds(1))
-        await self.clusterServer.shutdown(gracePeriod: .seconds(1))
         await self.ingress.close()
-        self.stop.finish()
+    }
+
+    /// Shuts the head down gracefully, as SIGTERM does (before `run` too: it then starts and
+    /// stops at once).
+    public func requestShutdown() async {
+        await self.shutdownRequests.request()
+    }
+
+    /// The head's parts in the order they start (they stop in reverse: see `run`).
+    private func services(hosting node: (any Service)?) -> [any Service] {
+        let controller = self.controller
+        let ingress = self.ingress
+        let logger = self.logger
+        let shutdownTimeout = self.shutdownTimeout
+        var services: [any Service] = [
+            ServerService("cluster port", self.clusterServer, gracePeriod: .seconds(1), logger: logger),
+            ServerService("admin API", self.adminServer, gracePeriod: .seconds(1), logger: logger),
+        ]
+        // Its own pace: a provider call can take seconds.
+        if let nodeAutoscaler = self.nodeAutoscaler { services.append(nodeAutoscaler) }
+        services += [
+            // Retries PENDING replicas, rolls updates forward.
+            Ticker("reconcile tick") {
+                await controller.reconcile()
+                return .seconds(1)
+            },
+            // The application autoscaler: decisions in wall time, so a slow pass does not
+            // stretch the delays (Ray issue #62004).
+            Ticker("application autoscaler") {
+                await controller.autoscale(waitingAtRouter: ingress.waitingRequests())
+                return .milliseconds(100)
+            },
+            // The failure detector, woken for the next ping or deadline: a silent node is
+            // declared DEAD within milliseconds of its heartbeat timeout.
+            Ticker("failure detector") {
+                let wait = await controller.checkLiveness()
+                return .milliseconds(Int(min(500, max(5, (wait * 1000).rounded(.up)))))
+            },
+        ]
+        if let node { services.append(node) }
+        services.append(Applications(controller: controller, logger: logger))
+        let grace = TimeAmount.milliseconds(Int64(shutdownTimeout * 1000))
+        services.append(
+            ServerService("HTTP ingress", self.httpServer, gracePeriod: grace, logger: logger) {
+                logger.info(
+                    "no longer accepting HTTP requests; letting those in flight finish",
+                    metadata: ["timeout_s": "\(shutdownTimeout)"])
+            })
+        return services
     }
 
     /// The cluster token: the operator's, or the one the head keeps in its state dir (made on

@@ -1,5 +1,6 @@
 import Logging
 import ServeCore
+import ServiceLifecycle
 
 /// How a head autoscales its nodes (`serve-head --cluster-config`): the parsed cluster config
 /// and how to make its provider once the head knows its cluster address.
@@ -16,8 +17,9 @@ public struct NodeAutoscaling: Sendable {
 /// The node autoscaler's shell: once a second it gives `ServeCore.NodePlanner` what the
 /// controller and the provider see, and carries out what the planner decides (launch through
 /// the provider; drain through the controller, then terminate through the provider), recording
-/// every launch, termination and failure as an event with its reason.
-public actor NodeAutoscaler {
+/// every launch, termination and failure as an event with its reason. A part of the head's
+/// lifecycle (`Service`): it ticks until the head shuts down, then terminates the nodes it launched.
+public actor NodeAutoscaler: Service, CustomStringConvertible {
     private var planner: NodePlanner
     private let provider: any NodeProvider
     private let controller: Controller
@@ -41,12 +43,20 @@ public actor NodeAutoscaler {
         return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
     }
 
-    /// Ticks until cancelled.
-    public func run(interval: Duration = .seconds(1)) async {
-        while !Task.isCancelled {
-            await self.tick()
-            try? await Task.sleep(for: interval)
+    public nonisolated var description: String { "node autoscaler" }
+
+    /// Ticks once a second until the head shuts down gracefully, then terminates every node it
+    /// launched (a cluster without its head has no use for them); cancelled (the head is failing),
+    /// it stops ticking and leaves them.
+    public func run() async {
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                await self.tick()
+                try? await Task.sleep(for: .seconds(1))
+            }
         }
+        guard !Task.isCancelled else { return }
+        await self.shutdown()
     }
 
     /// One pass: observe, plan, act.
@@ -124,9 +134,8 @@ public actor NodeAutoscaler {
         await self.controller.recordNodeAutoscaling(before: before, after: after, reason: reason)
     }
 
-    /// Terminates every node this autoscaler launched (the head is shutting down: a cluster
-    /// without its head has no use for them).
-    public func shutdown() async {
+    /// Terminates every node this autoscaler launched (the head is shutting down).
+    private func shutdown() async {
         self.isShutDown = true
         let ids = self.planner.nodes.keys.sorted()
         guard !ids.isEmpty else { return }

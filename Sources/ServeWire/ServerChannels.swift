@@ -2,6 +2,12 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Limits of one listening socket, whatever its connections speak.
 public struct ListenerConfiguration: Sendable, Hashable {
     /// Client connections held at once. One past it is closed as soon as it is accepted, so a
@@ -128,9 +134,31 @@ public class ListeningServer: @unchecked Sendable {  // immutable: one `let` of 
 
     /// Number of open client connections.
     public var connectionCount: Int { self.channels.connectionCount }
+}
 
-    /// Waits until the listener closes (for programs whose whole job is serving).
-    public func closeFutureForever() async throws {
-        try await self.channels.serverChannel.closeFuture.get()
+/// A server that could not start listening, and the part of the program that wanted it: what a
+/// process stops with when one of its ports is taken ("the admin API (--admin-port) cannot
+/// listen on 127.0.0.1:8265: Address already in use").
+public struct ListenError: Error, CustomStringConvertible {
+    /// The part, and the flag that moves it.
+    public var part: String
+    public var host: String
+    public var port: Int
+    public var reason: String
+
+    public var description: String { "\(self.part) cannot listen on \(self.host):\(self.port): \(self.reason)" }
+
+    /// Runs `bind`, naming `part` in its error.
+    public static func naming<Server>(
+        _ part: String, host: String, port: Int, _ bind: () async throws -> Server
+    ) async throws -> Server {
+        do {
+            return try await bind()
+        } catch let error as IOError {
+            let reason = "\(String(cString: strerror(error.errnoCode))) (errno \(error.errnoCode))"
+            throw ListenError(part: part, host: host, port: port, reason: reason)
+        } catch {
+            throw ListenError(part: part, host: host, port: port, reason: "\(error)")
+        }
     }
 }

@@ -1,7 +1,11 @@
 import ArgumentParser
 import Foundation
+import Logging
 import Serve
 import ServeCore
+import ServeWire
+import ServiceLifecycle
+import UnixSignals
 
 /// The flags of `serve-worker --address HEAD:6380` (one per machine besides the head), shared
 /// by every worker binary: the stock one and custom ones that link their own deployments
@@ -95,17 +99,73 @@ public struct WorkerCommand: AsyncParsableCommand {
         options.proxy = .own(host: self.httpHost, port: self.httpPort)
         options.metricsPort = self.metricsPort
         let worker = WorkerNode(options: options)
-        FileHandle.standardOutput.write(Data("serve-worker \(options.nodeID) connecting to \(self.address) with \(options.resources)\n".utf8))
+        let connecting = "serve-worker \(options.nodeID) connecting to \(self.address) with \(options.resources)\n"
         // SIGTERM/SIGINT: report DRAINING; the head moves the replicas elsewhere and stops them
-        // here (in-flight requests finish); then exit. A second signal stops without waiting.
-        let running = Task { try await worker.run() }
-        let signals = SignalWatcher(signals: [SIGINT, SIGTERM]) { worker.stop() }
-        defer { withExtendedLifetime(signals) {} }
+        // here (in-flight requests finish); then exit 0. A second signal stops without waiting.
+        let services = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [
+                    StopsOnSecondSignal(worker, logger: worker.logger),
+                    Announcements(ready: { FileHandle.standardOutput.write(Data(connecting.utf8)) }),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: worker.logger
+            )
+        )
         do {
-            try await running.value
+            try await services.run()
         } catch let refused as WorkerRefused {
             FileHandle.standardError.write(Data("serve-worker: \(refused)\n".utf8))
             throw ExitCode(2)
+        }
+    }
+}
+
+/// A service whose graceful shutdown may be cut short by the operator: once the group shuts it
+/// down gracefully (the first SIGTERM or SIGINT), one more of either cancels it. The group itself
+/// stops listening after the first signal, so this is the one place that hears a second. For the
+/// worker that means: stop waiting for the head to move the replicas, stop them here (each still
+/// within its graceful_shutdown_timeout_s) and exit.
+struct StopsOnSecondSignal: Service, CustomStringConvertible {
+    let service: any Service
+    let logger: Logger
+    var description: String { "\(self.service)" }
+
+    init(_ service: any Service, logger: Logger) {
+        self.service = service
+        self.logger = logger
+    }
+
+    func run() async throws {
+        enum Outcome { case finished, signalledAgain, notShuttingDown }
+        try await withThrowingTaskGroup(of: Outcome.self) { group in
+            group.addTask {
+                try await self.service.run()
+                return .finished
+            }
+            group.addTask {
+                do {
+                    try await gracefulShutdown()
+                } catch {
+                    return .notShuttingDown
+                }
+                for await signal in await UnixSignalsSequence(trapping: .sigterm, .sigint) {
+                    self.logger.notice("\(signal) again: stopping now, without waiting for the drain")
+                    return .signalledAgain
+                }
+                return .notShuttingDown
+            }
+            while let outcome = try await group.next() {
+                switch outcome {
+                case .finished:
+                    group.cancelAll()
+                    return
+                case .signalledAgain:
+                    group.cancelAll()
+                case .notShuttingDown:
+                    break
+                }
+            }
         }
     }
 }

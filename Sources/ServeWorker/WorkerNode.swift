@@ -9,6 +9,7 @@ import ServeCore
 import ServeProto
 import ServeProxy
 import ServeWire
+import ServiceLifecycle
 
 /// How a worker starts: where the head is, what it offers, how it is reached.
 public struct WorkerOptions: Sendable {
@@ -103,7 +104,7 @@ public struct WorkerRefused: Error, CustomStringConvertible {
 /// stream to the head (register, heartbeats with per-replica queue lengths, replica state
 /// reports; the head sends start/stop/reconfigure on the same stream). It survives losing the
 /// head: it retries with backoff and registers again, keeping its replicas running.
-public final class WorkerNode: Sendable {
+public final class WorkerNode: Service, Sendable {
     public let options: WorkerOptions
     let logger: Logger
     private let replicas = NIOLockedValueBox<[String: Replica]>([:])
@@ -171,59 +172,82 @@ public final class WorkerNode: Sendable {
     /// The data plane's port, once `run` has bound it.
     public var dataPort: Int? { self.dataServer.withLockedValue { $0?.port } }
 
-    /// Serves until cancelled (then drains its replicas and returns), or until the head refuses
-    /// this worker (a wrong token).
+    /// The worker's whole life, as a `Service`: it serves until its `ServiceGroup` shuts down
+    /// gracefully (then it drains: `beginDrain`), until it is cancelled (then it leaves at once
+    /// and stops its replicas, each within its graceful_shutdown_timeout_s), or until the head
+    /// refuses this worker (a wrong token: it throws `WorkerRefused`) or a port cannot be bound.
     public func run() async throws {
+        let outcome: Result<Void, any Error>
+        do {
+            let dataPort = try await self.listen()
+            try await withTaskCancellationHandler {
+                try await withGracefulShutdownHandler {
+                    try await self.controlLoop(dataPort: dataPort)
+                } onGracefulShutdown: {
+                    self.beginDrain()
+                }
+            } onCancel: {
+                self.leave()
+            }
+            outcome = .success(())
+        } catch is CancellationError {
+            outcome = .success(())
+        } catch {
+            outcome = .failure(error)
+        }
+        // Not cut short by the cancellation that may have brought us here: each replica still
+        // gets its graceful_shutdown_timeout_s, and a child process its SIGTERM before SIGKILL.
+        await Task { await self.shutdown() }.value
+        try outcome.get()
+    }
+
+    /// Binds the data plane, the handle listener and the metrics endpoint; returns the data
+    /// plane's port. A port that is taken fails `run` with a `ListenError` naming its flag.
+    private func listen() async throws -> Int {
         // Responses to other nodes' proxies are compressed only where it pays (the proxy asks for
         // it only when it is not on loopback; `Compression.betweenNodes`).
         var dataPlane = HTTP2Configuration()
         dataPlane.compression = .betweenNodes
-        let server = try await HTTP2Server.bind(host: self.options.listenHost, port: self.options.port, configuration: dataPlane) { [self] request, writer in
-            try await self.serveData(request, writer)
+        let (host, port) = (self.options.listenHost, self.options.port)
+        let server = try await ListenError.naming("the data plane (--port)", host: host, port: port) {
+            try await HTTP2Server.bind(host: host, port: port, configuration: dataPlane) { [self] request, writer in
+                try await self.serveData(request, writer)
+            }
         }
         self.dataServer.withLockedValue { $0 = server }
         self.logger.info("worker data plane listening", metadata: ["port": "\(server.port)"])
         let handles = try await HandleListener.start(caller: self.ingress, logger: self.logger)
         self.handleListener.withLockedValue { $0 = handles }
-        if let port = self.options.metricsPort {
+        if let metricsPort = self.options.metricsPort {
             let ingress = self.ingress
-            let metrics = try await HTTP1Server.bind(host: self.options.listenHost, port: port) { request, writer in
-                guard request.head.path?.prefix(while: { $0 != "?" }) == "/metrics" else {
-                    try await writer.respond(HTTPResponse(status: .notFound), body: ByteBuffer(string: "see /metrics\n"))
-                    return
+            let metrics = try await ListenError.naming(
+                "the metrics endpoint (--metrics-port)", host: host, port: metricsPort
+            ) {
+                try await HTTP1Server.bind(host: host, port: metricsPort) { request, writer in
+                    guard request.head.path?.prefix(while: { $0 != "?" }) == "/metrics" else {
+                        try await writer.respond(HTTPResponse(status: .notFound), body: ByteBuffer(string: "see /metrics\n"))
+                        return
+                    }
+                    try await writer.respond(
+                        HTTPResponse(status: .ok, headerFields: [.contentType: "text/plain; version=0.0.4"]),
+                        body: ByteBuffer(string: ingress.prometheusLines().joined(separator: "\n") + "\n"))
                 }
-                try await writer.respond(
-                    HTTPResponse(status: .ok, headerFields: [.contentType: "text/plain; version=0.0.4"]),
-                    body: ByteBuffer(string: ingress.prometheusLines().joined(separator: "\n") + "\n"))
             }
             self.metricsServer.withLockedValue { $0 = metrics }
             self.logger.info("metrics at /metrics", metadata: ["port": "\(metrics.port)"])
         }
-        do {
-            try await self.controlLoop(dataPort: server.port)
-        } catch is CancellationError {
-            // Asked to stop: drain below.
-        } catch {
-            await self.shutdown()
-            throw error
-        }
-        await self.shutdown()
+        return server.port
     }
 
-    /// Asks `run` to finish gracefully (SIGTERM): the worker reports DRAINING, the head starts
-    /// replacements for its replicas elsewhere and then stops them here (in-flight requests
-    /// finish), and once nothing is left (or `drainTimeout` passed, or the head is unreachable)
-    /// `run` stops what remains and returns.
-    public func stop() {
+    /// The graceful shutdown (SIGTERM: the group's graceful shutdown reaches `run`): the worker
+    /// reports DRAINING, the head starts replacements for its replicas elsewhere and then stops
+    /// them here (in-flight requests finish), and once nothing is left (or `drainTimeout` passed,
+    /// or the head is unreachable) `run` stops what remains and returns.
+    private func beginDrain() {
         let hosted = self.hostedCount
         let connected = self.isRegistered
-        let (again, directives) = self.drain.withLockedValue { drain -> (Bool, [NodeDrain.Directive]) in
-            let again = drain.isDraining || drain.isDone
-            return (again, drain.begin(now: Self.now, timeout: self.options.drainTimeout.seconds, replicas: hosted, connected: connected))
-        }
-        if again {
-            self.logger.info("asked to stop again: leaving without waiting for the drain")
-            return self.leave()
+        let directives = self.drain.withLockedValue {
+            $0.begin(now: Self.now, timeout: self.options.drainTimeout.seconds, replicas: hosted, connected: connected)
         }
         // Load balancers see the proxy going (503 on /-/healthz) while it still serves.
         self.ingress.setDraining(true)
@@ -272,8 +296,8 @@ public final class WorkerNode: Sendable {
     /// Seconds on the process's monotonic clock: the time input of the ServeCore machines.
     static var now: Double { MonotonicTime.now }
 
-    /// Stops every replica (gracefully) and the data plane.
-    public func shutdown() async {
+    /// Stops every replica (gracefully) and the data plane: the end of `run`.
+    private func shutdown() async {
         self.stopping.withLockedValue { $0 = true }
         await self.stopProxy()
         await self.metricsServer.withLockedValue { $0 }?.shutdown(gracePeriod: .seconds(1))

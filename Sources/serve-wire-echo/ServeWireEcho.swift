@@ -1,12 +1,15 @@
 import ArgumentParser
 import Foundation
 import HTTPTypes
+import Logging
 import NIOCore
 import NIOPosix
 import ServeWire
+import ServiceLifecycle
 
 /// `serve-wire-echo`: the ServeWire HTTP/2 server answering every request with its own body
 /// (or, for a request without one, its path). Used by the interop tests and `benchmarks/wire`.
+/// SIGTERM or SIGINT: it stops accepting, lets the requests in flight finish, and exits 0.
 @main
 struct ServeWireEcho: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -24,8 +27,8 @@ struct ServeWireEcho: AsyncParsableCommand {
     var threads: Int = System.coreCount
 
     func run() async throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: self.threads)
-        let server = try await HTTP2Server.bind(host: self.host, port: self.port, eventLoopGroup: group) { request, writer in
+        let eventLoops = MultiThreadedEventLoopGroup(numberOfThreads: self.threads)
+        let server = try await HTTP2Server.bind(host: self.host, port: self.port, eventLoopGroup: eventLoops) { request, writer in
             var fields = HTTPFields()
             fields[.contentType] = request.head.headerFields[.contentType] ?? "application/octet-stream"
             if request.head.method == .get || request.head.method == .head {
@@ -39,7 +42,16 @@ struct ServeWireEcho: AsyncParsableCommand {
             try await writer.finish(trailers: request.body.trailers)
         }
         // Written unbuffered: scripts and tests wait for this line to know the port.
-        FileHandle.standardOutput.write(Data("serve-wire-echo listening on \(self.host):\(server.port)\n".utf8))
-        try await server.closeFutureForever()
+        let listening = "serve-wire-echo listening on \(self.host):\(server.port)\n"
+        let services = ServiceGroup(
+            services: [
+                ServerService("echo server", server, gracePeriod: .seconds(5)),
+                Announcements(ready: { FileHandle.standardOutput.write(Data(listening.utf8)) }),
+            ],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: Logger(label: "serve-wire-echo")
+        )
+        try await services.run()
+        try await eventLoops.shutdownGracefully()
     }
 }

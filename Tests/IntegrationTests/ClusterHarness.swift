@@ -134,7 +134,8 @@ final class TestCluster: @unchecked Sendable {
         let head = try Child("serve-head", arguments, environment: environment)
         let banner = try await head.waitForOutput(matching: "  state dir ")
         func port(after label: String) throws -> Int {
-            guard let line = banner.split(separator: "\n").first(where: { $0.contains(label) }),
+            // The banner's own line (a debug log line may name the part too).
+            guard let line = banner.split(separator: "\n").first(where: { $0.hasPrefix("  \(label)") }),
                 let match = line.firstMatch(of: /:(\d+)/), let port = Int(match.1)
             else { throw HarnessFailure("no port for '\(label)' in:\n\(banner)") }
             return port

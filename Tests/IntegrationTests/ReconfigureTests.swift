@@ -61,13 +61,7 @@ struct ReconfigureTests {
     func hangingReconfigure() async throws {
         let state = FileManager.default.temporaryDirectory.appendingPathComponent("serve-reconfigure-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: state) }
-        var options = HeadOptions(stateDirectory: state)
-        options.clusterHost = "127.0.0.1"
-        options.clusterPort = 0
-        options.httpHost = "127.0.0.1"
-        options.httpPort = 0
-        options.adminPort = 0
-        options.token = "reconfigure-token"
+        let options = HeadOptions.loopback(state: state, token: "reconfigure-token")
         let head = try await HeadRuntime.start(options)
         var registry = DeploymentRegistry.builtIn
         registry.register("stubborn") { _ in Stubborn() }
@@ -76,7 +70,8 @@ struct ReconfigureTests {
                 headHost: "127.0.0.1", headPort: head.clusterPort, token: "reconfigure-token", nodeID: "patient",
                 resources: ResourceSet([ResourceSet.cpu: 2]), listenHost: "127.0.0.1",
                 heartbeatInterval: .milliseconds(200), headTimeout: .seconds(1), registry: registry))
-        let running = Task { try await worker.run() }
+        // The worker is the head's own node here: it stops in the head's order.
+        let running = Task { try await head.run(hosting: worker) }
         do {
             await head.controller.deploy(try Self.config(version: 1))
             try await Self.waitFor("both replicas running", head) {
@@ -100,17 +95,16 @@ struct ReconfigureTests {
             #expect(await head.controller.nodeStates["patient"] == .alive)
             #expect(await Self.replicaIDs(head, "steady", "Steady") == steady, "the other replica on the node should run on")
         } catch {
-            await Self.stop(head, worker, running)
+            await Self.stop(head, running)
             throw error
         }
-        await Self.stop(head, worker, running)
+        await Self.stop(head, running)
     }
 
-    /// As `EmbeddedCluster.shutdown`: the applications first, then the worker leaves, then the head.
-    static func stop(_ head: HeadRuntime, _ worker: WorkerNode, _ running: Task<Void, any Error>) async {
-        await head.stopIngress()
-        await head.controller.deploy(ServeConfig(applications: []))
-        worker.stop()
+    /// The head's graceful shutdown: the applications first, then the worker leaves, then the
+    /// rest of the head (`HeadRuntime.run`).
+    static func stop(_ head: HeadRuntime, _ running: Task<Void, any Error>) async {
+        await head.requestShutdown()
         // Bounded: a worker stuck in user code on its control loop (the fault this suite
         // guards against) would never return, and the test must fail rather than hang.
         let stopped: Bool = await withCheckedContinuation { continuation in
@@ -124,7 +118,6 @@ struct ReconfigureTests {
             Task { _ = await running.result; finish(true) }
             Task { try? await Task.sleep(for: .seconds(15)); finish(false) }
         }
-        #expect(stopped, "the worker did not stop within 15 s")
-        await head.shutdown()
+        #expect(stopped, "the head and its worker did not stop within 15 s")
     }
 }

@@ -29,25 +29,22 @@ struct SwiftHealthCheckTests {
     func withCluster(_ body: (EmbeddedCluster) async throws -> Void) async throws {
         let state = FileManager.default.temporaryDirectory.appendingPathComponent("serve-health-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: state) }
-        var options = HeadOptions(stateDirectory: state)
-        options.clusterHost = "127.0.0.1"
-        options.clusterPort = 0
-        options.httpHost = "127.0.0.1"
-        options.httpPort = 0
-        options.adminPort = 0
-        options.token = "health-token"
+        var options = HeadOptions.loopback(state: state, token: "health-token")
         options.registry.register("moody") { _ in Moody() }
         var resources = EmbeddedCluster.LocalResources()
         resources.numCPUs = 2
         resources.numGPUs = 0
         let cluster = try await EmbeddedCluster.start(head: options, resources: resources)
+        let running = Task { try await cluster.run() }
         do {
             try await body(cluster)
         } catch {
-            await cluster.shutdown()
+            await cluster.head.requestShutdown()
+            _ = await running.result
             throw error
         }
-        await cluster.shutdown()
+        await cluster.head.requestShutdown()
+        try await running.value
     }
 
     func runningReplica(_ cluster: EmbeddedCluster) async -> String? {
