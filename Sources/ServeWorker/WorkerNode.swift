@@ -526,11 +526,45 @@ public final class WorkerNode: Service, Sendable {
         return register
     }
 
+    /// One control stream: dial, register, then heartbeats, state reports and the head's
+    /// silence watched beside the head's messages, until the stream or the connection ends.
     private func connectOnce(dataPort: Int, onRegistered: () -> Void) async throws {
         let connection = try await HTTP2ClientConnection.connect(host: self.options.headHost, port: self.options.headPort)
         self.controlConnection.withLockedValue { $0 = connection }
         defer { Task { await connection.closeNow() } }
         if self.isStopping { return }
+        let (call, send) = try await self.openControlStream(on: connection)
+        var responses = try await call.responses().makeAsyncIterator()
+        let answer = try await self.register(dataPort: dataPort, on: connection, send: send, answers: &responses)
+        onRegistered()
+        self.registered.withLockedValue { $0 = true }
+        defer { self.registered.withLockedValue { $0 = false } }
+        self.logger.info("registered with the head", metadata: ["head": "\(self.options.headHost):\(self.options.headPort)"])
+        let interval = answer.heartbeatIntervalMs > 0 ? Duration.milliseconds(Int(answer.heartbeatIntervalMs)) : self.options.heartbeatInterval
+        let lastHeard = NIOLockedValueBox(ContinuousClock.now)
+
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await self.watchForSilence(of: connection, lastHeard: lastHeard) }
+            let kick = self.sendHeartbeats(in: &group, every: interval, send: send)
+            self.sendHeartbeatNow.withLockedValue { $0 = kick }
+            defer { self.sendHeartbeatNow.withLockedValue { $0 = nil } }
+            let wake = self.sendStateReports(in: &group, send: send)
+            self.reports.withLockedValue { $0.wake = wake }
+            wake.yield()  // what piled up while disconnected
+            defer { self.reports.withLockedValue { $0.wake = nil } }
+            // The head closing the stream (or the connection failing) ends this try.
+            defer { group.cancelAll() }
+            while let message = try await responses.next() {
+                lastHeard.withLockedValue { $0 = .now }
+                try await self.handle(message, send: send)
+            }
+        }
+    }
+
+    /// The control call on `connection`, and how to send on it (each message numbered).
+    private func openControlStream(
+        on connection: HTTP2ClientConnection
+    ) async throws -> (RPCBidirectionalCall<PBWorkerMessage, PBHeadMessage>, @Sendable (PBWorkerMessage) async throws -> Void) {
         let client = RPCClient(connection: connection, metadata: [.authorization: "Bearer \(self.options.token)"])
         let call = try await client.bidirectional(
             ControlPaths.connect, requestType: PBWorkerMessage.self, responseType: PBHeadMessage.self)
@@ -540,93 +574,94 @@ public final class WorkerNode: Service, Sendable {
             message.sequence = sequence.withLockedValue { $0 += 1; return $0 }
             try await call.send(message)
         }
+        return (call, send)
+    }
 
+    /// Sends the registration and reads the head's answer; a refusal throws `WorkerRefused`.
+    private func register(
+        dataPort: Int, on connection: HTTP2ClientConnection, send: @Sendable (PBWorkerMessage) async throws -> Void,
+        answers: inout RPCInbound<PBHeadMessage>.AsyncIterator
+    ) async throws -> PBRegisterAnswer {
         let register = self.registration(dataPort: dataPort, localAddress: connection.localAddress?.ipAddress ?? "127.0.0.1")
         self.advertisedHost.withLockedValue { $0 = register.address }
         try await send(PBWorkerMessage.with { $0.register = register })
-
-        var responses = try await call.responses().makeAsyncIterator()
-        guard let first = try await responses.next(), case .registerAnswer(let answer)? = first.kind else {
+        guard let first = try await answers.next(), case .registerAnswer(let answer)? = first.kind else {
             throw RPCError(.internal, "the head did not answer the registration")
         }
         guard answer.accepted else {
             throw WorkerRefused(description: "the head refused registration: \(answer.refusalReason)")
         }
-        onRegistered()
-        self.registered.withLockedValue { $0 = true }
-        defer { self.registered.withLockedValue { $0 = false } }
-        self.logger.info("registered with the head", metadata: ["head": "\(self.options.headHost):\(self.options.headPort)"])
-        let interval = answer.heartbeatIntervalMs > 0 ? Duration.milliseconds(Int(answer.heartbeatIntervalMs)) : self.options.heartbeatInterval
-        let lastHeard = NIOLockedValueBox(ContinuousClock.now)
-        let headTimeout = self.options.headTimeout
+        return answer
+    }
 
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            // The head pings every heartbeat interval: silence means the link or the head is
-            // gone without a closed socket to show it (a partition). Dial again.
-            group.addTask {
-                while true {
-                    try await Task.sleep(for: .milliseconds(100))
-                    let silent = ContinuousClock.now - lastHeard.withLockedValue { $0 }
-                    if silent > headTimeout {
-                        self.logger.warning("the head has been silent; dialling it again", metadata: ["silent": "\(silent)"])
-                        // Closing ends the read below (a read cannot be cancelled).
-                        await connection.closeNow()
-                        throw HeadSilent(description: "nothing from the head for \(silent) (--head-timeout-s \(headTimeout))")
-                    }
-                }
-            }
-            // Heartbeats: one every interval, and one at once for news the head should not
-            // wait for (a request waiting for a deployment with no replica, a replica holding
-            // other multiplexed models), at most one every 20 ms (a kick sooner is folded into
-            // the next). One task sends them all, so each carries the changes since the last.
-            let (kicks, kick) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
-            group.addTask {
-                while true {
-                    try await Task.sleep(for: interval)
-                    kick.yield()
-                }
-            }
-            group.addTask {
-                var told = HeartbeatMemory()
-                var number: UInt64 = 0
-                kick.yield()
-                for await _ in kicks {
-                    number += 1
-                    let heartbeat = await self.heartbeat(number, since: &told)
-                    try await send(PBWorkerMessage.with { $0.heartbeat = heartbeat })
-                    try await Task.sleep(for: .milliseconds(20))
-                }
-            }
-            self.sendHeartbeatNow.withLockedValue { $0 = { kick.yield() } }
-            defer { self.sendHeartbeatNow.withLockedValue { $0 = nil } }
-            let (wakes, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
-            self.reports.withLockedValue { $0.wake = wake }
-            wake.yield()  // what piled up while disconnected
-            defer { self.reports.withLockedValue { $0.wake = nil } }
-            group.addTask {
-                for await _ in wakes {
-                    let batch = self.reports.withLockedValue { pending in
-                        defer { pending.queue.removeAll() }
-                        return pending.queue
-                    }
-                    for (index, report) in batch.enumerated() {
-                        do {
-                            try await send(PBWorkerMessage.with { $0.replicaState = report })
-                        } catch {
-                            // Sent again on the next connection (the head ignores repeats).
-                            self.reports.withLockedValue { $0.queue.insert(contentsOf: batch[index...], at: 0) }
-                            throw error
-                        }
-                    }
-                }
-            }
-            // The head closing the stream (or the connection failing) ends this try.
-            defer { group.cancelAll() }
-            while let message = try await responses.next() {
-                lastHeard.withLockedValue { $0 = .now }
-                try await self.handle(message, send: send)
+    /// The head pings every heartbeat interval: silence means the link or the head is gone
+    /// without a closed socket to show it (a partition). Throws `HeadSilent` (dial again).
+    private func watchForSilence(of connection: HTTP2ClientConnection, lastHeard: NIOLockedValueBox<ContinuousClock.Instant>) async throws {
+        let headTimeout = self.options.headTimeout
+        while true {
+            try await Task.sleep(for: .milliseconds(100))
+            let silent = ContinuousClock.now - lastHeard.withLockedValue { $0 }
+            if silent > headTimeout {
+                self.logger.warning("the head has been silent; dialling it again", metadata: ["silent": "\(silent)"])
+                // Closing ends the read of the head's messages (a read cannot be cancelled).
+                await connection.closeNow()
+                throw HeadSilent(description: "nothing from the head for \(silent) (--head-timeout-s \(headTimeout))")
             }
         }
+    }
+
+    /// Heartbeats: one every interval, and one at once for news the head should not wait for (a
+    /// request waiting for a deployment with no replica, a replica holding other multiplexed
+    /// models), at most one every 20 ms (a kick sooner is folded into the next). One task sends
+    /// them all, so each carries the changes since the last. Returns the kick.
+    private func sendHeartbeats(
+        in group: inout ThrowingTaskGroup<Void, any Error>, every interval: Duration, send: @escaping @Sendable (PBWorkerMessage) async throws -> Void
+    ) -> @Sendable () -> Void {
+        let (kicks, kick) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        group.addTask {
+            while true {
+                try await Task.sleep(for: interval)
+                kick.yield()
+            }
+        }
+        group.addTask {
+            var told = HeartbeatMemory()
+            var number: UInt64 = 0
+            kick.yield()
+            for await _ in kicks {
+                number += 1
+                let heartbeat = await self.heartbeat(number, since: &told)
+                try await send(PBWorkerMessage.with { $0.heartbeat = heartbeat })
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        return { kick.yield() }
+    }
+
+    /// Sends the state reports, in order, each time it is woken (the returned continuation); a
+    /// report that cannot be sent waits, with those after it, for the next stream.
+    private func sendStateReports(
+        in group: inout ThrowingTaskGroup<Void, any Error>, send: @escaping @Sendable (PBWorkerMessage) async throws -> Void
+    ) -> AsyncStream<Void>.Continuation {
+        let (wakes, wake) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        group.addTask {
+            for await _ in wakes {
+                let batch = self.reports.withLockedValue { pending in
+                    defer { pending.queue.removeAll() }
+                    return pending.queue
+                }
+                for (index, report) in batch.enumerated() {
+                    do {
+                        try await send(PBWorkerMessage.with { $0.replicaState = report })
+                    } catch {
+                        // Sent again on the next connection (the head ignores repeats).
+                        self.reports.withLockedValue { $0.queue.insert(contentsOf: batch[index...], at: 0) }
+                        throw error
+                    }
+                }
+            }
+        }
+        return wake
     }
 
     /// What the head has been told on the current control stream, so a heartbeat carries only
@@ -755,6 +790,8 @@ public final class WorkerNode: Service, Sendable {
         return environment
     }
 
+    /// Starts a replica: its Swift deployment or child process, then RUNNING (or FAILED with
+    /// why). A stop that came while it started stops it at once.
     private func startReplica(_ start: PBStartReplica) async {
         let id = start.replicaID
         let fresh = self.starting.withLockedValue { starting in
@@ -767,55 +804,12 @@ public final class WorkerNode: Service, Sendable {
         self.report(id, .starting, "", specVersion: start.spec.version)
         var logger = self.logger
         logger[metadataKey: "serve.replica"] = "\(id)"
-        let environment = self.environment(for: start)
         let userConfig = start.spec.userConfigJson.isEmpty
             ? nil : try? JSONValue.parse(String(decoding: start.spec.userConfigJson, as: UTF8.self))
         let kick = self.sendHeartbeatNow
         let models = ReplicaModels(capacity: Multiplexing.maxModels(userConfig: userConfig)) { kick.withLockedValue { $0 }?() }
         do {
-            let body: Replica.ReplicaBody
-            switch start.spec.entrypoint {
-            case .handlerName(let name):
-                let context = ReplicaContext(
-                    replicaID: id,
-                    app: start.appName,
-                    deployment: start.deploymentName,
-                    nodeID: self.options.nodeID,
-                    grant: ResourceSet(quantitiesE4: start.grant.resources.quantitiesE4),
-                    gpuIDs: start.grant.gpuIds,
-                    environment: environment,
-                    userConfig: userConfig,
-                    caller: self.ingress,
-                    models: models
-                )
-                let instance = try await self.options.registry.make(name, context: context)
-                body = .swift(SwiftDeploymentBox(instance: instance))
-            case .command(let command):
-                var processEnvironment = ProcessInfo.processInfo.environment
-                processEnvironment["SERVE_TOKEN"] = nil
-                if let handles = self.handleListener.withLockedValue({ $0 }) {
-                    processEnvironment["SERVE_HANDLE_URL"] = handles.url
-                    processEnvironment["SERVE_HANDLE_TOKEN"] = handles.token
-                }
-                for (name, value) in environment { processEnvironment[name] = value }
-                let process = try await ProcessReplica.launch(
-                    replicaID: id,
-                    argv: command.argv,
-                    environment: processEnvironment,
-                    workingDirectory: start.spec.workingDir,
-                    healthPath: start.spec.healthPath,
-                    logDirectory: self.options.logDirectory,
-                    readyTimeout: .milliseconds(Int(max(start.spec.healthCheckTimeoutMs, 30_000))),
-                    logger: logger
-                ) { [self] status, tail in
-                    self.logger.warning("a replica process exited", metadata: ["serve.replica": "\(id)", "status": "\(status)"])
-                    self.replicas.withLockedValue { $0[id] = nil }
-                    self.report(id, .failed, "the process exited with status \(status); its output ends with:\n\(tail)", specVersion: start.spec.version)
-                }
-                body = .process(process)
-            case .none:
-                throw DeploymentError("the replica spec names neither a handler nor a command")
-            }
+            let body = try await self.makeBody(for: start, userConfig: userConfig, models: models, logger: logger)
             let replica = Replica(start: start, body: body, models: models, logger: logger)
             replica.setState(.running)
             // In `replicas` before it leaves `starting`, so a stop always finds it in one.
@@ -833,6 +827,56 @@ public final class WorkerNode: Service, Sendable {
         } catch {
             logger.error("replica failed to start", metadata: ["error": "\(error)"])
             self.report(id, .failed, "failed to start: \(error)", specVersion: start.spec.version)
+        }
+    }
+
+    /// What the replica runs: a Swift deployment made by the registry, in this process, or a
+    /// child process launched and waited for (its exit reports the replica FAILED).
+    private func makeBody(
+        for start: PBStartReplica, userConfig: JSONValue?, models: ReplicaModels, logger: Logger
+    ) async throws -> Replica.ReplicaBody {
+        let id = start.replicaID
+        let environment = self.environment(for: start)
+        switch start.spec.entrypoint {
+        case .handlerName(let name):
+            let context = ReplicaContext(
+                replicaID: id,
+                app: start.appName,
+                deployment: start.deploymentName,
+                nodeID: self.options.nodeID,
+                grant: ResourceSet(quantitiesE4: start.grant.resources.quantitiesE4),
+                gpuIDs: start.grant.gpuIds,
+                environment: environment,
+                userConfig: userConfig,
+                caller: self.ingress,
+                models: models
+            )
+            return .swift(SwiftDeploymentBox(instance: try await self.options.registry.make(name, context: context)))
+        case .command(let command):
+            var processEnvironment = ProcessInfo.processInfo.environment
+            processEnvironment["SERVE_TOKEN"] = nil
+            if let handles = self.handleListener.withLockedValue({ $0 }) {
+                processEnvironment["SERVE_HANDLE_URL"] = handles.url
+                processEnvironment["SERVE_HANDLE_TOKEN"] = handles.token
+            }
+            for (name, value) in environment { processEnvironment[name] = value }
+            let process = try await ProcessReplica.launch(
+                replicaID: id,
+                argv: command.argv,
+                environment: processEnvironment,
+                workingDirectory: start.spec.workingDir,
+                healthPath: start.spec.healthPath,
+                logDirectory: self.options.logDirectory,
+                readyTimeout: .milliseconds(Int(max(start.spec.healthCheckTimeoutMs, 30_000))),
+                logger: logger
+            ) { [self] status, tail in
+                self.logger.warning("a replica process exited", metadata: ["serve.replica": "\(id)", "status": "\(status)"])
+                self.replicas.withLockedValue { $0[id] = nil }
+                self.report(id, .failed, "the process exited with status \(status); its output ends with:\n\(tail)", specVersion: start.spec.version)
+            }
+            return .process(process)
+        case .none:
+            throw DeploymentError("the replica spec names neither a handler nor a command")
         }
     }
 
