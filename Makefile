@@ -20,7 +20,7 @@ apt_install = @missing=""; for p in $(1); do \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-.PHONY: deps bench-deps build release run test fuzz soak bench bench-wire bench-autoscaling bench-composition bench-batching protos lint clean
+.PHONY: deps bench-deps build release run test fuzz soak bench bench-wire bench-autoscaling bench-composition bench-batching bench-control-plane protos lint clean
 
 deps:
 	$(call apt_install,$(APT_PACKAGES))
@@ -93,6 +93,14 @@ bench-composition: release
 
 bench-batching: release
 	SKIP_BUILD=1 python3 benchmarks/batching.py
+
+# The control plane at scale (issue 16): a release serve-head with 100 to 1,000 simulated workers
+# (serve-control-sim, benchmarks/control-plane/sim) joining, at rest, losing 10% of their nodes,
+# through a rolling update and an autoscaling step (benchmarks/control_plane.py); writes
+# benchmarks/results/control-plane-latest.md and its section of benchmarks/README.md.
+# CP_QUICK=1 for a run of a few minutes (100 and 250 nodes); CP_PROFILE=1 adds perf profiles.
+bench-control-plane: release
+	SKIP_BUILD=1 python3 benchmarks/control_plane.py
 
 protos:
 	scripts/gen-protos.sh

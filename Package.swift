@@ -15,6 +15,7 @@ let package = Package(
         .executable(name: "serve", targets: ["serve"]),
         .executable(name: "serve-wire-echo", targets: ["serve-wire-echo"]),
         .executable(name: "serve-plot", targets: ["serve-plot"]),
+        .executable(name: "serve-control-sim", targets: ["serve-control-sim"]),
         .library(name: "Serve", targets: ["Serve"]),
         .library(name: "ServeWorker", targets: ["ServeWorker"]),
     ],
@@ -153,6 +154,22 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            swiftSettings: strict
+        ),
+        /// Simulated worker nodes against a real head: the control plane at scale
+        /// (benchmarks/control_plane.py).
+        .executableTarget(
+            name: "serve-control-sim",
+            dependencies: [
+                "ServeWire", "ServeProto", "ServeProxy", "ServeCore", "ServeWorker",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "benchmarks/control-plane/sim",
             swiftSettings: strict
         ),
         .testTarget(

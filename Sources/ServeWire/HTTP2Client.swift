@@ -46,7 +46,10 @@ public struct HTTP2ClientStream: Sendable {
 /// number of concurrent requests; past the server's SETTINGS_MAX_CONCURRENT_STREAMS they wait in
 /// nghttp2 for a free slot.
 public final class HTTP2ClientConnection: Sendable {
-    let channel: any Channel
+    /// The connection's channel, for tools that need the socket itself: the control-plane
+    /// simulator (benchmarks/control-plane) counts its bytes with a handler of its own, pauses
+    /// reading to play a partitioned node, and resets it (SO_LINGER 0) to play a crashed one.
+    public let channel: any Channel
     let connection: NIOLoopBound<HTTP2Connection>
     private let availability: NIOLockedValueBox<Bool>
 
