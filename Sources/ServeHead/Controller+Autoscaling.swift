@@ -20,40 +20,37 @@ extension Controller {
     /// it also samples every deployment for the dashboard's timeline (`DeploymentHistory`).
     public func autoscale(waitingAtRouter: [DeploymentID: Int], now instant: ContinuousClock.Instant = .now) async {
         let now = Self.seconds(instant)
-        // Every proxy's waiting requests count: the head's own and each node's (its heartbeat).
-        var waitingAtRouter = waitingAtRouter
-        for node in self.nodes.values where node.state != .dead {
-            for (id, count) in node.waiting { waitingAtRouter[id, default: 0] += count }
-        }
+        // Every proxy's waiting requests count: the head's own and each node's (its heartbeat,
+        // summed as they arrive: `setWaiting`).
+        let waitingAtRouter = waitingAtRouter.merging(self.waitingAtNodes, uniquingKeysWith: +)
+        let autoscaled = self.deployments.compactMap { $0.value.config.autoscaling == nil ? nil : $0.key }
         var changed = false
-        let runningByDeployment = self.currentSpecCount(in: [.running])
-        for (id, var runtime) in self.deployments {
-            guard let config = runtime.config.autoscaling else { continue }
-            runtime.metrics.record(source: "router", value: Double(waitingAtRouter[id] ?? 0), at: now)
-            runtime.metrics.expire(now: now, staleAfter: max(2 * config.metricsIntervalS, 10, 4 * Self.heartbeatInterval))
-            let running = runningByDeployment[id] ?? 0
-            let panicOngoing = config.panicWindowS.flatMap {
-                runtime.metrics.aggregate(now: now, aggregation: config.aggregationFunction, over: $0)
-            }
-            let decision = AutoscalingPolicy.decide(
-                config: config,
-                currentTarget: runtime.target,
-                running: running,
-                totalOngoing: runtime.metrics.aggregate(now: now, aggregation: config.aggregationFunction),
-                latestOngoing: runtime.metrics.latest(),
-                now: now,
-                state: &runtime.autoscaling,
-                panicOngoing: panicOngoing
-            )
-            if decision.target != runtime.target {
-                runtime.lastAutoscale = self.record(.autoscale, id, before: runtime.target, after: decision.target, reason: decision.reason)
-                runtime.target = decision.target
+        if !autoscaled.isEmpty {
+            let runningByDeployment = self.currentSpecCount(in: [.running])
+            for id in autoscaled {
+                // In place: a copy taken out of the dictionary would copy its metrics window
+                // (one series per replica) on every tick.
+                guard let (before, decision) = self.deployments[id]?.autoscale(
+                    waiting: waitingAtRouter[id] ?? 0, running: runningByDeployment[id] ?? 0, now: now)
+                else { continue }
+                let event = self.record(.autoscale, id, before: before, after: decision.target, reason: decision.reason)
+                self.deployments[id]?.lastAutoscale = event
                 changed = true
             }
-            self.deployments[id] = runtime
         }
         if self.history.isDue(now: now) { self.sampleHistory(waitingAtRouter: waitingAtRouter, now: now) }
         if changed { await self.reconcile() }
+    }
+
+    /// Requests waiting at a node's routers, as its last heartbeat said (kept summed over the
+    /// nodes in `waitingAtNodes`, so the 100 ms tick does not visit every node).
+    func setWaiting(_ waiting: [DeploymentID: Int], of nodeID: String) {
+        for (id, count) in self.nodes[nodeID]?.waiting ?? [:] {
+            let left = (self.waitingAtNodes[id] ?? 0) - count
+            self.waitingAtNodes[id] = left > 0 ? left : nil
+        }
+        for (id, count) in waiting { self.waitingAtNodes[id, default: 0] += count }
+        self.nodes[nodeID]?.waiting = waiting
     }
 
     /// One sample of every deployment for the timeline (once per `DeploymentHistory`

@@ -50,6 +50,7 @@ extension Controller {
         let id = register.nodeID
         let rejoin = self.nodes[id] != nil
         self.nodes[id]?.outbox?.finish()
+        self.setWaiting([:], of: id)
         self.nodes[id] = NodeEntry(
             id: id,
             address: register.address,
@@ -161,6 +162,7 @@ extension Controller {
                 // partition must register again, and is reconciled then, when the link heals.
                 node.outbox?.finish()
                 node.outbox = nil
+                self.setWaiting([:], of: id)
                 node.loads = [:]
                 node.models = [:]
                 node.waiting = [:]
@@ -215,7 +217,7 @@ extension Controller {
         for demand in heartbeat.waiting where demand.waiting > 0 {
             waiting[DeploymentID(app: demand.app, name: demand.deployment), default: 0] += Int(min(demand.waiting, 1_000_000))
         }
-        self.nodes[id]?.waiting = waiting
+        self.setWaiting(waiting, of: id)
         // Every replica of the node holds what it last reported: a sample each for the
         // autoscaler's windows (an unchanged value only shows it is still reported). A replica
         // the head no longer knows is dropped from the node's books.

@@ -157,7 +157,8 @@ extension Controller {
                 "replicas": .array((byNode[node.id] ?? []).map(\.record.id).sorted().map { .string($0) }),
             ])
         }
-        let version = self.routes.version.map { JSONValue.string("\($0)") } ?? .null
+        var version = JSONValue.null
+        if let newest = self.routes.version { version = .string(newest.description) }
         return .object(["nodes": .array(nodes), "route_table_version": version])
     }
 

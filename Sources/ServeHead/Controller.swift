@@ -59,6 +59,31 @@ public actor Controller {
         /// The last change the autoscaler made (shown by `serve status`).
         var lastAutoscale: ServeEvent?
 
+        /// One autoscaler tick: the router's waiting requests into the window, then the policy.
+        /// Returns the target before and the decision when the target changes (already set).
+        mutating func autoscale(waiting: Int, running: Int, now: Double) -> (before: Int, decision: AutoscalingDecision)? {
+            guard let config = self.config.autoscaling else { return nil }
+            self.metrics.record(source: "router", value: Double(waiting), at: now)
+            self.metrics.expire(now: now, staleAfter: max(2 * config.metricsIntervalS, 10, 4 * Controller.heartbeatInterval))
+            let panicOngoing = config.panicWindowS.flatMap {
+                self.metrics.aggregate(now: now, aggregation: config.aggregationFunction, over: $0)
+            }
+            let decision = AutoscalingPolicy.decide(
+                config: config,
+                currentTarget: self.target,
+                running: running,
+                totalOngoing: self.metrics.aggregate(now: now, aggregation: config.aggregationFunction),
+                latestOngoing: self.metrics.latest(),
+                now: now,
+                state: &self.autoscaling,
+                panicOngoing: panicOngoing
+            )
+            guard decision.target != self.target else { return nil }
+            let before = self.target
+            self.target = decision.target
+            return (before, decision)
+        }
+
         init(config: DeploymentConfig, app: String, target: Int, metrics: MetricsWindow) {
             self.config = config
             self.specVersion = config.specVersion
@@ -72,6 +97,8 @@ public actor Controller {
     let ingress: Ingress
     var config = ServeConfig()
     var nodes: [String: NodeEntry] = [:]
+    /// Requests waiting at the nodes' routers, summed over the nodes (`setWaiting`).
+    var waitingAtNodes: [DeploymentID: Int] = [:]
     var replicas: [String: ReplicaEntry] = [:]
     var deployments: [DeploymentID: DeploymentRuntime] = [:]
     /// Apps removed from the config whose replicas are still stopping.
