@@ -52,7 +52,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from bench import Processes, free_port, log, RELEASE, TOKEN  # noqa: E402
-import bench_report  # noqa: E402
+import serve_plot  # noqa: E402
 
 QUICK = os.environ.get("CP_QUICK") == "1"
 NODE_COUNTS = [int(n) for n in os.environ.get("CP_NODES", "100,250" if QUICK else "100,250,500,1000").split(",")]
@@ -640,16 +640,27 @@ def markdown(r):
 
 
 def plot_cpu(r, path):
-    """Head CPU at rest against node count (bench_report's bar chart: one group per count, a bar
-    per heartbeat interval)."""
-    series = ["heartbeats every 0.5 s", "every 1 s"]
-    bench_report.COLORS.setdefault(series[0], "#3182bd")
-    bench_report.COLORS.setdefault(series[1], "#9ecae1")
+    """Head CPU at rest against node count, a line per heartbeat interval and the issue's 20%
+    target (drawn by serve-plot: benchmarks/serve_plot.py)."""
     rows = sorted(r["join"], key=lambda s: s["nodes"])
-    values = [[(s.get(k) or {}).get("head_cpu_pct") for k in ("rest_500", "rest_1000")] for s in rows]
-    open(path, "w").write(bench_report.bar_chart(
-        "serve-head CPU at rest vs simulated nodes (10 replicas each)", [f"{s['nodes']} nodes" for s in rows], series,
-        values, "% of one core", width_per_bar=30))
+    def points(key):
+        return [[s["nodes"], (s.get(key) or {}).get("head_cpu_pct")] for s in rows if (s.get(key) or {}).get("head_cpu_pct") is not None]
+    counts = [s["nodes"] for s in rows]
+    chart = {
+        "title": "serve-head CPU at rest against simulated nodes (10 replicas each)",
+        "panels": [{
+            "height": 260,
+            "x": {"label": "simulated nodes", "min": 0, "integer": True},
+            "y": {"label": "head CPU, % of one core", "min": 0},
+            "series": [
+                {"name": "heartbeats every 0.5 s", "kind": "line", "color": "#3182bd", "points": points("rest_500")},
+                {"name": "heartbeats every 1 s", "kind": "line", "color": "#9ecae1", "points": points("rest_1000")},
+                {"name": "target (20%)", "kind": "line", "color": "#d62728", "dash": "6 4",
+                 "points": [[0, 20], [max(counts + [1000]), 20]]},
+            ],
+        }],
+    }
+    serve_plot.draw(chart, path)
 
 
 def write_readme_section(text):
