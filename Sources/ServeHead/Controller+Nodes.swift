@@ -140,9 +140,7 @@ extension Controller {
         if now - self.lastPing >= Self.heartbeatInterval {
             self.lastPing = now
             let ping = PBPing.with { $0.sentAtUnixMs = Int64(Date().timeIntervalSince1970 * 1000) }
-            for node in self.nodes.values where node.state != .dead {
-                self.send(to: node.id, .ping(ping))
-            }
+            self.sendToLiveNodes(.ping(ping))
         }
         await self.apply(self.detector.tick(now: now))
         let nextPing = self.lastPing + Self.heartbeatInterval

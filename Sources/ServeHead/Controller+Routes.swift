@@ -74,8 +74,6 @@ extension Controller {
         self.ingress.update(table, version: version)
         // Every node's proxy gets the same change, in the order made (one control stream each).
         self.metrics.publishedTable(update)
-        for node in self.nodes.values where node.state != .dead {
-            self.send(to: node.id, .routes(update))
-        }
+        self.sendToLiveNodes(.routes(update))
     }
 }

@@ -307,6 +307,13 @@ public actor Controller {
         self.send(to: entry.record.nodeID, .startReplica(start))
     }
 
+    /// The same message on every live node's control stream (a DEAD node has none).
+    func sendToLiveNodes(_ kind: PBHeadMessage.OneOf_Kind) {
+        for (id, node) in self.nodes where node.state != .dead {
+            self.send(to: id, kind)
+        }
+    }
+
     /// Marks the replica STOPPING; returns the stop command for its node (nil: nothing runs).
     func stop(_ replicaID: String, reason: String) -> (String?, PBStopReplica)? {
         guard var entry = self.replicas[replicaID] else { return nil }
