@@ -12,7 +12,7 @@
 public struct FailureDetector: Sendable {
     public struct Configuration: Sendable, Hashable {
         /// A node not heard from for this long is DEAD (seconds). Workers send a heartbeat every
-        /// 0.5 s and the head pings them as often, so the default of 5 s is ten missed
+        /// 0.5 s, so the default of 5 s is ten missed
         /// heartbeats: long enough to ride out a busy machine or a lost packet's retransmits,
         /// short enough that a lost node's replicas are replaced within seconds.
         /// `serve-head --heartbeat-timeout-s`.
@@ -54,7 +54,7 @@ public struct FailureDetector: Sendable {
         self.members[nodeID] = Member(connection: connection, lastHeard: now, state: .alive)
     }
 
-    /// Something (a heartbeat, a state report, a pong) arrived on the node's stream.
+    /// Something (a heartbeat, a state report, an ack) arrived on the node's stream.
     /// `draining`: the heartbeat says the worker is shutting down.
     public mutating func heard(from nodeID: String, connection: Int, draining: Bool = false, now: Double) -> [Directive]
     {
@@ -179,5 +179,18 @@ public enum ReplicaAdoption {
             )
         }
         return .adopt
+    }
+}
+
+extension FailureDetector {
+    /// The other way round: a worker gives up on a head it has not heard from for
+    /// `headTimeout` seconds (`serve-worker --head-timeout-s`), so the head pings it when it has
+    /// nothing else to say. Pings go out in rounds `round` seconds apart; this is every how many
+    /// rounds a worker is pinged: at least three pings within its timeout (one lost or late ping
+    /// is not a silent head), and no more often, since at a thousand nodes every ping round is a
+    /// thousand messages. Every round for a worker that did not say (0).
+    public static func pingEvery(headTimeout: Double, round: Double) -> Int {
+        guard headTimeout.isFinite, headTimeout > 0, round > 0 else { return 1 }
+        return max(1, Int((headTimeout / 3 / round).rounded(.down)))
     }
 }

@@ -25,6 +25,9 @@ public struct MetricsWindow: Sendable, Hashable {
     /// The window's length in seconds (`look_back_period_s`).
     public let lookBack: Double
     private var series: [String: Series] = [:]
+    /// The sources that go stale when they stop reporting (`expire`); the others are held
+    /// until removed.
+    private var expiring: Set<String> = []
 
     /// Ray drops a handle's metrics after `max(2 * metrics_interval_s, 10 s)` without an update
     /// (PEERS.md §1); a suitable `staleAfter` for `expire`.
@@ -58,8 +61,18 @@ public struct MetricsWindow: Sendable, Hashable {
     /// an out-of-order sample behind such a repeat holds until the next stored change). Samples
     /// older than the look-back before the source's newest one are dropped, except the one that
     /// gives the value at the window's start.
-    public mutating func record(source: String, value: Double, at: Double) {
+    ///
+    /// `held`: the source reports only changes, and says when it is gone (`remove`): its last
+    /// value holds however long it is quiet, and `expire` never drops it. A replica whose node
+    /// reports changes only is such a source (the head forgets it with its replica); a router's
+    /// count, reported every tick, is not.
+    public mutating func record(source: String, value: Double, at: Double, held: Bool = false) {
         guard value.isFinite, at.isFinite else { return }
+        if held {
+            self.expiring.remove(source)
+        } else {
+            self.expiring.insert(source)
+        }
         let value = max(value, 0)
         // Taken out of the dictionary while edited, so that its samples are not copied.
         var entry = self.series.removeValue(forKey: source) ?? Series()
@@ -86,12 +99,16 @@ public struct MetricsWindow: Sendable, Hashable {
     /// Drops a source (replica gone).
     public mutating func remove(source: String) {
         self.series[source] = nil
+        self.expiring.remove(source)
     }
 
-    /// Drops sources whose last sample is older than `staleAfter` seconds before `now`.
+    /// Drops sources whose last sample is older than `staleAfter` seconds before `now`, but
+    /// for held ones (`record`). Visits only the sources that can go stale: it runs on every
+    /// autoscaler tick, and a deployment of thousands of replicas has one that can.
     public mutating func expire(now: Double, staleAfter: Double) {
         let cutoff = now - staleAfter
-        self.series = self.series.filter { $0.value.lastSeen >= cutoff }
+        let stale = self.expiring.filter { (self.series[$0]?.lastSeen ?? -.infinity) < cutoff }
+        for source in stale { self.remove(source: source) }
     }
 
     /// Time-weighted aggregate over `[now - lookBack, now]` of the SUM over sources, each

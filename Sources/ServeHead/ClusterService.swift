@@ -25,7 +25,7 @@ enum ClusterService {
             }
             // Bounded: a worker that stops reading is dropped when its commands pile up past the
             // limit (`Controller.send`), and registers again to get the current state whole.
-            let (commands, outbox) = AsyncStream<PBHeadMessage>.makeStream(bufferingPolicy: .bufferingOldest(Controller.outboxLimit))
+            let (commands, outbox) = AsyncStream<RPCFrame<PBHeadMessage>>.makeStream(bufferingPolicy: .bufferingOldest(Controller.outboxLimit))
             let (answer, connection) = await controller.registerNode(register, outbox: outbox)
             var reply = PBHeadMessage()
             reply.inReplyTo = first.sequence
@@ -45,26 +45,20 @@ enum ClusterService {
             let rest = IteratorBox(messages)
             let workerLeft = NIOLockedValueBox(false)
             Task {
-                // When the controller last heard from this stream: a pong within a heartbeat
-                // interval of that adds nothing it does not know (the node is alive), and is not
-                // taken to the controller's actor (at 1,000 nodes that is 2,000 hops a second).
-                var lastHeard = ContinuousClock.now
                 do {
                     while let message = try await rest.iterator.next() {
-                        let arrived = ContinuousClock.now
                         switch message.kind {
                         case .heartbeat(let heartbeat):
+                            let arrived = ContinuousClock.now
                             await controller.heartbeat(heartbeat, from: nodeID, connection: connection)
                             controller.metrics.heartbeatHandled(seconds: (ContinuousClock.now - arrived).seconds)
                         case .replicaState(let report):
                             await controller.replicaReport(report, from: nodeID, connection: connection)
-                        case .pong, .ack:
-                            guard arrived - lastHeard >= .seconds(Controller.heartbeatInterval) else { continue }
+                        case .ack:
                             await controller.heard(from: nodeID, connection: connection)
                         case .register, .none:
                             continue
                         }
-                        lastHeard = arrived
                     }
                 } catch {
                     logger.info("a worker's control stream failed", metadata: ["serve.node": "\(nodeID)", "error": "\(error)"])

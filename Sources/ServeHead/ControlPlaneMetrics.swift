@@ -24,8 +24,7 @@ public final class ControlPlaneMetrics: Sendable {
     }
 
     /// A table published to every node (its size is what each node is sent).
-    func publishedTable(_ update: PBRouteTableUpdate) {
-        let bytes = (try? update.serializedBytes() as [UInt8])?.count ?? 0
+    func publishedTable(bytes: Int) {
         self.state.withLockedValue {
             $0.tables += 1
             $0.tableBytes += bytes

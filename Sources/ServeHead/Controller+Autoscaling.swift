@@ -45,7 +45,9 @@ extension Controller {
     /// Requests waiting at a node's routers, as its last heartbeat said (kept summed over the
     /// nodes in `waitingAtNodes`, so the 100 ms tick does not visit every node).
     func setWaiting(_ waiting: [DeploymentID: Int], of nodeID: String) {
-        for (id, count) in self.nodes[nodeID]?.waiting ?? [:] {
+        let before = self.nodes[nodeID]?.waiting ?? [:]
+        if waiting.isEmpty && before.isEmpty { return }
+        for (id, count) in before {
             let left = (self.waitingAtNodes[id] ?? 0) - count
             self.waitingAtNodes[id] = left > 0 ? left : nil
         }

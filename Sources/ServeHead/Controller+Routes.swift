@@ -73,7 +73,6 @@ extension Controller {
             metadata: ["version": "\(version)", "applications": "\(table.applications.count)", "nodes": "\(self.nodes.count)"])
         self.ingress.update(table, version: version)
         // Every node's proxy gets the same change, in the order made (one control stream each).
-        self.metrics.publishedTable(update)
-        self.sendToLiveNodes(.routes(update))
+        self.metrics.publishedTable(bytes: self.sendToLiveNodes(.routes(update)))
     }
 }

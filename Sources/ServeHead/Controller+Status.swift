@@ -41,11 +41,15 @@ extension Controller {
         return result
     }
 
+    /// Requests running at each deployment's replicas, as their nodes last reported (the
+    /// nodes' books hold only replicas the head knows: `heartbeat`, `forget`).
     public func ongoingRequests() -> [DeploymentID: Int] {
         var result: [DeploymentID: Int] = [:]
-        for entry in self.replicas.values {
-            guard let nodeID = entry.record.nodeID, let load = self.nodes[nodeID]?.loads[entry.record.id] else { continue }
-            result[entry.record.deployment, default: 0] += load
+        for node in self.nodes.values {
+            for (replicaID, load) in node.loads {
+                guard let deployment = self.replicas[replicaID]?.record.deployment else { continue }
+                result[deployment, default: 0] += load
+            }
         }
         return result
     }

@@ -20,8 +20,11 @@ public actor Controller {
         var labels: [String: String]
         var handlerNames: Set<String>
         var state: NodeState
-        var outbox: AsyncStream<PBHeadMessage>.Continuation?
+        var outbox: Outbox?
         var connection: Int
+        /// Pinged every this many ping rounds (`FailureDetector.pingEvery`: its worker's head
+        /// timeout).
+        var pingEvery = 1
         /// Requests running at each replica, as the node last reported (replicas queue nothing:
         /// requests past their limit wait at the router).
         var loads: [String: Int] = [:]
@@ -117,10 +120,16 @@ public actor Controller {
     /// it what arrives on the control streams and a timer (`checkLiveness`).
     var detector: FailureDetector
     var lastPing: Double = 0
+    /// Ping rounds so far (`checkLiveness`).
+    var pingRound = 0
     /// A pass is due soon (`reconcileSoon`).
     var reconcileScheduled = false
     /// How long the last pass took (`reconcileSoon` waits at least twice that).
     var lastPass: Duration = .zero
+    /// When the last pass ended, and whether it left nothing for a later pass to do
+    /// (`reconcileTick`).
+    var lastPassEnded: ContinuousClock.Instant?
+    var settled = false
     /// Routes are due soon (`publishRoutesSoon`).
     var routesScheduled = false
     /// The dashboard's timeline (`GET /api/serve/history`), sampled by the autoscaler's tick.
@@ -145,7 +154,10 @@ public actor Controller {
     /// One pass: plan, act, publish routes.
     public func reconcile() async {
         let started = ContinuousClock.now
-        defer { self.lastPass = .now - started }
+        defer {
+            self.lastPassEnded = .now
+            self.lastPass = self.lastPassEnded! - started
+        }
         let views = self.nodeViews()
         let targets = self.deployments.map { id, runtime in
             DeploymentTarget(
@@ -202,6 +214,11 @@ public actor Controller {
             let appsWithReplicas = Set(self.replicas.values.map(\.record.deployment.app))
             self.deletingApps = self.deletingApps.filter { appsWithReplicas.contains($0) }
         }
+        // Nothing planned, nothing held back, nothing between states: only a change (a report,
+        // a config, a node, the autoscaler, each of which asks for its own pass) can give the
+        // next pass anything to do.
+        self.settled = actions.isEmpty && !holding && self.deletingApps.isEmpty
+            && self.replicas.values.allSatisfy { $0.record.state == .running }
         self.publishRoutes()
         // After the tables that leave them out: the proxy on a stopping replica's own node has
         // stopped routing to it before the replica stops taking requests (on its one control
@@ -307,11 +324,15 @@ public actor Controller {
         self.send(to: entry.record.nodeID, .startReplica(start))
     }
 
-    /// The same message on every live node's control stream (a DEAD node has none).
-    func sendToLiveNodes(_ kind: PBHeadMessage.OneOf_Kind) {
-        for (id, node) in self.nodes where node.state != .dead {
-            self.send(to: id, kind)
+    /// The same message on every live node's control stream (a DEAD node has none), serialized
+    /// once for all of them. Returns the message's size in bytes (0 when it could not be made).
+    @discardableResult
+    func sendToLiveNodes(_ kind: PBHeadMessage.OneOf_Kind, where included: (NodeEntry) -> Bool = { _ in true }) -> Int {
+        guard let frame = self.frame(kind) else { return 0 }
+        for (id, node) in self.nodes where node.state != .dead && included(node) {
+            self.send(frame, to: id)
         }
+        return frame.count
     }
 
     /// Marks the replica STOPPING; returns the stop command for its node (nil: nothing runs).
@@ -335,13 +356,32 @@ public actor Controller {
     /// Commands waiting to be written to one node's control stream, at most.
     static let outboxLimit = 10_000
 
+    /// A node's control stream, as the controller writes to it: messages already framed, so
+    /// that one sent to every node is serialized once.
+    typealias Outbox = AsyncStream<RPCFrame<PBHeadMessage>>.Continuation
+
     func send(to nodeID: String?, _ kind: PBHeadMessage.OneOf_Kind) {
-        guard let nodeID, let outbox = self.nodes[nodeID]?.outbox else { return }
+        guard let nodeID, self.nodes[nodeID]?.outbox != nil, let frame = self.frame(kind) else { return }
+        self.send(frame, to: nodeID)
+    }
+
+    /// The next message on the control streams, numbered and framed.
+    private func frame(_ kind: PBHeadMessage.OneOf_Kind) -> RPCFrame<PBHeadMessage>? {
         self.sequence += 1
         var message = PBHeadMessage()
         message.sequence = self.sequence
         message.kind = kind
-        if case .dropped = outbox.yield(message) {
+        do {
+            return try RPCFrame(message)
+        } catch {
+            self.logger.error("could not serialize a message for the nodes", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    private func send(_ frame: RPCFrame<PBHeadMessage>, to nodeID: String) {
+        guard let outbox = self.nodes[nodeID]?.outbox else { return }
+        if case .dropped = outbox.yield(frame) {
             // The node has not read its last `outboxLimit` commands: its stream ends (it is
             // declared DEAD as any node whose stream closes) and it registers again.
             self.logger.error("a node's control stream is not draining; dropping it", metadata: ["serve.node": "\(nodeID)"])
@@ -371,6 +411,20 @@ public actor Controller {
             await self.scheduledReconcile()
         }
     }
+
+    /// The head's 1 s tick: a pass, which retries PENDING replicas whose backoff is over and
+    /// rolls updates forward. When the last pass left the cluster settled, the tick passes
+    /// only every `settledTick`: a pass plans every replica and builds every route, and at
+    /// 10,000 replicas doing that every second for nothing was the largest part of the head's
+    /// work at rest.
+    public func reconcileTick() async {
+        if self.settled, let ended = self.lastPassEnded, ContinuousClock.now - ended < Self.settledTick { return }
+        await self.reconcile()
+    }
+
+    /// How often the tick passes in a settled cluster (a net under any change that failed to
+    /// ask for its pass).
+    static let settledTick: Duration = .seconds(10)
 
     func scheduledReconcile() async {
         self.reconcileScheduled = false

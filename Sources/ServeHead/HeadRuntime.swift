@@ -252,7 +252,7 @@ public final class HeadRuntime: Sendable {
         services += [
             // Retries PENDING replicas, rolls updates forward.
             Ticker("reconcile tick") {
-                await controller.reconcile()
+                await controller.reconcileTick()
                 return .seconds(1)
             },
             // The application autoscaler: decisions in wall time, so a slow pass does not

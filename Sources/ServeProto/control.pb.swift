@@ -19,7 +19,6 @@
 //   StartReplica, StopReplica, ReconfigureReplica
 //                      -> ReplicaStateReport (first report after the command)
 //                         or CommandAck with accepted = false if refused
-//   Ping               -> Pong
 // Unsolicited messages (heartbeats, later state reports) have in_reply_to 0.
 
 import SwiftProtobuf
@@ -34,30 +33,16 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
-/// Head -> worker: liveness probe of the stream; the worker answers with Pong.
+/// Head -> worker: the head is there. Sent when the head has had nothing else to
+/// say for a while (RegisterNode.head_timeout_ms), so that a worker can tell a
+/// silent head from a quiet one. Not answered: the worker's heartbeats show the
+/// head it is there.
 public nonisolated struct PBPing: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   /// When the head sent it, Unix time in milliseconds (head clock).
-  public var sentAtUnixMs: Int64 = 0
-
-  public var unknownFields = SwiftProtobuf.UnknownStorage()
-
-  public init() {}
-}
-
-/// Worker -> head: answer to Ping; lets the head measure round-trip time.
-public nonisolated struct PBPong: Sendable {
-  // SwiftProtobuf.Message conformance is added in an extension below. See the
-  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
-  // methods supported on all messages.
-
-  /// Ping.sent_at_unix_ms, echoed back unchanged.
-  public var pingSentAtUnixMs: Int64 = 0
-
-  /// When the worker answered, Unix time in milliseconds (worker clock).
   public var sentAtUnixMs: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -85,64 +70,64 @@ public nonisolated struct PBCommandAck: Sendable {
 }
 
 /// Every message a worker sends on the control stream.
-public nonisolated struct PBWorkerMessage: Sendable {
+public nonisolated struct PBWorkerMessage: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   /// Sender's message counter on this stream: 1 for the first message,
   /// increasing by 1.
-  public var sequence: UInt64 = 0
+  public var sequence: UInt64 {
+    get {_storage._sequence}
+    set {_uniqueStorage()._sequence = newValue}
+  }
 
   /// The HeadMessage.sequence this message answers, 0 if unsolicited.
-  public var inReplyTo: UInt64 = 0
+  public var inReplyTo: UInt64 {
+    get {_storage._inReplyTo}
+    set {_uniqueStorage()._inReplyTo = newValue}
+  }
 
   /// The payload. Exactly one is set.
-  public var kind: PBWorkerMessage.OneOf_Kind? = nil
+  public var kind: OneOf_Kind? {
+    get {return _storage._kind}
+    set {_uniqueStorage()._kind = newValue}
+  }
 
   /// First message on every stream.
   public var register: PBRegisterNode {
     get {
-      if case .register(let v)? = kind {return v}
+      if case .register(let v)? = _storage._kind {return v}
       return PBRegisterNode()
     }
-    set {kind = .register(newValue)}
+    set {_uniqueStorage()._kind = .register(newValue)}
   }
 
   /// Periodic liveness and load.
   public var heartbeat: PBHeartbeat {
     get {
-      if case .heartbeat(let v)? = kind {return v}
+      if case .heartbeat(let v)? = _storage._kind {return v}
       return PBHeartbeat()
     }
-    set {kind = .heartbeat(newValue)}
+    set {_uniqueStorage()._kind = .heartbeat(newValue)}
   }
 
   /// A replica changed state.
   public var replicaState: PBReplicaStateReport {
     get {
-      if case .replicaState(let v)? = kind {return v}
+      if case .replicaState(let v)? = _storage._kind {return v}
       return PBReplicaStateReport()
     }
-    set {kind = .replicaState(newValue)}
-  }
-
-  /// Answer to a Ping.
-  public var pong: PBPong {
-    get {
-      if case .pong(let v)? = kind {return v}
-      return PBPong()
-    }
-    set {kind = .pong(newValue)}
+    set {_uniqueStorage()._kind = .replicaState(newValue)}
   }
 
   /// Acceptance or refusal of a command.
   public var ack: PBCommandAck {
     get {
-      if case .ack(let v)? = kind {return v}
+      if case .ack(let v)? = _storage._kind {return v}
       return PBCommandAck()
     }
-    set {kind = .ack(newValue)}
+    set {_uniqueStorage()._kind = .ack(newValue)}
   }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
@@ -155,14 +140,14 @@ public nonisolated struct PBWorkerMessage: Sendable {
     case heartbeat(PBHeartbeat)
     /// A replica changed state.
     case replicaState(PBReplicaStateReport)
-    /// Answer to a Ping.
-    case pong(PBPong)
     /// Acceptance or refusal of a command.
     case ack(PBCommandAck)
 
   }
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// Every message the head sends on the control stream.
@@ -291,41 +276,6 @@ nonisolated extension PBPing: SwiftProtobuf.Message, SwiftProtobuf._MessageImple
   }
 }
 
-nonisolated extension PBPong: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".Pong"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}ping_sent_at_unix_ms\0\u{3}sent_at_unix_ms\0")
-
-  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularInt64Field(value: &self.pingSentAtUnixMs) }()
-      case 2: try { try decoder.decodeSingularInt64Field(value: &self.sentAtUnixMs) }()
-      default: break
-      }
-    }
-  }
-
-  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if self.pingSentAtUnixMs != 0 {
-      try visitor.visitSingularInt64Field(value: self.pingSentAtUnixMs, fieldNumber: 1)
-    }
-    if self.sentAtUnixMs != 0 {
-      try visitor.visitSingularInt64Field(value: self.sentAtUnixMs, fieldNumber: 2)
-    }
-    try unknownFields.traverse(visitor: &visitor)
-  }
-
-  public static func ==(lhs: PBPong, rhs: PBPong) -> Bool {
-    if lhs.pingSentAtUnixMs != rhs.pingSentAtUnixMs {return false}
-    if lhs.sentAtUnixMs != rhs.sentAtUnixMs {return false}
-    if lhs.unknownFields != rhs.unknownFields {return false}
-    return true
-  }
-}
-
 nonisolated extension PBCommandAck: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CommandAck"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}accepted\0\u{1}message\0")
@@ -363,127 +313,150 @@ nonisolated extension PBCommandAck: SwiftProtobuf.Message, SwiftProtobuf._Messag
 
 nonisolated extension PBWorkerMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WorkerMessage"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{3}in_reply_to\0\u{2}\u{8}register\0\u{1}heartbeat\0\u{3}replica_state\0\u{1}pong\0\u{1}ack\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{3}in_reply_to\0\u{2}\u{8}register\0\u{1}heartbeat\0\u{3}replica_state\0\u{2}\u{2}ack\0\u{b}pong\0\u{c}\u{d}\u{1}")
+
+  fileprivate class _StorageClass {
+    var _sequence: UInt64 = 0
+    var _inReplyTo: UInt64 = 0
+    var _kind: PBWorkerMessage.OneOf_Kind?
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _sequence = source._sequence
+      _inReplyTo = source._inReplyTo
+      _kind = source._kind
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
-      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.inReplyTo) }()
-      case 10: try {
-        var v: PBRegisterNode?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .register(let m) = current {v = m}
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularUInt64Field(value: &_storage._sequence) }()
+        case 2: try { try decoder.decodeSingularUInt64Field(value: &_storage._inReplyTo) }()
+        case 10: try {
+          var v: PBRegisterNode?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .register(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .register(v)
+          }
+        }()
+        case 11: try {
+          var v: PBHeartbeat?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .heartbeat(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .heartbeat(v)
+          }
+        }()
+        case 12: try {
+          var v: PBReplicaStateReport?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .replicaState(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .replicaState(v)
+          }
+        }()
+        case 14: try {
+          var v: PBCommandAck?
+          var hadOneofValue = false
+          if let current = _storage._kind {
+            hadOneofValue = true
+            if case .ack(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._kind = .ack(v)
+          }
+        }()
+        default: break
         }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .register(v)
-        }
-      }()
-      case 11: try {
-        var v: PBHeartbeat?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .heartbeat(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .heartbeat(v)
-        }
-      }()
-      case 12: try {
-        var v: PBReplicaStateReport?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .replicaState(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .replicaState(v)
-        }
-      }()
-      case 13: try {
-        var v: PBPong?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .pong(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .pong(v)
-        }
-      }()
-      case 14: try {
-        var v: PBCommandAck?
-        var hadOneofValue = false
-        if let current = self.kind {
-          hadOneofValue = true
-          if case .ack(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.kind = .ack(v)
-        }
-      }()
-      default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if self.sequence != 0 {
-      try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 1)
-    }
-    if self.inReplyTo != 0 {
-      try visitor.visitSingularUInt64Field(value: self.inReplyTo, fieldNumber: 2)
-    }
-    switch self.kind {
-    case .register?: try {
-      guard case .register(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
-    }()
-    case .heartbeat?: try {
-      guard case .heartbeat(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
-    }()
-    case .replicaState?: try {
-      guard case .replicaState(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
-    }()
-    case .pong?: try {
-      guard case .pong(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
-    }()
-    case .ack?: try {
-      guard case .ack(let v)? = self.kind else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
-    }()
-    case nil: break
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if _storage._sequence != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._sequence, fieldNumber: 1)
+      }
+      if _storage._inReplyTo != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._inReplyTo, fieldNumber: 2)
+      }
+      switch _storage._kind {
+      case .register?: try {
+        guard case .register(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+      }()
+      case .heartbeat?: try {
+        guard case .heartbeat(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+      }()
+      case .replicaState?: try {
+        guard case .replicaState(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 12)
+      }()
+      case .ack?: try {
+        guard case .ack(let v)? = _storage._kind else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+      }()
+      case nil: break
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: PBWorkerMessage, rhs: PBWorkerMessage) -> Bool {
-    if lhs.sequence != rhs.sequence {return false}
-    if lhs.inReplyTo != rhs.inReplyTo {return false}
-    if lhs.kind != rhs.kind {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._sequence != rhs_storage._sequence {return false}
+        if _storage._inReplyTo != rhs_storage._inReplyTo {return false}
+        if _storage._kind != rhs_storage._kind {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

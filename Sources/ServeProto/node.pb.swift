@@ -189,6 +189,12 @@ public nonisolated struct PBRegisterNode: Sendable {
   /// any a custom worker registered), so the head accepts configs that name them.
   public var handlerNames: [String] = []
 
+  /// How long the worker waits on a silent head before it dials again
+  /// (--head-timeout-s), in milliseconds; 0: not said. The head pings it often
+  /// enough to be heard within that time (at least three times in it, at most
+  /// every 0.5 s), and no more: a ping is a message per node.
+  public var headTimeoutMs: UInt32 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -370,7 +376,7 @@ nonisolated extension PBRunningReplica: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension PBRegisterNode: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".RegisterNode"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}protocol_version\0\u{1}address\0\u{1}port\0\u{3}total_resources\0\u{1}labels\0\u{3}node_type\0\u{3}accelerator_type\0\u{3}num_gpus\0\u{3}gpu_ids\0\u{3}running_replicas\0\u{3}started_at_unix_ms\0\u{3}worker_version\0\u{3}handler_names\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}node_id\0\u{3}protocol_version\0\u{1}address\0\u{1}port\0\u{3}total_resources\0\u{1}labels\0\u{3}node_type\0\u{3}accelerator_type\0\u{3}num_gpus\0\u{3}gpu_ids\0\u{3}running_replicas\0\u{3}started_at_unix_ms\0\u{3}worker_version\0\u{3}handler_names\0\u{3}head_timeout_ms\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -392,6 +398,7 @@ nonisolated extension PBRegisterNode: SwiftProtobuf.Message, SwiftProtobuf._Mess
       case 12: try { try decoder.decodeSingularInt64Field(value: &self.startedAtUnixMs) }()
       case 13: try { try decoder.decodeSingularStringField(value: &self.workerVersion) }()
       case 14: try { try decoder.decodeRepeatedStringField(value: &self.handlerNames) }()
+      case 15: try { try decoder.decodeSingularUInt32Field(value: &self.headTimeoutMs) }()
       default: break
       }
     }
@@ -444,6 +451,9 @@ nonisolated extension PBRegisterNode: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if !self.handlerNames.isEmpty {
       try visitor.visitRepeatedStringField(value: self.handlerNames, fieldNumber: 14)
     }
+    if self.headTimeoutMs != 0 {
+      try visitor.visitSingularUInt32Field(value: self.headTimeoutMs, fieldNumber: 15)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -462,6 +472,7 @@ nonisolated extension PBRegisterNode: SwiftProtobuf.Message, SwiftProtobuf._Mess
     if lhs.startedAtUnixMs != rhs.startedAtUnixMs {return false}
     if lhs.workerVersion != rhs.workerVersion {return false}
     if lhs.handlerNames != rhs.handlerNames {return false}
+    if lhs.headTimeoutMs != rhs.headTimeoutMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -236,8 +236,25 @@ public struct RPCOutbound<Message: SwiftProtobuf.Message & Sendable>: Sendable {
     let write: @Sendable (ByteBuffer) async throws -> Void
 
     public func send(_ message: Message) async throws {
-        do { try await self.write(RPCMessageDecoder.frame(message)) } catch { throw RPCError.from(error) }
+        try await self.send(RPCFrame(message))
     }
+
+    public func send(_ frame: RPCFrame<Message>) async throws {
+        do { try await self.write(frame.bytes) } catch { throw RPCError.from(error) }
+    }
+}
+
+/// One message serialized and framed for an RPC stream, once: the same frame can be sent on any
+/// number of streams (a message for every node costs one serialization, not one per node).
+public struct RPCFrame<Message: SwiftProtobuf.Message & Sendable>: Sendable {
+    let bytes: ByteBuffer
+
+    public init(_ message: Message) throws {
+        self.bytes = try RPCMessageDecoder.frame(message)
+    }
+
+    /// The frame's size in bytes (its 5-byte prefix included).
+    public var count: Int { self.bytes.readableBytes }
 }
 
 /// What a server handler knows about its call.

@@ -502,6 +502,7 @@ public final class WorkerNode: Service, Sendable {
         var register = PBRegisterNode()
         register.nodeID = self.options.nodeID
         register.protocolVersion = ControlPaths.protocolVersion
+        register.headTimeoutMs = UInt32(min(max(self.options.headTimeout.seconds * 1000, 0), Double(UInt32.max)))
         register.address = self.options.advertiseAddress ?? localAddress
         register.port = UInt32(dataPort)
         register.totalResources = PBResourceSet.with { $0.quantitiesE4 = self.options.resources.quantitiesE4 }
@@ -735,14 +736,10 @@ public final class WorkerNode: Service, Sendable {
                     await self.fail(replica, because: "reconfigure failed: \(error)")
                 }
             }
-        case .ping(let ping):
-            try? await send(PBWorkerMessage.with {
-                $0.inReplyTo = message.sequence
-                $0.pong = PBPong.with {
-                    $0.pingSentAtUnixMs = ping.sentAtUnixMs
-                    $0.sentAtUnixMs = Int64(Date().timeIntervalSince1970 * 1000)
-                }
-            })
+        case .ping:
+            // It has reset the head's silence (`HeadSilent`); the heartbeats show the head this
+            // node alive.
+            break
         case .routes(let update):
             // A node whose process already has a proxy (the head's embedded worker) needs none.
             guard case .own = self.options.proxy else { break }

@@ -25,6 +25,36 @@ struct ControlPlaneSimTests {
         }
     }
 
+    @Test("--tables version: the nodes read only each table's header, host replicas and report the head's latest table")
+    func versionOnlyTables() async throws {
+        try await withCluster(headCPUs: 0) { cluster in
+            let sim = try await SimulatedNodes(cluster: cluster, nodes: 5, cpusPerNode: 4, extra: ["--tables", "version"])
+            do {
+                try await cluster.deploy("""
+                    applications:
+                      - {name: small, route_prefix: /small, deployments: [{name: D, handler: echo, num_replicas: 10}]}
+                    """)
+                _ = try await cluster.waitForRunning(app: "small", deployment: "D", replicas: 10)
+                try await FailureTests.eventually("every simulated node to report the head's latest table", timeout: .seconds(30), cluster) {
+                    let (_, body) = try await cluster.adminCall(.get, "/api/cluster/nodes")
+                    let json = try JSONValue.parse(body)
+                    guard let latest = json["route_table_version"]?.stringValue else { return false }
+                    let nodes = json["nodes"]?.arrayValue ?? []
+                    let held = try await sim.status()["tables"]?["holding"]?[latest]?.doubleValue
+                    return nodes.count == 5 && nodes.allSatisfy { $0["proxy_table_version"]?.stringValue == latest } && held == 5
+                }
+                let status = try await sim.status()
+                #expect(status["tables_mode"]?.stringValue == "version")
+                #expect(status["replicas"]?["RUNNING"]?.doubleValue == 10)
+            } catch {
+                print("--- serve-control-sim ---\n" + sim.child.output)
+                await sim.close()
+                throw error
+            }
+            await sim.close()
+        }
+    }
+
     static func run(_ cluster: TestCluster, _ sim: SimulatedNodes) async throws {
         var simIDs = Set<String>()
         try await FailureTests.eventually("20 simulated nodes ALIVE at the head", timeout: .seconds(60), cluster) {
@@ -97,11 +127,11 @@ final class SimulatedNodes: Sendable {
     let child: Child
     let control: HTTP1ConnectionPool
 
-    init(cluster: TestCluster, nodes: Int, cpusPerNode: Double) async throws {
+    init(cluster: TestCluster, nodes: Int, cpusPerNode: Double, extra: [String] = []) async throws {
         self.child = try Child("serve-control-sim", [
             "--address", "127.0.0.1:\(cluster.clusterPort)", "--token", cluster.token, "--nodes", String(nodes),
             "--cpus-per-node", String(cpusPerNode), "--control-port", "0",
-        ])
+        ] + extra)
         let banner = try await self.child.waitForOutput(matching: "control API on")
         guard let match = banner.firstMatch(of: /control API on http:\/\/127\.0\.0\.1:(\d+)/), let port = Int(match.1) else {
             throw HarnessFailure("no control port in:\n\(banner)")

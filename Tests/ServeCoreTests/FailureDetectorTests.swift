@@ -8,6 +8,21 @@ import Testing
 struct FailureDetectorTests {
     let config = FailureDetector.Configuration(heartbeatTimeout: 2)
 
+    @Test("a worker is pinged at least three times within its head timeout and no more often; every round when it did not say")
+    func pingEvery() {
+        let round = 0.5
+        for headTimeout in [1.5, 2, 5, 7.2, 30] {
+            let every = FailureDetector.pingEvery(headTimeout: headTimeout, round: round)
+            #expect(Double(every) * round * 3 <= headTimeout, "timeout \(headTimeout): every \(every) rounds")
+            #expect(Double(every + 1) * round * 3 > headTimeout, "timeout \(headTimeout): could ping less often than every \(every) rounds")
+        }
+        #expect(FailureDetector.pingEvery(headTimeout: 5, round: round) == 3)
+        // A worker with a timeout under three rounds (--head-timeout-s 1) is pinged every round.
+        #expect(FailureDetector.pingEvery(headTimeout: 1, round: round) == 1)
+        #expect(FailureDetector.pingEvery(headTimeout: 0, round: round) == 1)
+        #expect(FailureDetector.pingEvery(headTimeout: .infinity, round: round) == 1)
+    }
+
     @Test("a node heard from within the timeout stays ALIVE; silent for the timeout it is DEAD, once")
     func timeout() {
         var detector = FailureDetector(configuration: self.config)

@@ -99,6 +99,26 @@ struct MetricsWindowTests {
         #expect(window.aggregate(now: 14, aggregation: "mean") == nil)
     }
 
+    @Test("a held source (changes only) keeps its last value however long it is quiet, until removed; expiry drops only the others")
+    func heldSources() {
+        var window = MetricsWindow(lookBack: 30)
+        window.record(source: "replica", value: 4, at: 0, held: true)
+        window.record(source: "router", value: 2, at: 0)
+        window.expire(now: 100, staleAfter: 5)
+        #expect(window.sources == ["replica"])
+        #expect(window.latest() == 4)
+        #expect(window.aggregate(now: 100, aggregation: "mean") == 4)
+        // A source reported as expiring again can go stale again; held again, it holds.
+        window.record(source: "replica", value: 1, at: 100)
+        window.expire(now: 106, staleAfter: 5)
+        #expect(window.isEmpty)
+        window.record(source: "replica", value: 3, at: 110, held: true)
+        window.expire(now: 500, staleAfter: 5)
+        #expect(window.latest() == 3)
+        window.remove(source: "replica")
+        #expect(window.isEmpty)
+    }
+
     @Test("removing a source drops its whole history")
     func removal() {
         var window = MetricsWindow(lookBack: 30)

@@ -46,7 +46,7 @@ struct FuzzControlPlaneTests {
         PBWorkerMessage.with {
             $0.replicaState = PBReplicaStateReport.with { $0.replicaID = "A#1"; $0.state = .failed; $0.message = "exit 1 ✗" }
         },
-        PBWorkerMessage.with { $0.pong = PBPong.with { $0.pingSentAtUnixMs = 5 } },
+        PBWorkerMessage.with { $0.ack = PBCommandAck.with { $0.accepted = false; $0.message = "no replica A#9" } },
     ]
 
     static let headSeeds: [PBHeadMessage] = [

@@ -36,6 +36,8 @@ struct ServeControlSim: AsyncParsableCommand {
     var handlerNames = "echo,sleep,cpu,env"
     @Option(name: .customLong("heartbeat-interval-ms"), help: "Heartbeat this often (default 0: the interval the head's RegisterAnswer gives).")
     var heartbeatIntervalMs = 0
+    @Option(help: "full: each node decodes and applies every route table, as a proxy does; version: it reads only each table's header (keeps the simulator's CPU off the head's measurement at scale).")
+    var tables: TableMode = .full
     @Option(help: "full: every replica's load in every heartbeat; changes: the first heartbeat of a stream lists every replica, later ones only those that changed.")
     var heartbeats: HeartbeatMode = .changes
     @Option(name: .customLong("control-host"), help: "Where the control API listens.") var controlHost = "127.0.0.1"
@@ -71,6 +73,7 @@ struct ServeControlSim: AsyncParsableCommand {
             handlerNames: self.handlerNames.split(separator: ",").map { String($0.trimmingCharacters(in: .whitespaces)) },
             heartbeatOverride: self.heartbeatIntervalMs > 0 ? .milliseconds(self.heartbeatIntervalMs) : nil,
             heartbeats: self.heartbeats,
+            tables: self.tables,
             dataAddress: self.dataAddress,
             dataPortBase: self.dataPortBase,
             joinRate: self.joinRate
@@ -107,3 +110,4 @@ struct ServeControlSim: AsyncParsableCommand {
 }
 
 extension HeartbeatMode: ExpressibleByArgument {}
+extension TableMode: ExpressibleByArgument {}

@@ -22,6 +22,7 @@ struct FleetOptions: Sendable {
     /// start value of `SimFleet.heartbeatOverride`).
     var heartbeatOverride: Duration?
     var heartbeats: HeartbeatMode
+    var tables: TableMode
     /// The data-plane address every node advertises (never dialled: nothing listens there).
     var dataAddress: String
     var dataPortBase: Int
@@ -53,7 +54,11 @@ final class FleetCounters: Sendable {
     let stops = Atomic<Int>(0)
     let reconfigures = Atomic<Int>(0)
 
-    func received(_ message: PBHeadMessage) {
+    func received(_ message: HeadEnvelope) {
+        if message.routes != nil {
+            self.routes.add(1, ordering: .relaxed)
+            return
+        }
         switch message.kind {
         case .ping: self.pings.add(1, ordering: .relaxed)
         case .routes: self.routes.add(1, ordering: .relaxed)
@@ -282,6 +287,7 @@ final class SimFleet: Sendable {
             "heartbeat_interval_ms": .number(Double(self.heartbeatInterval.milliseconds)),
             "head_heartbeat_interval_ms": .number(Double(self.headIntervalMs.load(ordering: .relaxed))),
             "heartbeats_mode": .string(self.options.heartbeats.rawValue),
+            "tables_mode": .string(self.options.tables.rawValue),
             "cpu_seconds": .number(cpu),
             "nodes": .object([
                 "total": .number(Double(nodes.count)),

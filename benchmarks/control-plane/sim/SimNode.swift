@@ -57,7 +57,7 @@ final class SimNode: Sendable {
         var channel: (any Channel)?
         var replicas: [String: SimReplica] = [:]
         /// The node's copy of the head's route table (whole when it registers, then changes).
-        var table = RouteTableMirror()
+        var table = SimTable()
         /// Wakes this stream's heartbeat sender (`heartbeatDue`), while registered.
         var heartbeatTick: AsyncStream<Void>.Continuation?
         var lastError: String?
@@ -137,11 +137,11 @@ final class SimNode: Sendable {
         guard attached else { return }
         let client = RPCClient(connection: connection, metadata: [.authorization: "Bearer \(options.token)"])
         let call = try await client.bidirectional(
-            ControlPaths.connect, requestType: PBWorkerMessage.self, responseType: PBHeadMessage.self)
+            ControlPaths.connect, requestType: PBWorkerMessage.self, responseType: HeadEnvelope.self)
         let link = ControlLink(call: call, counters: self.fleet.counters)
         try await link.send(.register(self.registration(address: options.dataAddress)))
         var responses = try await call.responses().makeAsyncIterator()
-        let first: PBHeadMessage?
+        let first: HeadEnvelope?
         do {
             first = try await responses.next()
         } catch let error as RPCError where error.code == .unauthenticated || error.code == .permissionDenied {
@@ -191,6 +191,8 @@ final class SimNode: Sendable {
         var register = PBRegisterNode()
         register.nodeID = self.id
         register.protocolVersion = ControlPaths.protocolVersion
+        // A worker's default --head-timeout-s: the head pings it as often as it pings those.
+        register.headTimeoutMs = 5000
         register.address = address
         register.port = UInt32(options.dataPortBase + self.index % 40_000)
         register.totalResources = PBResourceSet.with { $0.quantitiesE4 = options.resources.quantitiesE4 }
@@ -241,9 +243,17 @@ final class SimNode: Sendable {
         return heartbeat
     }
 
-    private func handle(_ message: PBHeadMessage, _ link: ControlLink) async throws {
+    private func handle(_ message: HeadEnvelope, _ link: ControlLink) async throws {
         // A node playing dead answers nothing (what it read before it went silent included).
         guard self.state.withLockedValue({ $0.killed == nil }) else { return }
+        if let routes = message.routes {
+            // As a worker does (`WorkerNode`): a change from a table not held ends the stream,
+            // and the node registers again for the whole table.
+            let mode = self.fleet.options.tables
+            guard let (version, replicas, made) = try self.state.withLockedValue({ try $0.table.receive(routes, mode: mode) }) else { return }
+            self.fleet.tableArrived(version, replicas: replicas, madeUnixMs: made)
+            return
+        }
         switch message.kind {
         case .startReplica(let start):
             let deployment = DeploymentID(app: start.appName, name: start.deploymentName)
@@ -274,23 +284,10 @@ final class SimNode: Sendable {
                     $0.message = known ? "" : "no replica \(change.replicaID) on node \(self.id)"
                 }),
                 inReplyTo: message.sequence)
-        case .ping(let ping):
-            try await link.send(
-                .pong(PBPong.with {
-                    $0.pingSentAtUnixMs = ping.sentAtUnixMs
-                    $0.sentAtUnixMs = Self.unixMs
-                }),
-                inReplyTo: message.sequence)
-        case .routes(let update):
-            // As a worker does (`WorkerNode`): a change from a table not held ends the stream
-            // (`RouteTableMirror.MissingBase`), and the node registers again for the whole table.
-            let applied = try self.state.withLockedValue { state -> (TableVersion, Int)? in
-                guard try state.table.apply(update), let version = state.table.version else { return nil }
-                return (version, state.table.table.applications.reduce(0) { sum, app in sum + app.deployments.reduce(0) { $0 + $1.replicas.count } })
-            }
-            guard let (version, replicas) = applied else { return }
-            self.fleet.tableArrived(version, replicas: replicas, madeUnixMs: update.madeAtUnixMs)
-        case .registerAnswer, .none:
+        case .ping:
+            // Not answered, as by a worker: the heartbeats show the node alive.
+            break
+        case .routes, .registerAnswer, .none:
             break
         }
     }
@@ -323,7 +320,7 @@ final class SimNode: Sendable {
             state.phase = .killed
             if mode == .reset {
                 state.replicas = [:]
-                state.table = RouteTableMirror()
+                state.table = SimTable()
             }
             return .some(state.channel)
         }
@@ -365,11 +362,11 @@ final class SimNode: Sendable {
 
 /// One control stream's sender: numbers the messages (`WorkerMessage.sequence`) and counts them.
 struct ControlLink: Sendable {
-    let call: RPCBidirectionalCall<PBWorkerMessage, PBHeadMessage>
+    let call: RPCBidirectionalCall<PBWorkerMessage, HeadEnvelope>
     let counters: FleetCounters
     private let sequence = NIOLockedValueBox<UInt64>(0)
 
-    init(call: RPCBidirectionalCall<PBWorkerMessage, PBHeadMessage>, counters: FleetCounters) {
+    init(call: RPCBidirectionalCall<PBWorkerMessage, HeadEnvelope>, counters: FleetCounters) {
         self.call = call
         self.counters = counters
     }
