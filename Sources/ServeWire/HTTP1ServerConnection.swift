@@ -126,7 +126,7 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
     /// The last response end written: once it has gone out, so has everything before it
     /// (writes complete in order), and the connection may close without cutting a response.
     private var lastWrite: EventLoopFuture<Void>?
-    private var writeWaiters: [EventLoopPromise<Void>] = []
+    private var writeWaiters = WriteWaiters()
     /// A read was withheld because the handler is behind; it resumes as the handler reads.
     private var readPaused = false
 
@@ -196,11 +196,7 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable {
-            let waiters = self.writeWaiters
-            self.writeWaiters.removeAll()
-            for waiter in waiters { waiter.succeed() }
-        }
+        if context.channel.isWritable { self.writeWaiters.removeAll().succeed() }
         context.fireChannelWritabilityChanged()
     }
 
@@ -244,9 +240,7 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
             exchange.source.fail(HTTP2Error.connectionClosed)
             if !exchange.handlerDone { exchange.task?.cancel() }
         }
-        let waiters = self.writeWaiters
-        self.writeWaiters.removeAll()
-        for waiter in waiters { waiter.fail(HTTP2Error.connectionClosed) }
+        self.writeWaiters.removeAll().fail(HTTP2Error.connectionClosed)
     }
 
     // MARK: reading
@@ -630,9 +624,7 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
             context.writeAndFlush(self.wrapOutboundOut(.body(.byteBuffer(chunk))), promise: nil)
         }
         guard !context.channel.isWritable else { return nil }
-        let promise = context.eventLoop.makePromise(of: Void.self)
-        self.writeWaiters.append(promise)
-        return promise.futureResult
+        return self.writeWaiters.wait(on: context.eventLoop)
     }
 
     func finish(_ id: UInt64, trailers: HTTPFields?) throws {

@@ -319,9 +319,7 @@ extension HTTP2Connection {
             self.scheduleFlush()
         }
         guard stream.pendingBytes > self.configuration.outboundBufferHighWatermark, let context else { return nil }
-        let promise = context.eventLoop.makePromise(of: Void.self)
-        stream.writeWaiters.append(promise)
-        return promise.futureResult
+        return stream.writeWaiters.wait(on: context.eventLoop)
     }
 
     /// Ends the body, with trailers if given.
