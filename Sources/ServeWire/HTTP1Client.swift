@@ -254,9 +254,7 @@ struct HTTP1UploadWriter: Sendable {
 
     func write(_ chunk: ByteBuffer) async throws {
         let id = self.exchangeID
-        if let roomAgain = try await self.connection.perform({ try $0.writeBody(id, chunk: chunk) }) {
-            try await roomAgain.get()
-        }
+        try await self.connection.performWrite { try $0.writeBody(id, chunk: chunk) }
     }
 }
 

@@ -456,3 +456,18 @@ extension HTTP2Connection {
         }
     }
 }
+
+// MARK: - From any thread
+
+extension NIOLoopBound where Value == HTTP2Connection {
+    /// Sends one body chunk on a stream from any thread; returns once the stream's send queue has
+    /// room. What a client's request stream and a server's response writer both do.
+    func write(streamID: Int32, chunk: ByteBuffer) async throws {
+        try await self.performWrite { try $0.write(streamID: streamID, chunk: chunk) }
+    }
+
+    /// Ends a stream's body from any thread, with trailers if given.
+    func finish(streamID: Int32, trailers: HTTPFields?) async throws {
+        try await self.perform { try $0.finish(streamID: streamID, trailers: trailers) }
+    }
+}
