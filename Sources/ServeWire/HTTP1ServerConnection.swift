@@ -501,14 +501,8 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
         exchange.handlerDone = true
         switch exchange.response {
         case .none:
-            switch error {
-            case HTTP2Error.badBody(let reason):
-                self.respondNow(exchange, status: .badRequest, message: "bad request body: \(reason)\n")
-            case HTTP2Error.bodyTooLarge(let limit):
-                self.respondNow(exchange, status: .contentTooLarge, message: "the request body is over the \(limit)-byte limit\n")
-            default:
-                self.respondNow(exchange, status: .internalServerError, message: "internal error: \(error)\n")
-            }
+            let answer = ServerAnswer(handlerFailure: error)
+            self.respondNow(exchange, status: answer.status, message: answer.message)
         case .streaming:
             // The head is out: the only honest way to say the body is incomplete is to cut the
             // connection before its end (a missing last chunk or short content-length,

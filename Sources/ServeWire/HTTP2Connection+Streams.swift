@@ -368,14 +368,8 @@ extension HTTP2Connection {
     func abort(streamID: Int32, error: any Error) {
         guard let stream = self.streams[streamID], stream.failure == nil else { return }
         if !stream.headSubmitted {
-            switch error {
-            case HTTP2Error.badBody(let reason):
-                self.respondNow(stream, status: .badRequest, message: "bad request body: \(reason)\n")
-            case HTTP2Error.bodyTooLarge(let limit):
-                self.respondNow(stream, status: .contentTooLarge, message: "the request body is over the \(limit)-byte limit\n")
-            default:
-                self.respondNow(stream, status: .internalServerError, message: "internal error: \(error)\n")
-            }
+            let answer = ServerAnswer(handlerFailure: error)
+            self.respondNow(stream, status: answer.status, message: answer.message)
         } else {
             self.cutStream(streamID, error: .streamReset(code: HTTP2ErrorCode.internalError))
         }
