@@ -98,6 +98,15 @@ enum FieldRead<Value> {
     var isPresent: Bool {
         if case .absent = self { false } else { true }
     }
+
+    /// The value changed by `transform`; absent and invalid stay what they are.
+    func map<Other>(_ transform: (Value) -> Other) -> FieldRead<Other> {
+        switch self {
+        case .absent: .absent
+        case .invalid: .invalid
+        case .value(let value): .value(transform(value))
+        }
+    }
 }
 
 /// A range rule for a number, with the message that names it.
@@ -277,19 +286,9 @@ struct ConfigValidator {
     }
 
     mutating func number(_ node: ConfigNode, at path: String, _ rule: NumberRule? = nil) -> FieldRead<Double> {
-        guard case .number(let value) = node else {
-            self.report(path, Self.typeMessage("a number", node))
-            return .invalid
+        self.number(node, at: path, expected: "a number", rule) { value in
+            value.isFinite ? nil : "must be a finite number"
         }
-        guard value.isFinite else {
-            self.report(path, "must be a finite number")
-            return .invalid
-        }
-        if let rule, !rule.check(value) {
-            self.report(path, "\(rule.requirement), not \(NumberRule.show(value))")
-            return .invalid
-        }
-        return .value(value)
     }
 
     mutating func integer(_ fields: ConfigFields, _ name: String, _ rule: NumberRule? = nil) -> FieldRead<Int> {
@@ -298,19 +297,35 @@ struct ConfigValidator {
     }
 
     mutating func integer(_ node: ConfigNode, at path: String, _ rule: NumberRule? = nil) -> FieldRead<Int> {
+        self.number(node, at: path, expected: "a whole number", rule) { value in
+            value.isFinite && value.rounded(.towardZero) == value && value.magnitude < 9_007_199_254_740_992
+                ? nil : "must be a whole number, not \(NumberRule.show(value))"
+        }.map { Int($0) }
+    }
+
+    /// A number of the kind `problem` accepts (it says what is wrong with any other) that meets
+    /// `rule`; anything else, a node that is no number at all too (not `expected`), is reported
+    /// at `path`, one problem per field.
+    private mutating func number(
+        _ node: ConfigNode,
+        at path: String,
+        expected: String,
+        _ rule: NumberRule?,
+        problem: (Double) -> String?
+    ) -> FieldRead<Double> {
         guard case .number(let value) = node else {
-            self.report(path, Self.typeMessage("a whole number", node))
+            self.report(path, Self.typeMessage(expected, node))
             return .invalid
         }
-        guard value.isFinite, value.rounded(.towardZero) == value, value.magnitude < 9_007_199_254_740_992 else {
-            self.report(path, "must be a whole number, not \(NumberRule.show(value))")
+        if let problem = problem(value) {
+            self.report(path, problem)
             return .invalid
         }
         if let rule, !rule.check(value) {
             self.report(path, "\(rule.requirement), not \(NumberRule.show(value))")
             return .invalid
         }
-        return .value(Int(value))
+        return .value(value)
     }
 
     mutating func replicaCount(_ fields: ConfigFields, _ name: String, atLeast low: Double) -> FieldRead<Int> {

@@ -216,6 +216,82 @@ private func zlibMessage(_ stream: UnsafeMutablePointer<z_stream>) -> String? {
     stream.pointee.msg.map { String(cString: $0) }
 }
 
+/// Allocates a `z_stream` and sets it up with `initialize` (`deflateInit2` or `inflateInit2`,
+/// named by `name`). Traps if zlib cannot: it fails only when out of memory, and as with any
+/// allocation failure there is no useful recovery.
+private func makeZStream(
+    _ name: String,
+    _ initialize: (UnsafeMutablePointer<z_stream>) -> Int32
+) -> UnsafeMutablePointer<z_stream> {
+    let stream = UnsafeMutablePointer<z_stream>.allocate(capacity: 1)
+    stream.initialize(to: z_stream())
+    let rc = initialize(stream)
+    guard rc == Z_OK else {
+        let message = zlibMessage(stream) ?? "code \(rc)"
+        stream.deinitialize(count: 1)
+        stream.deallocate()
+        fatalError("\(name) failed: \(message)")
+    }
+    return stream
+}
+
+/// Frees a stream from `makeZStream` once `end` (`deflateEnd` or `inflateEnd`) has freed zlib's
+/// state in it.
+private func freeZStream(_ stream: UnsafeMutablePointer<z_stream>, _ end: (UnsafeMutablePointer<z_stream>) -> Int32) {
+    _ = end(stream)
+    stream.deinitialize(count: 1)
+    stream.deallocate()
+}
+
+/// Runs `body` with `input`'s readable bytes as the stream's input, read straight from the
+/// buffer, and takes them back after: zlib must keep no pointer into a buffer past the call.
+private func withZlibInput<Result>(
+    _ input: ByteBuffer,
+    of stream: UnsafeMutablePointer<z_stream>,
+    _ body: () throws -> Result
+) rethrows -> Result {
+    try input.withUnsafeReadableBytes { inBytes in
+        // zlib's next_in is non-const for historical reasons; it never writes through it.
+        stream.pointee.next_in = inBytes.baseAddress.map {
+            UnsafeMutablePointer(mutating: $0.assumingMemoryBound(to: Bytef.self))
+        }
+        // ByteBuffer readable bytes never exceed UInt32.max, so this cannot trap.
+        stream.pointee.avail_in = uInt(inBytes.count)
+        defer {
+            stream.pointee.next_in = nil
+            stream.pointee.avail_in = 0
+        }
+        return try body()
+    }
+}
+
+/// One zlib call (`deflate` or `inflate`) that writes straight into `output`'s writable bytes,
+/// at most `step` of them; `output` keeps at most `keep` of what it wrote. Returns zlib's code,
+/// the bytes it wrote, and whether it filled the space it was given (more may be pending).
+private func zlibStep(
+    _ stream: UnsafeMutablePointer<z_stream>,
+    into output: inout ByteBuffer,
+    step: Int,
+    keepingAtMost keep: Int = .max,
+    _ call: (UnsafeMutablePointer<z_stream>) -> Int32
+) -> (rc: Int32, produced: Int, outputFull: Bool) {
+    var rc: Int32 = Z_OK
+    var produced = 0
+    var outputFull = false
+    output.writeWithUnsafeMutableBytes(minimumWritableBytes: min(step, zlibMinimumWritable)) { outBytes in
+        let room = min(outBytes.count, step)
+        stream.pointee.next_out = outBytes.baseAddress!.assumingMemoryBound(to: Bytef.self)
+        stream.pointee.avail_out = uInt(room)
+        rc = call(stream)
+        produced = room - Int(stream.pointee.avail_out)
+        outputFull = stream.pointee.avail_out == 0
+        stream.pointee.next_out = nil
+        stream.pointee.avail_out = 0
+        return min(produced, keep)
+    }
+    return (rc, produced, outputFull)
+}
+
 // MARK: - StreamingCompressor
 
 /// Incrementally compresses one body into gzip (RFC 1952) or zlib/"deflate" (RFC 1950) format.
@@ -250,22 +326,12 @@ public final class StreamingCompressor {
     public init(coding: ContentCoding, level: Int32 = 6) {
         precondition((-1...9).contains(level), "zlib compression level must be in -1...9, got \(level)")
         self.coding = coding
-        self.stream = .allocate(capacity: 1)
-        self.stream.initialize(to: z_stream())
         // memLevel 8 is zlib's default (MAX_MEM_LEVEL is 9): ~128 KiB of hash state per stream.
-        let rc = czlib_deflateInit2(self.stream, level, coding.windowBits, 8)
-        guard rc == Z_OK else {
-            let message = zlibMessage(self.stream) ?? "code \(rc)"
-            self.stream.deinitialize(count: 1)
-            self.stream.deallocate()
-            fatalError("deflateInit2 failed: \(message)")
-        }
+        self.stream = makeZStream("deflateInit2") { czlib_deflateInit2($0, level, coding.windowBits, 8) }
     }
 
     deinit {
-        deflateEnd(self.stream)
-        self.stream.deinitialize(count: 1)
-        self.stream.deallocate()
+        freeZStream(self.stream) { deflateEnd($0) }
     }
 
     /// Compresses `input` (its readable bytes) and appends whatever zlib emits to `output`.
@@ -298,31 +364,9 @@ public final class StreamingCompressor {
     private func run(_ input: ByteBuffer, flush: Int32, into output: inout ByteBuffer) throws {
         let stream = self.stream
         let coding = self.coding
-        try input.withUnsafeReadableBytes { (inBytes: UnsafeRawBufferPointer) throws -> Void in
-            // zlib's next_in is non-const for historical reasons; it never writes through it.
-            stream.pointee.next_in = inBytes.baseAddress.map {
-                UnsafeMutablePointer(mutating: $0.assumingMemoryBound(to: Bytef.self))
-            }
-            // ByteBuffer readable bytes never exceed UInt32.max, so this cannot trap.
-            stream.pointee.avail_in = uInt(inBytes.count)
-            defer {
-                stream.pointee.next_in = nil
-                stream.pointee.avail_in = 0
-            }
+        try withZlibInput(input, of: stream) {
             while true {
-                var rc: Int32 = Z_OK
-                var outputFull = false
-                output.writeWithUnsafeMutableBytes(minimumWritableBytes: zlibMinimumWritable) { outBytes in
-                    let room = min(outBytes.count, zlibStepBytes)
-                    stream.pointee.next_out = outBytes.baseAddress!.assumingMemoryBound(to: Bytef.self)
-                    stream.pointee.avail_out = uInt(room)
-                    rc = CZlib.deflate(stream, flush)
-                    let written = room - Int(stream.pointee.avail_out)
-                    outputFull = stream.pointee.avail_out == 0
-                    stream.pointee.next_out = nil
-                    stream.pointee.avail_out = 0
-                    return written
-                }
+                let (rc, _, outputFull) = zlibStep(stream, into: &output, step: zlibStepBytes) { CZlib.deflate($0, flush) }
                 switch rc {
                 case Z_STREAM_END:
                     return  // only with Z_FINISH: trailer written
@@ -387,21 +431,11 @@ public final class StreamingDecompressor {
         precondition(limit >= 0, "decompression limit must be non-negative, got \(limit)")
         self.coding = coding
         self.limit = limit
-        self.stream = .allocate(capacity: 1)
-        self.stream.initialize(to: z_stream())
-        let rc = czlib_inflateInit2(self.stream, coding.windowBits)
-        guard rc == Z_OK else {
-            let message = zlibMessage(self.stream) ?? "code \(rc)"
-            self.stream.deinitialize(count: 1)
-            self.stream.deallocate()
-            fatalError("inflateInit2 failed: \(message)")
-        }
+        self.stream = makeZStream("inflateInit2") { czlib_inflateInit2($0, coding.windowBits) }
     }
 
     deinit {
-        inflateEnd(self.stream)
-        self.stream.deinitialize(count: 1)
-        self.stream.deallocate()
+        freeZStream(self.stream) { inflateEnd($0) }
     }
 
     /// Whether the compressed stream's end (final block and trailer) has been seen.
@@ -423,33 +457,15 @@ public final class StreamingDecompressor {
             throw self.fail(.corrupt, detail: "\(input.readableBytes) byte(s) after the end of the compressed stream")
         }
         let stream = self.stream
-        try input.withUnsafeReadableBytes { (inBytes: UnsafeRawBufferPointer) throws -> Void in
-            stream.pointee.next_in = inBytes.baseAddress.map {
-                UnsafeMutablePointer(mutating: $0.assumingMemoryBound(to: Bytef.self))
-            }
-            stream.pointee.avail_in = uInt(inBytes.count)
-            defer {
-                stream.pointee.next_in = nil
-                stream.pointee.avail_in = 0
-            }
+        try withZlibInput(input, of: stream) {
             while true {
                 let remaining = self.limit - self.decompressedByteCount
                 // One byte more than the limit allows, so we can tell "exactly at the limit"
                 // from "would pass it"; that extra byte is never kept.
                 let step = remaining < zlibStepBytes ? remaining + 1 : zlibStepBytes
-                var rc: Int32 = Z_OK
-                var produced = 0
-                var outputFull = false
-                output.writeWithUnsafeMutableBytes(minimumWritableBytes: min(step, zlibMinimumWritable)) { outBytes in
-                    let room = min(outBytes.count, step)
-                    stream.pointee.next_out = outBytes.baseAddress!.assumingMemoryBound(to: Bytef.self)
-                    stream.pointee.avail_out = uInt(room)
-                    rc = inflate(stream, Z_NO_FLUSH)
-                    produced = room - Int(stream.pointee.avail_out)
-                    outputFull = stream.pointee.avail_out == 0
-                    stream.pointee.next_out = nil
-                    stream.pointee.avail_out = 0
-                    return min(produced, remaining)  // drop the probe byte past the limit
+                // Keeping at most `remaining` drops the probe byte past the limit.
+                let (rc, produced, outputFull) = zlibStep(stream, into: &output, step: step, keepingAtMost: remaining) {
+                    inflate($0, Z_NO_FLUSH)
                 }
                 if produced > remaining {
                     self.decompressedByteCount = self.limit

@@ -254,9 +254,7 @@ struct HTTP1UploadWriter: Sendable {
 
     func write(_ chunk: ByteBuffer) async throws {
         let id = self.exchangeID
-        if let roomAgain = try await self.connection.perform({ try $0.writeBody(id, chunk: chunk) }) {
-            try await roomAgain.get()
-        }
+        try await self.connection.performWrite { try $0.writeBody(id, chunk: chunk) }
     }
 }
 
@@ -350,7 +348,7 @@ final class HTTP1ClientConnection: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
     private var exchange: Exchange?
     private var nextExchangeID: UInt64 = 0
-    private var writeWaiters: [EventLoopPromise<Void>] = []
+    private var writeWaiters = WriteWaiters()
     private var readPaused = false
     private var closed = false
 
@@ -373,11 +371,7 @@ final class HTTP1ClientConnection: ChannelInboundHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable {
-            let waiters = self.writeWaiters
-            self.writeWaiters.removeAll()
-            for waiter in waiters { waiter.succeed() }
-        }
+        if context.channel.isWritable { self.writeWaiters.removeAll().succeed() }
         context.fireChannelWritabilityChanged()
     }
 
@@ -416,9 +410,7 @@ final class HTTP1ClientConnection: ChannelInboundHandler {
             exchange.responsePromise = nil
             exchange.source?.fail(HTTP2Error.connectionClosed)
         }
-        let waiters = self.writeWaiters
-        self.writeWaiters.removeAll()
-        for waiter in waiters { waiter.fail(HTTP2Error.connectionClosed) }
+        self.writeWaiters.removeAll().fail(HTTP2Error.connectionClosed)
     }
 
     private func readIfAppropriate() {
@@ -488,9 +480,7 @@ final class HTTP1ClientConnection: ChannelInboundHandler {
         }
         context.writeAndFlush(self.wrapOutboundOut(.body(.byteBuffer(chunk))), promise: nil)
         guard !context.channel.isWritable else { return nil }
-        let promise = context.eventLoop.makePromise(of: Void.self)
-        self.writeWaiters.append(promise)
-        return promise.futureResult
+        return self.writeWaiters.wait(on: context.eventLoop)
     }
 
     /// Ends a streamed body.

@@ -73,9 +73,7 @@ public struct HTTP1ResponseWriter: HTTPResponseWriter {
     /// room for more. More bytes than the head's `content-length` announced are refused.
     public func write(_ chunk: ByteBuffer) async throws {
         let id = self.exchangeID
-        if let roomAgain = try await self.connection.perform({ try $0.write(id, chunk: chunk) }) {
-            try await roomAgain.get()
-        }
+        try await self.connection.performWrite { try $0.write(id, chunk: chunk) }
     }
 
     /// Ends the body: the last chunk, with trailers if given, when chunked (RFC 9112 §7.1.2).

@@ -126,7 +126,7 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
     /// The last response end written: once it has gone out, so has everything before it
     /// (writes complete in order), and the connection may close without cutting a response.
     private var lastWrite: EventLoopFuture<Void>?
-    private var writeWaiters: [EventLoopPromise<Void>] = []
+    private var writeWaiters = WriteWaiters()
     /// A read was withheld because the handler is behind; it resumes as the handler reads.
     private var readPaused = false
 
@@ -196,11 +196,7 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable {
-            let waiters = self.writeWaiters
-            self.writeWaiters.removeAll()
-            for waiter in waiters { waiter.succeed() }
-        }
+        if context.channel.isWritable { self.writeWaiters.removeAll().succeed() }
         context.fireChannelWritabilityChanged()
     }
 
@@ -244,9 +240,7 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
             exchange.source.fail(HTTP2Error.connectionClosed)
             if !exchange.handlerDone { exchange.task?.cancel() }
         }
-        let waiters = self.writeWaiters
-        self.writeWaiters.removeAll()
-        for waiter in waiters { waiter.fail(HTTP2Error.connectionClosed) }
+        self.writeWaiters.removeAll().fail(HTTP2Error.connectionClosed)
     }
 
     // MARK: reading
@@ -507,14 +501,8 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
         exchange.handlerDone = true
         switch exchange.response {
         case .none:
-            switch error {
-            case HTTP2Error.badBody(let reason):
-                self.respondNow(exchange, status: .badRequest, message: "bad request body: \(reason)\n")
-            case HTTP2Error.bodyTooLarge(let limit):
-                self.respondNow(exchange, status: .contentTooLarge, message: "the request body is over the \(limit)-byte limit\n")
-            default:
-                self.respondNow(exchange, status: .internalServerError, message: "internal error: \(error)\n")
-            }
+            let answer = ServerAnswer(handlerFailure: error)
+            self.respondNow(exchange, status: answer.status, message: answer.message)
         case .streaming:
             // The head is out: the only honest way to say the body is incomplete is to cut the
             // connection before its end (a missing last chunk or short content-length,
@@ -630,9 +618,7 @@ final class HTTP1ServerConnection: ChannelInboundHandler {
             context.writeAndFlush(self.wrapOutboundOut(.body(.byteBuffer(chunk))), promise: nil)
         }
         guard !context.channel.isWritable else { return nil }
-        let promise = context.eventLoop.makePromise(of: Void.self)
-        self.writeWaiters.append(promise)
-        return promise.futureResult
+        return self.writeWaiters.wait(on: context.eventLoop)
     }
 
     func finish(_ id: UInt64, trailers: HTTPFields?) throws {

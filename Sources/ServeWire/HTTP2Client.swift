@@ -13,16 +13,12 @@ public struct HTTP2ClientStream: Sendable {
 
     /// Sends one request body chunk; returns once the stream's send queue has room.
     public func write(_ chunk: ByteBuffer) async throws {
-        let streamID = self.streamID
-        if let roomAgain = try await self.connection.perform({ try $0.write(streamID: streamID, chunk: chunk) }) {
-            try await roomAgain.get()
-        }
+        try await self.connection.write(streamID: self.streamID, chunk: chunk)
     }
 
     /// Ends the request body, with trailers if given.
     public func finish(trailers: HTTPFields? = nil) async throws {
-        let streamID = self.streamID
-        try await self.connection.perform { try $0.finish(streamID: streamID, trailers: trailers) }
+        try await self.connection.finish(streamID: self.streamID, trailers: trailers)
     }
 
     /// The response head, once it arrives; its body streams on.

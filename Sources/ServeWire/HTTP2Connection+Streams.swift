@@ -319,9 +319,7 @@ extension HTTP2Connection {
             self.scheduleFlush()
         }
         guard stream.pendingBytes > self.configuration.outboundBufferHighWatermark, let context else { return nil }
-        let promise = context.eventLoop.makePromise(of: Void.self)
-        stream.writeWaiters.append(promise)
-        return promise.futureResult
+        return stream.writeWaiters.wait(on: context.eventLoop)
     }
 
     /// Ends the body, with trailers if given.
@@ -370,14 +368,8 @@ extension HTTP2Connection {
     func abort(streamID: Int32, error: any Error) {
         guard let stream = self.streams[streamID], stream.failure == nil else { return }
         if !stream.headSubmitted {
-            switch error {
-            case HTTP2Error.badBody(let reason):
-                self.respondNow(stream, status: .badRequest, message: "bad request body: \(reason)\n")
-            case HTTP2Error.bodyTooLarge(let limit):
-                self.respondNow(stream, status: .contentTooLarge, message: "the request body is over the \(limit)-byte limit\n")
-            default:
-                self.respondNow(stream, status: .internalServerError, message: "internal error: \(error)\n")
-            }
+            let answer = ServerAnswer(handlerFailure: error)
+            self.respondNow(stream, status: answer.status, message: answer.message)
         } else {
             self.cutStream(streamID, error: .streamReset(code: HTTP2ErrorCode.internalError))
         }
@@ -456,5 +448,20 @@ extension HTTP2Connection {
         } else {
             self.cutStream(streamID, error: .timeout, code: HTTP2ErrorCode.cancel)
         }
+    }
+}
+
+// MARK: - From any thread
+
+extension NIOLoopBound where Value == HTTP2Connection {
+    /// Sends one body chunk on a stream from any thread; returns once the stream's send queue has
+    /// room. What a client's request stream and a server's response writer both do.
+    func write(streamID: Int32, chunk: ByteBuffer) async throws {
+        try await self.performWrite { try $0.write(streamID: streamID, chunk: chunk) }
+    }
+
+    /// Ends a stream's body from any thread, with trailers if given.
+    func finish(streamID: Int32, trailers: HTTPFields?) async throws {
+        try await self.perform { try $0.finish(streamID: streamID, trailers: trailers) }
     }
 }

@@ -27,16 +27,12 @@ public struct HTTP2ResponseWriter: HTTPResponseWriter {
 
     /// Sends one body chunk (a 200 head first, if none was sent).
     public func write(_ chunk: ByteBuffer) async throws {
-        let streamID = self.streamID
-        if let roomAgain = try await self.connection.perform({ try $0.write(streamID: streamID, chunk: chunk) }) {
-            try await roomAgain.get()
-        }
+        try await self.connection.write(streamID: self.streamID, chunk: chunk)
     }
 
     /// Ends the body, with trailers if given.
     public func finish(trailers: HTTPFields? = nil) async throws {
-        let streamID = self.streamID
-        try await self.connection.perform { try $0.finish(streamID: streamID, trailers: trailers) }
+        try await self.connection.finish(streamID: self.streamID, trailers: trailers)
     }
 
     /// Resets the stream (RST_STREAM with `code`): the client sees the response fail.

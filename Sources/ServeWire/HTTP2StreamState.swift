@@ -49,7 +49,7 @@ final class HTTP2StreamState {
     var outboundTrailers: HTTPFields?
     /// nghttp2 found no bytes to send and parked the stream until `resumeData`.
     var deferred = false
-    var writeWaiters: [EventLoopPromise<Void>] = []
+    var writeWaiters = WriteWaiters()
     var compressor: StreamingCompressor?
 
     /// Server: the task running the request's handler, cancelled if the client resets the
@@ -98,9 +98,7 @@ final class HTTP2StreamState {
         self.inboundStorage?.fail(error)
         self.responsePromise?.fail(error)
         self.responsePromise = nil
-        let waiters = self.writeWaiters
-        self.writeWaiters.removeAll()
-        for waiter in waiters { waiter.fail(error) }
+        self.writeWaiters.removeAll().fail(error)
         self.timeout?.cancel()
         self.timeout = nil
         self.stopBodyWatch()
@@ -118,8 +116,6 @@ final class HTTP2StreamState {
     /// writer is not woken for every frame).
     func releaseWriters(highWatermark: Int) {
         guard self.pendingBytes <= highWatermark / 2 else { return }
-        let waiters = self.writeWaiters
-        self.writeWaiters.removeAll()
-        for waiter in waiters { waiter.succeed() }
+        self.writeWaiters.removeAll().succeed()
     }
 }

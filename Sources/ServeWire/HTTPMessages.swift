@@ -60,3 +60,27 @@ extension HTTPResponseWriter {
             HTTPResponse(status: status, headerFields: [.contentType: "text/plain; charset=utf-8"]), body: ByteBuffer(string: text), trailers: nil)
     }
 }
+
+/// A response a server writes itself rather than its handler: a status, and a line of plain text
+/// that says why.
+struct ServerAnswer {
+    var status: HTTPResponse.Status
+    var message: String
+
+    /// The answer to a handler that threw before its response head went out, on HTTP/1.1 and
+    /// HTTP/2 alike: 400 for a request body that could not be decoded, 413 for one over its limit,
+    /// else 500.
+    init(handlerFailure error: any Error) {
+        switch error {
+        case HTTP2Error.badBody(let reason):
+            self.status = .badRequest
+            self.message = "bad request body: \(reason)\n"
+        case HTTP2Error.bodyTooLarge(let limit):
+            self.status = .contentTooLarge
+            self.message = "the request body is over the \(limit)-byte limit\n"
+        default:
+            self.status = .internalServerError
+            self.message = "internal error: \(error)\n"
+        }
+    }
+}

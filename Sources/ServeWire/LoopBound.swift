@@ -9,6 +9,13 @@ extension NIOLoopBound {
         return try await self.eventLoop.submit { try body(bound.value) }.get()
     }
 
+    /// Runs a write with the value on its event loop, then waits for the room it found lacking
+    /// (the future it returns, if any: a full socket or send queue). How a writer on any thread
+    /// is slowed to its peer's pace.
+    func performWrite(_ write: @escaping @Sendable (Value) throws -> EventLoopFuture<Void>?) async throws {
+        if let roomAgain = try await self.perform(write) { try await roomAgain.get() }
+    }
+
     /// Runs `body` with the value on its event loop, without waiting for it.
     func performLater(_ body: @escaping @Sendable (Value) -> Void) {
         if self.eventLoop.inEventLoop { return body(self.value) }

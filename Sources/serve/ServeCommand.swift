@@ -109,11 +109,7 @@ struct Status: AsyncParsableCommand {
 
     func run() async throws {
         let client = try self.admin.client()
-        let (status, body) = try await client.call(.get, "/api/serve/applications/")
-        guard status == 200 else {
-            FileHandle.standardError.write(Data("the head answered \(status): \(body)\n".utf8))
-            throw ExitCode(1)
-        }
+        let body = try await client.callExpectingOK(.get, "/api/serve/applications/")
         let nodeAutoscaler = try await NodeAutoscalerStatus.fetch(client)
         let proxies = try await ProxyStatus.fetch(client)
         if self.json {
@@ -140,11 +136,7 @@ struct Delete: AsyncParsableCommand {
     func run() async throws {
         let client = try self.admin.client()
         let path = self.app.map { "/api/serve/applications/\($0)" } ?? "/api/serve/applications/"
-        let (status, body) = try await client.call(.delete, path)
-        guard status == 200 else {
-            FileHandle.standardError.write(Data("the head answered \(status): \(body)\n".utf8))
-            throw ExitCode(1)
-        }
+        try await client.callExpectingOK(.delete, path)
         print(self.app.map { "deleted \($0)" } ?? "deleted all applications")
     }
 }
@@ -192,12 +184,7 @@ struct Shutdown: AsyncParsableCommand {
     @OptionGroup var admin: AdminAddress
 
     func run() async throws {
-        let client = try self.admin.client()
-        let (status, body) = try await client.call(.post, "/api/serve/shutdown")
-        guard status == 200 else {
-            FileHandle.standardError.write(Data("the head answered \(status): \(body)\n".utf8))
-            throw ExitCode(1)
-        }
+        try await self.admin.client().callExpectingOK(.post, "/api/serve/shutdown")
         print("the head is shutting down")
     }
 }
@@ -216,6 +203,18 @@ struct AdminClient {
     func call(_ method: HTTPRequest.Method, _ path: String, body: String? = nil) async throws -> (Int, String) {
         let (status, bytes, _) = try await self.send(method, path, body: body)
         return (status, String(buffer: bytes))
+    }
+
+    /// One admin call that must succeed: its body; any other answer is printed as the head gave
+    /// it, and the command exits 1.
+    @discardableResult
+    func callExpectingOK(_ method: HTTPRequest.Method, _ path: String) async throws -> String {
+        let (status, body) = try await self.call(method, path)
+        guard status == 200 else {
+            FileHandle.standardError.write(Data("the head answered \(status): \(body)\n".utf8))
+            throw ExitCode(1)
+        }
+        return body
     }
 
     /// The status, body (as the bytes it is) and header fields of one admin call.
