@@ -39,7 +39,7 @@ extension Controller {
         guard let node = self.nodes[nodeID], node.state != .dead else { return .drained }
         if self.replicas.values.contains(where: { $0.record.nodeID == nodeID }) { return .hostsReplicas }
         // The failure detector owns node states: the drain goes through it, as a worker's own does.
-        await self.apply(self.detector.drain(nodeID))
+        self.apply(self.detector.drain(nodeID))
         return .drained
     }
 

@@ -25,9 +25,11 @@ extension Controller {
         self.adoptOrStop(register.runningReplicas, on: register.nodeID, total: total)
         self.keepAdoptedReplicas()
         // Its proxy serves from the whole current table at once (sent after the answer, before
-        // any change the pass below publishes: each change is from the table before it).
-        if let whole = self.routes.wholeTable() { self.send(to: register.nodeID, .routes(whole)) }
-        await self.reconcile()
+        // any change a later pass publishes: each change is from the table before it).
+        if let whole = self.wholeTableFrame() { self.send(whole, to: register.nodeID) }
+        // A pass soon, for the burst: a hundred nodes coming back at once are one pass, not a
+        // hundred (each plans every replica).
+        self.reconcileSoon()
         return (PBRegisterAnswer.with {
             $0.accepted = true
             $0.nodeID = register.nodeID
@@ -127,7 +129,7 @@ extension Controller {
 
     /// The node's control stream ended: the node is DEAD (`FailureDetector.streamEnded`).
     func nodeDisconnected(_ id: String, connection: Int) async {
-        await self.apply(self.detector.streamEnded(id, connection: connection, now: Self.seconds(.now)))
+        self.apply(self.detector.streamEnded(id, connection: connection, now: Self.seconds(.now)))
     }
 
     /// The failure detector's timer: declares DEAD the nodes silent past the heartbeat
@@ -146,13 +148,13 @@ extension Controller {
             let ping = PBPing.with { $0.sentAtUnixMs = Int64(Date().timeIntervalSince1970 * 1000) }
             self.sendToLiveNodes(.ping(ping)) { ($0.connection + round) % $0.pingEvery == 0 }
         }
-        await self.apply(self.detector.tick(now: now))
+        self.apply(self.detector.tick(now: now))
         let nextPing = self.lastPing + Self.heartbeatInterval
         return min(nextPing, self.detector.nextDeadline ?? nextPing) - now
     }
 
     /// Carries out the failure detector's directives.
-    func apply(_ directives: [FailureDetector.Directive]) async {
+    func apply(_ directives: [FailureDetector.Directive]) {
         guard !directives.isEmpty else { return }
         for directive in directives {
             switch directive {
@@ -189,7 +191,9 @@ extension Controller {
                     reason: count == 0 ? "node \(id) is DRAINING: it hosts no replica" : "node \(id) is DRAINING: moving its \(count) replica(s) to other nodes")
             }
         }
-        await self.reconcile()
+        // The replacements in a pass soon: a hundred nodes lost at once (a rack, a partition)
+        // are one pass, not a hundred one after the other while the heartbeats queue.
+        self.reconcileSoon()
     }
 
     /// How often workers report (seconds): often enough for the autoscaler's windows whatever
@@ -233,16 +237,16 @@ extension Controller {
         // Routers learn which replica holds which model now, not at the next pass (a replica
         // reports a change at once: DESIGN.md asks for routes within 0.5 s of it).
         if modelsChanged { self.publishRoutesSoon() }
-        await self.apply(directives)
+        self.apply(directives)
     }
 
     /// Any other message on a node's control stream (an ack) shows it is alive.
     func heard(from id: String, connection: Int) async {
-        await self.apply(self.detector.heard(from: id, connection: connection, now: Self.seconds(.now)))
+        self.apply(self.detector.heard(from: id, connection: connection, now: Self.seconds(.now)))
     }
 
     func replicaReport(_ report: PBReplicaStateReport, from nodeID: String, connection: Int) async {
-        await self.apply(self.detector.heard(from: nodeID, connection: connection, now: Self.seconds(.now)))
+        self.apply(self.detector.heard(from: nodeID, connection: connection, now: Self.seconds(.now)))
         // Only the replica's own node speaks for it, and only on its current stream.
         guard var entry = self.replicas[report.replicaID], entry.record.nodeID == nodeID,
             self.detector.isCurrent(nodeID, connection: connection)

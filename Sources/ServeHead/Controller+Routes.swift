@@ -19,6 +19,17 @@ extension Controller {
         }
     }
 
+    /// The whole newest table as a message, made once for all the nodes that register while it
+    /// is newest (a hundred nodes rejoining at once would otherwise serialize every replica a
+    /// hundred times); nil before the first table.
+    func wholeTableFrame() -> RPCFrame<PBHeadMessage>? {
+        guard let version = self.routes.version else { return nil }
+        if let made = self.wholeTable, made.version == version { return made.frame }
+        guard let whole = self.routes.wholeTable(), let frame = self.frame(.routes(whole)) else { return nil }
+        self.wholeTable = (version, frame)
+        return frame
+    }
+
     func scheduledPublish() {
         self.routesScheduled = false
         self.publishRoutes()

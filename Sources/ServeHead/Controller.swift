@@ -132,6 +132,8 @@ public actor Controller {
     var settled = false
     /// Routes are due soon (`publishRoutesSoon`).
     var routesScheduled = false
+    /// The newest table whole, as sent to nodes that register (`wholeTableFrame`).
+    var wholeTable: (version: TableVersion, frame: RPCFrame<PBHeadMessage>)?
     /// The dashboard's timeline (`GET /api/serve/history`), sampled by the autoscaler's tick.
     var history: DeploymentHistory
 
@@ -366,7 +368,7 @@ public actor Controller {
     }
 
     /// The next message on the control streams, numbered and framed.
-    private func frame(_ kind: PBHeadMessage.OneOf_Kind) -> RPCFrame<PBHeadMessage>? {
+    func frame(_ kind: PBHeadMessage.OneOf_Kind) -> RPCFrame<PBHeadMessage>? {
         self.sequence += 1
         var message = PBHeadMessage()
         message.sequence = self.sequence
@@ -379,7 +381,7 @@ public actor Controller {
         }
     }
 
-    private func send(_ frame: RPCFrame<PBHeadMessage>, to nodeID: String) {
+    func send(_ frame: RPCFrame<PBHeadMessage>, to nodeID: String) {
         guard let outbox = self.nodes[nodeID]?.outbox else { return }
         if case .dropped = outbox.yield(frame) {
             // The node has not read its last `outboxLimit` commands: its stream ends (it is

@@ -25,8 +25,6 @@ struct RoutePublisher {
     /// tables are newer than any the proxies kept from before.
     let epoch: UInt64
     private var current: Published?
-    /// The whole current table, made once for all the nodes that register while it is current.
-    private var whole: PBRouteTableUpdate?
 
     init(epoch: UInt64) {
         self.epoch = epoch
@@ -44,18 +42,14 @@ struct RoutePublisher {
             version: version, changedFrom: self.current.map { ($0.version, $0.table) },
             proxyLocation: settings.proxyLocation, httpHost: settings.httpHost, httpPort: settings.httpPort, madeAtUnixMs: madeAtUnixMs)
         self.current = Published(version: version, table: table, settings: settings, madeAtUnixMs: madeAtUnixMs)
-        self.whole = nil
         return (version, update)
     }
 
     /// The whole newest table, for a node that registers (nil before the first).
-    mutating func wholeTable() -> PBRouteTableUpdate? {
+    func wholeTable() -> PBRouteTableUpdate? {
         guard let current else { return nil }
-        if let whole { return whole }
-        let whole = current.table.update(
+        return current.table.update(
             version: current.version, proxyLocation: current.settings.proxyLocation, httpHost: current.settings.httpHost,
             httpPort: current.settings.httpPort, madeAtUnixMs: current.madeAtUnixMs)
-        self.whole = whole
-        return whole
     }
 }

@@ -12,9 +12,11 @@
 // opened by the worker to the head. Every frame on it is a WorkerMessage
 // (worker -> head) or a HeadMessage (head -> worker).
 //
-// Correlation: each side numbers its messages with `sequence` (1, 2, 3, ...
-// per stream). A message that answers another carries the answered
-// message's sequence in `in_reply_to`:
+// Correlation: each side numbers its messages with `sequence`, increasing on
+// each stream (a worker counts 1, 2, 3, ... per stream; the head counts over
+// all its streams, so that a message it sends to every node is made once, with
+// one number). A message that answers another carries the answered message's
+// sequence in `in_reply_to`:
 //   RegisterNode       -> RegisterAnswer
 //   StartReplica, StopReplica, ReconfigureReplica
 //                      -> ReplicaStateReport (first report after the command)
@@ -33,9 +35,9 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
-/// Head -> worker: the head is there. Sent when the head has had nothing else to
-/// say for a while (RegisterNode.head_timeout_ms), so that a worker can tell a
-/// silent head from a quiet one. Not answered: the worker's heartbeats show the
+/// Head -> worker: the head is there, so that a worker can tell a silent head
+/// from a quiet one. Sent often enough for the worker's head timeout
+/// (RegisterNode.head_timeout_ms). Not answered: the worker's heartbeats show the
 /// head it is there.
 public nonisolated struct PBPing: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
@@ -156,8 +158,9 @@ public nonisolated struct PBHeadMessage: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// Sender's message counter on this stream: 1 for the first message,
-  /// increasing by 1.
+  /// The head's message counter (over all streams: increasing on each, not by
+  /// 1; the whole route table a node gets when it registers may carry a number
+  /// made for an earlier registration, still below any that follows it).
   public var sequence: UInt64 = 0
 
   /// The WorkerMessage.sequence this message answers, 0 if unsolicited.
