@@ -194,3 +194,31 @@ extension FailureDetector {
         return max(1, Int((headTimeout / 3 / round).rounded(.down)))
     }
 }
+
+/// Which of one node's heartbeats the head's controller needs to see. A heartbeat that
+/// changes nothing (no replica's load or models, not its proxy, no requests waiting now or at
+/// the last one it saw, not draining) only shows the node alive, and the failure detector needs
+/// that only every so often: such heartbeats are passed on at most every `interval` seconds
+/// (a fifth of the heartbeat timeout, at most 1 s), and the others dropped where they arrive.
+/// At 1,000 nodes at rest that keeps most of 2,000 heartbeats a second off the controller.
+///
+/// Pure: `now` is passed in (seconds, monotonic); one per control stream.
+public struct QuietHeartbeats: Sendable {
+    public let interval: Double
+    private var lastPassed = -Double.infinity
+    private var waitingBefore = false
+
+    public init(heartbeatTimeout: Double) {
+        self.interval = min(1, max(0, heartbeatTimeout / 5))
+    }
+
+    /// Whether this heartbeat goes to the controller. `changes`: it lists replicas, its proxy
+    /// or a drain; `waiting`: it reports requests waiting at the node's routers.
+    public mutating func pass(changes: Bool, waiting: Bool, now: Double) -> Bool {
+        let quiet = !changes && !waiting && !self.waitingBefore
+        if quiet && now - self.lastPassed < self.interval { return false }
+        self.lastPassed = now
+        self.waitingBefore = waiting
+        return true
+    }
+}

@@ -44,12 +44,18 @@ enum ClusterService {
             // a partition means nothing more will ever arrive to read.
             let rest = IteratorBox(messages)
             let workerLeft = NIOLockedValueBox(false)
+            let quietHeartbeats = controller.quietHeartbeats
             Task {
+                // Heartbeats that change nothing go to the controller once in a while only.
+                var quiet = quietHeartbeats
                 do {
                     while let message = try await rest.iterator.next() {
                         switch message.kind {
                         case .heartbeat(let heartbeat):
                             let arrived = ContinuousClock.now
+                            let changes = !heartbeat.replicas.isEmpty || heartbeat.hasProxy || heartbeat.health.status == .draining
+                            guard quiet.pass(changes: changes, waiting: heartbeat.waiting.contains { $0.waiting > 0 }, now: MonotonicTime.seconds(arrived))
+                            else { continue }
                             await controller.heartbeat(heartbeat, from: nodeID, connection: connection)
                             controller.metrics.heartbeatHandled(seconds: (ContinuousClock.now - arrived).seconds)
                         case .replicaState(let report):

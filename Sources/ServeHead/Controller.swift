@@ -119,6 +119,8 @@ public actor Controller {
     /// Which nodes are ALIVE, DRAINING or DEAD (`ServeCore.FailureDetector`); this actor feeds
     /// it what arrives on the control streams and a timer (`checkLiveness`).
     var detector: FailureDetector
+    /// What each control stream passes on of the heartbeats that change nothing (a copy each).
+    nonisolated let quietHeartbeats: QuietHeartbeats
     var lastPing: Double = 0
     /// Ping rounds so far (`checkLiveness`).
     var pingRound = 0
@@ -148,6 +150,7 @@ public actor Controller {
         self.routes = RoutePublisher(epoch: epoch)
         self.history = DeploymentHistory(configuration: history)
         self.detector = FailureDetector(configuration: failureDetection)
+        self.quietHeartbeats = QuietHeartbeats(heartbeatTimeout: failureDetection.heartbeatTimeout)
         self.logger = logger
     }
 

@@ -23,6 +23,46 @@ struct FailureDetectorTests {
         #expect(FailureDetector.pingEvery(headTimeout: .infinity, round: round) == 1)
     }
 
+    @Test("heartbeats that change nothing reach the controller once per interval; changes, waiting requests and the first quiet one after them always do")
+    func quietHeartbeats() {
+        var filter = QuietHeartbeats(heartbeatTimeout: 5)
+        #expect(filter.interval == 1)
+        // (changes, waiting, now) → passed on
+        let steps: [(Bool, Bool, Double, Bool, String)] = [
+            (true, false, 0, true, "a change"),
+            (false, false, 0.5, false, "quiet, within the interval"),
+            (false, false, 1.0, true, "a quiet one each interval shows the node alive"),
+            (false, false, 1.5, false, "quiet, within the interval"),
+            (true, false, 1.7, true, "a change always goes"),
+            (false, true, 1.8, true, "waiting requests always go"),
+            (false, false, 1.9, true, "the first without waiting requests clears them"),
+            (false, false, 2.4, false, "quiet, within the interval"),
+        ]
+        for (changes, waiting, now, expected, why) in steps {
+            let passed = filter.pass(changes: changes, waiting: waiting, now: now)
+            #expect(passed == expected, "at \(now): \(why)")
+        }
+        // A short timeout: every 0.5 s heartbeat goes, so the detector is never more than one late.
+        var strict = QuietHeartbeats(heartbeatTimeout: 1)
+        #expect(strict.interval == 0.2)
+        let first = strict.pass(changes: false, waiting: false, now: 0)
+        let second = strict.pass(changes: false, waiting: false, now: 0.5)
+        #expect(first && second)
+        // Never more than an interval and a heartbeat behind: the controller hears from a live
+        // node well within the heartbeat timeout.
+        var quiet = QuietHeartbeats(heartbeatTimeout: 5)
+        var last: Double?
+        var t = 0.0
+        while t < 30 {
+            if quiet.pass(changes: false, waiting: false, now: t) {
+                if let last { #expect(t - last <= quiet.interval + 0.5) }
+                last = t
+            }
+            t += 0.5
+        }
+        #expect(last != nil)
+    }
+
     @Test("a node heard from within the timeout stays ALIVE; silent for the timeout it is DEAD, once")
     func timeout() {
         var detector = FailureDetector(configuration: self.config)

@@ -2,11 +2,12 @@ import ServeProto
 
 /// What a simulated node's heartbeats carry (`--heartbeats`).
 enum HeartbeatMode: String, Sendable, CaseIterable {
-    /// Every replica's load in every heartbeat: today's protocol.
+    /// Every replica's load and the proxy's report in every heartbeat (the protocol before
+    /// heartbeats carried changes).
     case full
-    /// The first heartbeat on a stream lists every replica; later ones only the replicas whose
-    /// load or state changed since the last one sent (a head that treats the replicas left out as
-    /// unchanged).
+    /// As a worker sends them: the first heartbeat on a stream lists every replica and the
+    /// proxy; later ones only the replicas whose load or state changed since the last one sent,
+    /// and the proxy when its report changed (the head treats what is left out as unchanged).
     case changes
 }
 
@@ -23,10 +24,19 @@ struct HeartbeatTracker: Sendable {
     let mode: HeartbeatMode
     /// What the last heartbeat told the head, replica by replica (`changes` only).
     private var told: [String: ReplicaLoadSample] = [:]
+    private var toldProxy: PBProxyReport?
     private var first = true
 
     init(mode: HeartbeatMode) {
         self.mode = mode
+    }
+
+    /// The proxy's report, if the next heartbeat carries it (call before `select`).
+    mutating func proxy(_ report: PBProxyReport) -> PBProxyReport? {
+        guard self.mode == .changes else { return report }
+        guard self.first || report != self.toldProxy else { return nil }
+        self.toldProxy = report
+        return report
     }
 
     mutating func select(_ samples: [ReplicaLoadSample]) -> [ReplicaLoadSample] {

@@ -228,11 +228,12 @@ final class SimNode: Sendable {
         heartbeat.sequence = number
         heartbeat.sentAtUnixMs = Self.unixMs
         heartbeat.health = PBNodeHealth.with { $0.status = .ok }
-        heartbeat.proxy = PBProxyReport.with {
+        let proxy = PBProxyReport.with {
             $0.status = .healthy
             $0.tableEpoch = version?.epoch ?? 0
             $0.tableSequence = version?.sequence ?? 0
         }
+        if let proxy = tracker.proxy(proxy) { heartbeat.proxy = proxy }
         heartbeat.replicas = tracker.select(samples).map { sample in
             PBReplicaLoad.with {
                 $0.replicaID = sample.replicaID
