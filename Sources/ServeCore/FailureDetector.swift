@@ -184,8 +184,8 @@ public enum ReplicaAdoption {
 
 extension FailureDetector {
     /// The other way round: a worker gives up on a head it has not heard from for
-    /// `headTimeout` seconds (`serve-worker --head-timeout-s`), so the head pings it when it has
-    /// nothing else to say. Pings go out in rounds `round` seconds apart; this is every how many
+    /// `headTimeout` seconds (`serve-worker --head-timeout-s`), so the head pings it, whether or
+    /// not it has sent it anything else. Pings go out in rounds `round` seconds apart; this is every how many
     /// rounds a worker is pinged: at least three pings within its timeout (one lost or late ping
     /// is not a silent head), and no more often, since at a thousand nodes every ping round is a
     /// thousand messages. Every round for a worker that did not say (0).

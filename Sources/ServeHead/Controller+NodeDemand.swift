@@ -35,7 +35,7 @@ extension Controller {
     /// Marks a node that hosts nothing DRAINING, so that nothing is placed on it while the
     /// provider terminates it. The check and the mark happen in one actor turn: no replica can
     /// land in between.
-    func drainForTermination(_ nodeID: String) async -> DrainOutcome {
+    func drainForTermination(_ nodeID: String) -> DrainOutcome {
         guard let node = self.nodes[nodeID], node.state != .dead else { return .drained }
         if self.replicas.values.contains(where: { $0.record.nodeID == nodeID }) { return .hostsReplicas }
         // The failure detector owns node states: the drain goes through it, as a worker's own does.

@@ -128,7 +128,7 @@ extension Controller {
     }
 
     /// The node's control stream ended: the node is DEAD (`FailureDetector.streamEnded`).
-    func nodeDisconnected(_ id: String, connection: Int) async {
+    func nodeDisconnected(_ id: String, connection: Int) {
         self.apply(self.detector.streamEnded(id, connection: connection, now: Self.seconds(.now)))
     }
 
@@ -139,7 +139,7 @@ extension Controller {
     /// ping or the earliest deadline (which only moves later until then: hearing from a node
     /// extends its deadline, and a node that registers gets the latest one).
     @discardableResult
-    public func checkLiveness(now instant: ContinuousClock.Instant = .now) async -> Double {
+    public func checkLiveness(now instant: ContinuousClock.Instant = .now) -> Double {
         let now = Self.seconds(instant)
         if now - self.lastPing >= Self.heartbeatInterval {
             self.lastPing = now
@@ -205,7 +205,7 @@ extension Controller {
     /// them in the first on a stream), its proxy when that changed, and the requests waiting at
     /// its routers. The work is what changed on the node, whatever the cluster's size: at rest,
     /// next to nothing.
-    func heartbeat(_ heartbeat: PBHeartbeat, from id: String, connection: Int) async {
+    func heartbeat(_ heartbeat: PBHeartbeat, from id: String, connection: Int) {
         let now = Self.seconds(.now)
         let directives = self.detector.heard(
             from: id, connection: connection, draining: heartbeat.health.status == .draining, now: now)
@@ -241,11 +241,11 @@ extension Controller {
     }
 
     /// Any other message on a node's control stream (an ack) shows it is alive.
-    func heard(from id: String, connection: Int) async {
+    func heard(from id: String, connection: Int) {
         self.apply(self.detector.heard(from: id, connection: connection, now: Self.seconds(.now)))
     }
 
-    func replicaReport(_ report: PBReplicaStateReport, from nodeID: String, connection: Int) async {
+    func replicaReport(_ report: PBReplicaStateReport, from nodeID: String, connection: Int) {
         self.apply(self.detector.heard(from: nodeID, connection: connection, now: Self.seconds(.now)))
         // Only the replica's own node speaks for it, and only on its current stream.
         guard var entry = self.replicas[report.replicaID], entry.record.nodeID == nodeID,

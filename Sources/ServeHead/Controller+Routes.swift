@@ -24,9 +24,9 @@ extension Controller {
     /// hundred times); nil before the first table.
     func wholeTableFrame() -> RPCFrame<PBHeadMessage>? {
         guard let version = self.routes.version else { return nil }
-        if let made = self.wholeTable, made.version == version { return made.frame }
+        if let made = self.wholeTableMade, made.version == version { return made.frame }
         guard let whole = self.routes.wholeTable(), let frame = self.frame(.routes(whole)) else { return nil }
-        self.wholeTable = (version, frame)
+        self.wholeTableMade = (version, frame)
         return frame
     }
 

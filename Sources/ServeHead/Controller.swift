@@ -135,7 +135,7 @@ public actor Controller {
     /// Routes are due soon (`publishRoutesSoon`).
     var routesScheduled = false
     /// The newest table whole, as sent to nodes that register (`wholeTableFrame`).
-    var wholeTable: (version: TableVersion, frame: RPCFrame<PBHeadMessage>)?
+    var wholeTableMade: (version: TableVersion, frame: RPCFrame<PBHeadMessage>)?
     /// The dashboard's timeline (`GET /api/serve/history`), sampled by the autoscaler's tick.
     var history: DeploymentHistory
 
@@ -160,8 +160,9 @@ public actor Controller {
     public func reconcile() async {
         let started = ContinuousClock.now
         defer {
-            self.lastPassEnded = .now
-            self.lastPass = self.lastPassEnded! - started
+            let ended = ContinuousClock.now
+            self.lastPassEnded = ended
+            self.lastPass = ended - started
         }
         let views = self.nodeViews()
         let targets = self.deployments.map { id, runtime in
